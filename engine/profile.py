@@ -1,0 +1,426 @@
+"""Training-campaign profiles: load a TOML file into validated dataclasses, and write it back.
+
+Every error is one line: `FILE: key.path: expected ..., got ...`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
+
+import tomli_w
+
+from engine.atomic import atomic_write_text
+from engine.errors import ProfileError
+from engine.model_config import PRESETS, ModelConfig
+
+SOURCE_FORMATS = ("text", "jsonl", "parquet", "webdataset")
+BUILTIN_PREFIX = "builtin:"
+SPECIAL_SYMBOLS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<image>")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _fraction(v: Any) -> bool:
+    return 0 < v < 1
+
+
+def _name(v: Any) -> bool:
+    return bool(_NAME_RE.match(v))
+
+
+def _choice(*options: str) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        return v in options
+
+    check.__doc__ = " | ".join(repr(o) for o in options)
+    return check
+
+
+def spec(default: Any = MISSING, check: Callable[[Any], bool] | None = None, expect: str = "", **kw: Any) -> Any:
+    """A dataclass field with a validity check and the phrase used when it fails."""
+    meta = {"check": check, "expect": expect}
+    if default is MISSING and "default_factory" not in kw:
+        return field(metadata=meta, **kw)
+    if "default_factory" in kw:
+        return field(metadata=meta, **kw)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ProfileMeta:
+    """The `[profile]` table."""
+
+    name: str = spec(check=_name, expect="a name of letters, digits, '_', '-' or '.'")
+    description: str = ""
+    seed: int = spec(1234, _non_negative, "a non-negative integer")
+
+
+@dataclass
+class DataConfig:
+    """The `[data]` table: how big the corpus is and how it is split."""
+
+    target_tokens: int = spec(2_000_000, _positive, "a positive integer")
+    heldout_fraction: float = spec(0.02, lambda v: 0 < v < 0.5, "a number between 0 and 0.5")
+    chars_per_token: float = spec(3.6, _positive, "a positive number")
+    max_doc_chars: int = spec(200_000, _positive, "a positive integer")
+    min_doc_chars: int = spec(16, _non_negative, "a non-negative integer")
+
+
+@dataclass
+class SourceConfig:
+    """One `[[sources]]` entry of the manifest."""
+
+    name: str = spec(check=_name, expect="a name of letters, digits, '_', '-' or '.'")
+    domain: str = spec(check=_name, expect="a domain name")
+    format: str = spec(
+        check=lambda v: v in SOURCE_FORMATS or (v.startswith(BUILTIN_PREFIX) and len(v) > len(BUILTIN_PREFIX)),
+        expect="one of text, jsonl, parquet, webdataset or builtin:NAME",
+    )
+    path: str = ""
+    field: str = spec("text", lambda v: bool(v), "a non-empty field name")
+    split: str = spec("file", _choice("file", "paragraph"), "'file' or 'paragraph'")
+    max_docs: int = spec(0, _non_negative, "a non-negative integer (0: no limit)")
+    max_chars: int = spec(0, _non_negative, "a non-negative integer (0: no limit)")
+
+    @property
+    def builtin(self) -> str | None:
+        """The built-in generator's name, or None for a file source."""
+        return self.format[len(BUILTIN_PREFIX):] if self.format.startswith(BUILTIN_PREFIX) else None
+
+
+@dataclass
+class TokenizerConfig:
+    """The `[tokenizer]` table: SentencePiece training settings."""
+
+    name: str = spec("", lambda v: v == "" or _name(v), "a tokenizer name (empty: the profile's name)")
+    vocab_size: int = spec(8000, lambda v: v >= 300, "an integer of at least 300")
+    model_type: str = spec("bpe", _choice("bpe", "unigram"), "'bpe' or 'unigram'")
+    sample_chars: int = spec(4_000_000, _positive, "a positive integer")
+    character_coverage: float = spec(0.9995, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    user_symbols: list[str] = spec(default_factory=lambda: list(SPECIAL_SYMBOLS))
+    threads: int = spec(0, _non_negative, "a non-negative integer (0: all cores)")
+
+
+@dataclass
+class StageConfig:
+    """One `[[stages]]` entry: a training stage."""
+
+    name: str = spec(check=_name, expect="a name of letters, digits, '_', '-' or '.'")
+    model: Union[str, dict] = "tiny"
+    seq_len: int = spec(256, _positive, "a positive integer")
+    micro_batch: int = spec(8, _positive, "a positive integer")
+    grad_accum: int = spec(1, _positive, "a positive integer")
+    max_steps: int = spec(200, _positive, "a positive integer")
+    lr: float = spec(1e-3, _positive, "a positive number")
+    min_lr_ratio: float = spec(0.1, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+    warmup_steps: int = spec(20, _non_negative, "a non-negative integer")
+    schedule: str = spec("cosine", _choice("cosine", "wsd", "constant"), "'cosine', 'wsd' or 'constant'")
+    decay_fraction: float = spec(0.2, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    weight_decay: float = spec(0.1, _non_negative, "a non-negative number")
+    beta1: float = spec(0.9, _fraction, "a number between 0 and 1")
+    beta2: float = spec(0.95, _fraction, "a number between 0 and 1")
+    grad_clip: float = spec(1.0, _non_negative, "a non-negative number (0: off)")
+    device: str = spec("auto", _choice("auto", "cpu", "cuda", "mps"), "'auto', 'cpu', 'cuda' or 'mps'")
+    precision: str = spec("auto", _choice("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'")
+    compile: str = spec("auto", _choice("auto", "on", "off"), "'auto', 'on' or 'off'")
+    activation_checkpointing: bool = False
+    checkpoint_every: int = spec(100, _positive, "a positive integer")
+    keep_checkpoints: int = spec(2, _positive, "a positive integer")
+    eval_every: int = spec(50, _non_negative, "a non-negative integer (0: off)")
+    eval_batches: int = spec(4, _positive, "a positive integer")
+    log_every: int = spec(1, _positive, "a positive integer")
+    init_from: str = ""
+    seed: int = spec(0, _non_negative, "a non-negative integer")
+    max_restarts: int = spec(2, _non_negative, "a non-negative integer")
+    mix: dict[str, float] = spec(default_factory=dict)
+
+    def model_config(self, vocab_size: int = 0) -> ModelConfig:
+        """The model shape this stage trains, with the tokenizer's vocabulary filled in."""
+        cfg = PRESETS[self.model] if isinstance(self.model, str) else ModelConfig(**self.model)
+        return cfg.with_vocab(vocab_size) if vocab_size else cfg
+
+
+@dataclass
+class Profile:
+    """A whole training campaign: sources, mix, tokenizer, stages."""
+
+    profile: ProfileMeta
+    mix: dict[str, float]
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    sources: list[SourceConfig] = field(default_factory=list)
+    stages: list[StageConfig] = field(default_factory=list)
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name or self.profile.name
+
+    @property
+    def domains(self) -> list[str]:
+        """Domains with a positive mix weight, in the profile's order."""
+        return [d for d, w in self.mix.items() if w > 0]
+
+    def normalised_mix(self, mix: dict[str, float] | None = None) -> dict[str, float]:
+        """The mix scaled to sum to 1."""
+        return normalise_mix(self.mix if mix is None else mix)
+
+    def stage(self, name: str) -> StageConfig:
+        for st in self.stages:
+            if st.name == name:
+                return st
+        known = ", ".join(s.name for s in self.stages) or "none"
+        raise ProfileError(f"{self.path or self.name}: stages: no stage named {name!r} (known: {known})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The profile as plain TOML-ready data (inverse of `parse_profile`)."""
+        out: dict[str, Any] = {
+            "profile": asdict(self.profile),
+            "mix": dict(self.mix),
+            "data": asdict(self.data),
+            "tokenizer": asdict(self.tokenizer),
+            "sources": [asdict(s) for s in self.sources],
+            "stages": [asdict(s) for s in self.stages],
+        }
+        return out
+
+
+def normalise_mix(mix: dict[str, float]) -> dict[str, float]:
+    """Scale non-negative weights to sum to 1; refuse a negative or all-zero mix."""
+    total = 0.0
+    for domain, w in mix.items():
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+            raise ProfileError(f"mix.{domain}: expected a non-negative number, got {w!r}")
+        total += w
+    if total <= 0:
+        raise ProfileError("mix: expected at least one positive weight, got all zero")
+    return {d: w / total for d, w in mix.items()}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = get_origin(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is Union:
+        return any(_type_ok(value, h) for h in get_args(hint))
+    if origin is list:
+        (inner,) = get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if origin is dict or hint is dict:
+        args = get_args(hint)
+        return isinstance(value, dict) and (not args or all(_type_ok(v, args[1]) for v in value.values()))
+    return False
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+
+
+def _type_word(hint: Any) -> str:
+    if hint in _TYPE_WORDS:
+        return _TYPE_WORDS[hint]
+    origin = get_origin(hint)
+    if origin is Union:
+        return " or ".join(_type_word(h) for h in get_args(hint))
+    if origin is list:
+        return f"a list of {_type_word(get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return f"a table of {_type_word(get_args(hint)[1]).removeprefix('a ').removeprefix('an ')}s"
+    return str(hint)
+
+
+def _build(cls: type, table: Any, where: str, fail: Callable[[str], ProfileError]) -> Any:
+    """Check `table` against dataclass `cls` (unknown keys, missing keys, types, ranges)."""
+    if not isinstance(table, dict):
+        raise fail(f"{where}: expected a table, got {_describe(table)}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for key in table:
+        if key not in known:
+            raise fail(f"{where}.{key}: unknown key (expected one of {', '.join(known)})")
+    values = {}
+    for name, f in known.items():
+        path = f"{where}.{name}"
+        if name not in table:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise fail(f"{path}: missing (expected {f.metadata.get('expect') or _type_word(hints[name])})")
+            continue
+        value = table[name]
+        if not _type_ok(value, hints[name]):
+            want = f.metadata.get("expect") or _type_word(hints[name])
+            raise fail(f"{path}: expected {want}, got {_describe(value)}")
+        check = f.metadata.get("check")
+        if check is not None and not check(value):
+            raise fail(f"{path}: expected {f.metadata['expect']}, got {_describe(value)}")
+        if hints[name] is float:
+            value = float(value)
+        values[name] = value
+    return cls(**values)
+
+
+def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
+    """Validate a profile already parsed from TOML; `origin` prefixes every error."""
+
+    def fail(msg: str) -> ProfileError:
+        return ProfileError(f"{origin}: {msg}")
+
+    top = {"profile", "mix", "data", "tokenizer", "sources", "stages"}
+    for key in data:
+        if key not in top:
+            raise fail(f"{key}: unknown key (expected one of {', '.join(sorted(top))})")
+    if "profile" not in data:
+        raise fail("profile: missing (expected a [profile] table with a name)")
+    meta = _build(ProfileMeta, data["profile"], "profile", fail)
+
+    mix = data.get("mix")
+    if not isinstance(mix, dict) or not mix:
+        raise fail("mix: expected a table of domain = weight, got " + ("nothing" if mix is None else _describe(mix)))
+    for domain, w in mix.items():
+        if not _NAME_RE.match(domain):
+            raise fail(f"mix.{domain}: expected a domain name of letters, digits, '_', '-' or '.'")
+        if not _type_ok(w, float) or w < 0:
+            raise fail(f"mix.{domain}: expected a non-negative number, got {_describe(w)}")
+    if sum(mix.values()) <= 0:
+        raise fail("mix: expected at least one positive weight, got all zero")
+    mix = {d: float(w) for d, w in mix.items()}
+
+    dcfg = _build(DataConfig, data.get("data", {}), "data", fail)
+    tcfg = _build(TokenizerConfig, data.get("tokenizer", {}), "tokenizer", fail)
+
+    raw_sources = data.get("sources", [])
+    if not isinstance(raw_sources, list):
+        raise fail(f"sources: expected an array of tables ([[sources]]), got {_describe(raw_sources)}")
+    sources = [_build(SourceConfig, s, f"sources[{i}]", fail) for i, s in enumerate(raw_sources)]
+    seen: set[str] = set()
+    for i, src in enumerate(sources):
+        if src.name in seen:
+            raise fail(f"sources[{i}].name: expected a unique name, got duplicate {_describe(src.name)}")
+        seen.add(src.name)
+        if src.domain not in mix:
+            raise fail(
+                f"sources[{i}].domain: expected a domain with a weight in [mix] "
+                f"({', '.join(mix)}), got {_describe(src.domain)}"
+            )
+        if src.builtin is None and not src.path:
+            raise fail(f"sources[{i}].path: expected a path or glob for format {_describe(src.format)}, got nothing")
+
+    raw_stages = data.get("stages", [])
+    if not isinstance(raw_stages, list):
+        raise fail(f"stages: expected an array of tables ([[stages]]), got {_describe(raw_stages)}")
+    stages = []
+    for i, raw in enumerate(raw_stages):
+        st = _build(StageConfig, raw, f"stages[{i}]", fail)
+        _check_stage(st, i, [s.name for s in stages], mix, fail)
+        stages.append(st)
+    return Profile(profile=meta, mix=mix, data=dcfg, tokenizer=tcfg, sources=sources, stages=stages)
+
+
+def _check_stage(st: StageConfig, i: int, earlier: list[str], mix: dict, fail: Callable[[str], ProfileError]) -> None:
+    where = f"stages[{i}]"
+    if st.name in earlier:
+        raise fail(f"{where}.name: expected a unique stage name, got duplicate {_describe(st.name)}")
+    if isinstance(st.model, str):
+        if st.model not in PRESETS:
+            raise fail(f"{where}.model: expected a preset ({', '.join(PRESETS)}) or an inline table, got {_describe(st.model)}")
+    else:
+        cfg = _build(ModelConfig, st.model, f"{where}.model", fail)
+        problems = cfg.check()
+        if problems:
+            raise fail(f"{where}.model.{problems[0]}")
+    model = st.model_config()
+    if st.seq_len > model.max_seq_len:
+        raise fail(f"{where}.seq_len: expected at most the model's max_seq_len ({model.max_seq_len}), got {st.seq_len}")
+    if st.init_from and st.init_from not in earlier:
+        known = ", ".join(earlier) or "none"
+        raise fail(f"{where}.init_from: expected the name of an earlier stage ({known}), got {_describe(st.init_from)}")
+    if st.warmup_steps >= st.max_steps and st.max_steps > 1:
+        raise fail(f"{where}.warmup_steps: expected fewer than max_steps ({st.max_steps}), got {st.warmup_steps}")
+    for domain, w in st.mix.items():
+        if domain not in mix:
+            raise fail(f"{where}.mix.{domain}: expected a domain of [mix] ({', '.join(mix)})")
+        if w < 0:
+            raise fail(f"{where}.mix.{domain}: expected a non-negative number, got {_describe(w)}")
+    if st.mix and sum(st.mix.values()) <= 0:
+        raise fail(f"{where}.mix: expected at least one positive weight, got all zero")
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile file") from None
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: expected UTF-8 text, got an undecodable byte at offset {exc.start}") from None
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read ({exc.strerror})") from None
+    return loads_profile(text, str(path), path)
+
+
+def loads_profile(text: str, origin: str = "<profile>", path: Path | None = None) -> Profile:
+    """Parse and validate profile text."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{origin}: invalid TOML: {exc}") from None
+    prof = parse_profile(data, origin)
+    prof.path = path
+    return prof
+
+
+def dumps_profile(profile: Profile) -> str:
+    """The profile as TOML text (loads back to an equal profile)."""
+    return tomli_w.dumps(profile.to_dict())
+
+
+def save_profile(profile: Profile, path: str | Path) -> None:
+    """Write the profile atomically."""
+    atomic_write_text(path, dumps_profile(profile))
+
+
+def save_mix(path: str | Path, mix: dict[str, float]) -> Profile:
+    """Replace the `[mix]` table of the profile at `path`, keeping the rest of the file as data."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot update the mix: {exc}") from None
+    data["mix"] = {d: float(w) for d, w in mix.items()}
+    prof = parse_profile(data, str(path))
+    atomic_write_text(path, tomli_w.dumps(data))
+    prof.path = path
+    return prof

@@ -1,0 +1,92 @@
+"""The workspace: one folder holding a campaign's profiles, data, tokenizers, runs and queue."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ProfileError
+from engine.profile import Profile, load_profile
+
+SHIPPED_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+DEFAULT_WORKSPACE = Path("~/fcwork").expanduser()
+ENV_VAR = "FCWORK_WORKSPACE"
+
+
+def resolve_workspace(arg: str | os.PathLike | None = None) -> Path:
+    """`--workspace DIR`, else `$FCWORK_WORKSPACE`, else ~/fcwork."""
+    if arg:
+        return Path(arg).expanduser().resolve()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser().resolve()
+    return DEFAULT_WORKSPACE
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths inside a workspace folder; creating one copies the shipped profiles in."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, arg: str | os.PathLike | None = None) -> "Workspace":
+        ws = cls(resolve_workspace(arg))
+        ws.init()
+        return ws
+
+    def init(self) -> None:
+        """Create the folder layout and copy in any shipped profile the user does not have yet."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ProfileError(f"{self.root}: workspace path exists and is not a folder")
+        for sub in ("profiles", "data", "tokenizers", "runs"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for shipped in sorted(SHIPPED_PROFILES.glob("*.toml")):
+            target = self.profiles_dir / shipped.name
+            if not target.exists():
+                tmp = target.with_suffix(".toml.tmp")
+                shutil.copyfile(shipped, tmp)
+                os.replace(tmp, target)
+
+    @property
+    def profiles_dir(self) -> Path:
+        return self.root / "profiles"
+
+    def profile_path(self, name_or_path: str) -> Path:
+        """A profile named `default` lives at profiles/default.toml; a path is taken as is."""
+        p = Path(name_or_path)
+        if p.suffix == ".toml" or os.sep in name_or_path:
+            return p.expanduser().resolve()
+        return self.profiles_dir / f"{name_or_path}.toml"
+
+    def load_profile(self, name_or_path: str) -> Profile:
+        path = self.profile_path(name_or_path)
+        if not path.exists():
+            names = ", ".join(sorted(q.stem for q in self.profiles_dir.glob("*.toml"))) or "none"
+            raise ProfileError(f"{path}: no such profile (profiles in {self.profiles_dir}: {names})")
+        return load_profile(path)
+
+    def data_dir(self, profile: str) -> Path:
+        return self.root / "data" / profile
+
+    def raw_dir(self, profile: str) -> Path:
+        return self.data_dir(profile) / "raw"
+
+    def heldout_dir(self, profile: str) -> Path:
+        return self.data_dir(profile) / "raw" / "heldout"
+
+    def tok_dir(self, profile: str) -> Path:
+        return self.data_dir(profile) / "tok"
+
+    def tokenizer_path(self, name: str) -> Path:
+        return self.root / "tokenizers" / f"{name}.model"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def queue_path(self) -> Path:
+        return self.root / "queue.toml"

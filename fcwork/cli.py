@@ -1,0 +1,51 @@
+"""The `fcwork` command line: every engine action as a subcommand, for scripts, tmux and CI."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from engine.errors import FcError
+
+# Each module in fcwork.commands registers one group of subcommands.
+COMMAND_MODULES = ("profile", "data", "tokenizer", "model", "train", "queue", "runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fcwork", description="FusterCluck workbench")
+    parser.add_argument(
+        "--workspace", metavar="DIR",
+        help="workspace folder (default: $FCWORK_WORKSPACE, else ~/fcwork)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"fcwork.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"fcwork.commands.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except FcError as exc:
+        print(f"fcwork: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fcwork: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

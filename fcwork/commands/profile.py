@@ -1,0 +1,48 @@
+"""`fcwork profile list|check|show`: the workspace's profiles."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.profile import dumps_profile
+from engine.workspace import Workspace
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="list, check or show profiles")
+    ps = p.add_subparsers(dest="profile_cmd", metavar="ACTION", required=True)
+    ps.add_parser("list", help="profiles in the workspace").set_defaults(func=cmd_list)
+    c = ps.add_parser("check", help="validate a profile")
+    c.add_argument("profile")
+    c.set_defaults(func=cmd_check)
+    s = ps.add_parser("show", help="print a profile with every default filled in")
+    s.add_argument("profile")
+    s.set_defaults(func=cmd_show)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    table = Table("profile", "stages", "path")
+    for path in sorted(ws.profiles_dir.glob("*.toml")):
+        try:
+            prof = ws.load_profile(str(path))
+            table.add_row(prof.name, ", ".join(s.name for s in prof.stages), str(path))
+        except Exception as exc:  # a broken profile is listed, not fatal
+            table.add_row(path.stem, f"[red]invalid: {exc}[/]", str(path))
+    Console().print(table)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    prof = Workspace.open(args.workspace).load_profile(args.profile)
+    print(f"{prof.path}: ok ({len(prof.sources)} sources, {len(prof.stages)} stages)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    prof = Workspace.open(args.workspace).load_profile(args.profile)
+    print(dumps_profile(prof), end="")
+    return 0
