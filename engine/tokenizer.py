@@ -1,0 +1,254 @@
+"""SentencePiece tokenizer: training on a domain-balanced sample, loading, and its identity hash.
+
+Settings that matter for code: no whitespace normalisation, no dummy prefix, newline and
+indentation runs as pieces, byte fallback, split digits; so any UTF-8 text (a Python file
+included) survives encode/decode byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from engine.atomic import atomic_write_bytes, atomic_write_text
+from engine.errors import TokenizerError
+
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+# Whitespace runs kept whole so indented code costs few tokens (spaces in SentencePiece's "\u2581" form).
+WHITESPACE_SYMBOLS = ("\n", "\t", "\n\n", "\u2581" * 2, "\u2581" * 4, "\u2581" * 8, "\u2581" * 12)
+MAX_SENTENCE_CHARS = 4000
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file: the tokenizer's identity everywhere downstream."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise TokenizerError(f"{path}: no such tokenizer file") from None
+    return h.hexdigest()
+
+
+class Tokenizer:
+    """A loaded SentencePiece model with the ids and hash the rest of the engine relies on."""
+
+    def __init__(self, path: Path, sp, digest: str) -> None:
+        self.path = path
+        self.sp = sp
+        self.hash = digest
+        self.vocab_size: int = sp.get_piece_size()
+        self.bos_id: int = sp.bos_id()
+        self.eos_id: int = sp.eos_id()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        import sentencepiece as spm
+
+        path = Path(path)
+        digest = file_hash(path)
+        try:
+            sp = spm.SentencePieceProcessor(model_file=str(path))
+        except (OSError, RuntimeError) as exc:
+            raise TokenizerError(f"{path}: not a SentencePiece model ({exc})") from None
+        return cls(path, sp, digest)
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.sp.encode(list(texts))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode(list(ids))
+
+    def pieces(self, text: str) -> list[str]:
+        return self.sp.encode(text, out_type=str)
+
+
+@dataclass
+class TokenizerReport:
+    """What training produced, saved beside the model as `<name>.json`."""
+
+    name: str
+    hash: str
+    vocab_size: int
+    model_type: str
+    sample_chars: dict[str, int]
+    tokens_per_char: dict[str, float]
+    train_seconds: float
+    corpus_digest: str = ""
+    created: float = field(default_factory=time.time)
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
+
+
+def read_report(path: str | os.PathLike) -> TokenizerReport | None:
+    """The training report beside a model, or None when absent or unreadable."""
+    try:
+        return TokenizerReport(**json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _iter_docs(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)["text"]
+
+
+def _sentences(doc: str) -> Iterator[str]:
+    """Cut a document into training sentences at line boundaries, newlines kept."""
+    buf: list[str] = []
+    size = 0
+    for line in doc.splitlines(keepends=True):
+        while len(line) > MAX_SENTENCE_CHARS:
+            if buf:
+                yield "".join(buf)
+                buf, size = [], 0
+            yield line[:MAX_SENTENCE_CHARS]
+            line = line[MAX_SENTENCE_CHARS:]
+        if size + len(line) > MAX_SENTENCE_CHARS and buf:
+            yield "".join(buf)
+            buf, size = [], 0
+        buf.append(line)
+        size += len(line)
+    if buf:
+        yield "".join(buf)
+
+
+def balanced_sample(raw_dir: Path, domains: Sequence[str], total_chars: int, seed: int) -> dict[str, list[str]]:
+    """Equal character budgets per domain (a small domain gives what it has, the rest share its leftover)."""
+    docs: dict[str, list[str]] = {}
+    for d in domains:
+        path = raw_dir / f"{d}.jsonl"
+        if not path.exists():
+            raise TokenizerError(f"{path}: missing corpus file (run `fcwork data build` first)")
+        items = list(_iter_docs(path))
+        random.Random(f"{seed}:{d}").shuffle(items)
+        docs[d] = items
+    sizes = {d: sum(len(t) for t in items) for d, items in docs.items()}
+    budget: dict[str, int] = {}
+    remaining, open_domains = total_chars, sorted(docs, key=lambda d: sizes[d])
+    while open_domains:
+        share = remaining // len(open_domains)
+        d = open_domains.pop(0)
+        budget[d] = min(share, sizes[d])
+        remaining -= budget[d]
+    sample: dict[str, list[str]] = {}
+    for d, items in docs.items():
+        taken, used = [], 0
+        for text in items:
+            if used >= budget[d]:
+                break
+            text = text[: budget[d] - used + MAX_SENTENCE_CHARS]
+            taken.append(text)
+            used += len(text)
+        sample[d] = taken
+    return sample
+
+
+def train_tokenizer(
+    raw_dir: Path,
+    out_path: Path,
+    domains: Sequence[str],
+    vocab_size: int,
+    model_type: str = "bpe",
+    sample_chars: int = 4_000_000,
+    character_coverage: float = 0.9995,
+    user_symbols: Sequence[str] = (),
+    threads: int = 0,
+    seed: int = 0,
+    corpus_digest: str = "",
+    progress: Callable[[str], None] | None = None,
+) -> TokenizerReport:
+    """Train SentencePiece on a domain-balanced sample of the corpus; write model, vocab and report atomically."""
+    import sentencepiece as spm
+
+    say = progress or (lambda msg: None)
+    say("sampling corpus")
+    sample = balanced_sample(raw_dir, domains, sample_chars, seed)
+    sentences = [s for d in domains for doc in sample[d] for s in _sentences(doc)]
+    random.Random(seed).shuffle(sentences)
+    if not sentences:
+        raise TokenizerError(f"{raw_dir}: the corpus is empty; nothing to train a tokenizer on")
+    symbols = list(dict.fromkeys([*user_symbols, *WHITESPACE_SYMBOLS]))
+    model = io.BytesIO()
+    say(f"training {model_type} tokenizer, vocab {vocab_size}, on {sum(map(len, sentences)):,} chars")
+    start = time.perf_counter()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            model_type=model_type,
+            vocab_size=vocab_size,
+            character_coverage=character_coverage,
+            byte_fallback=True,
+            split_digits=True,
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            normalization_rule_name="identity",
+            allow_whitespace_only_pieces=True,
+            split_by_whitespace=True,
+            max_sentence_length=MAX_SENTENCE_CHARS * 4,
+            user_defined_symbols=symbols,
+            unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1,
+            num_threads=threads or os.cpu_count() or 1,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            hard_vocab_limit=False,
+            minloglevel=2,
+        )
+    except RuntimeError as exc:
+        raise TokenizerError(f"{out_path}: SentencePiece training failed: {str(exc).strip().splitlines()[-1]}") from None
+    seconds = time.perf_counter() - start
+    data = model.getvalue()
+    atomic_write_bytes(out_path, data)
+    tok = Tokenizer.load(out_path)
+    # One piece a line as SentencePiece writes it, with newline and tab pieces escaped.
+    escape = str.maketrans({"\n": "\\n", "\t": "\\t"})
+    vocab_lines = "".join(
+        f"{tok.sp.id_to_piece(i).translate(escape)}\t{tok.sp.get_score(i):g}\n" for i in range(tok.vocab_size)
+    )
+    atomic_write_text(out_path.with_suffix(".vocab"), vocab_lines)
+    say("measuring tokens per character")
+    report = TokenizerReport(
+        name=out_path.stem,
+        hash=tok.hash,
+        vocab_size=tok.vocab_size,
+        model_type=model_type,
+        sample_chars={d: sum(len(t) for t in sample[d]) for d in domains},
+        tokens_per_char=tokens_per_char(tok, raw_dir, domains),
+        train_seconds=round(seconds, 2),
+        corpus_digest=corpus_digest,
+    )
+    report.save(out_path.with_suffix(".json"))
+    return report
+
+
+def tokens_per_char(tok: Tokenizer, raw_dir: Path, domains: Sequence[str], max_chars: int = 300_000) -> dict[str, float]:
+    """Tokens per character per domain, measured on held-out text (training text if none)."""
+    out = {}
+    for d in domains:
+        path = raw_dir / "heldout" / f"{d}.jsonl"
+        if not path.exists() or path.stat().st_size == 0:
+            path = raw_dir / f"{d}.jsonl"
+        texts, used = [], 0
+        for text in _iter_docs(path) if path.exists() else ():
+            texts.append(text)
+            used += len(text)
+            if used >= max_chars:
+                break
+        n_tokens = sum(len(ids) for ids in tok.encode_batch(texts)) if texts else 0
+        out[d] = round(n_tokens / used, 4) if used else 0.0
+    return out

@@ -1,0 +1,88 @@
+"""`fcwork data build|pretokenize|prepare|show`: the corpus and the token shards of a profile."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from engine import pipeline
+from engine.corpus import CorpusSummary, read_manifest
+from engine.workspace import Workspace
+from fcwork.progress import rich_progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="build the corpus and the token shards")
+    ps = p.add_subparsers(dest="data_cmd", metavar="ACTION", required=True)
+    b = ps.add_parser("build", help="build the corpus of a profile (quotas, dedup, held-out split)")
+    b.add_argument("profile")
+    b.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    b.set_defaults(func=cmd_build)
+    t = ps.add_parser("pretokenize", help="encode the corpus into shards with the profile's tokenizer")
+    t.add_argument("profile")
+    t.add_argument("--workers", type=int, default=None, help="encoder processes (default: one per core)")
+    t.set_defaults(func=cmd_pretokenize)
+    a = ps.add_parser("prepare", help="corpus, tokenizer and shards, each only when out of date")
+    a.add_argument("profile")
+    a.add_argument("--force", action="store_true", help="redo every step")
+    a.set_defaults(func=cmd_prepare)
+    s = ps.add_parser("show", help="the last corpus build's summary")
+    s.add_argument("profile")
+    s.set_defaults(func=cmd_show)
+
+
+def print_summary(manifest: dict, console: Console) -> None:
+    table = Table("domain", "docs", "chars", "est. tokens", "held-out docs", "dups", "skipped", "shortfall",
+                  title=f"corpus {manifest['profile']} ({manifest.get('seconds', 0):.1f} s)")
+    for name, d in manifest["domains"].items():
+        skipped = ", ".join(f"{n} {r}" for r, n in d["skipped"].items()) or "-"
+        short = d["shortfall_chars"]
+        table.add_row(name, f"{d['docs']:,}", f"{d['chars']:,}", f"{d['est_tokens']:,}", f"{d['heldout_docs']:,}",
+                      f"{d['duplicates']:,}", skipped, f"[yellow]{short:,} chars[/]" if short else "-")
+    console.print(table)
+    for d in manifest["domains"].values():
+        for problem in d["problems"]:
+            console.print(f"[yellow]warning:[/] {problem}")
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    prof = ws.load_profile(args.profile)
+    with rich_progress() as progress:
+        summary: CorpusSummary = pipeline.build_data(ws, prof, progress, workers=args.workers)
+    print_summary(read_manifest(ws.raw_dir(prof.name)) or {}, Console())
+    return 0 if summary else 1
+
+
+def cmd_pretokenize(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    prof = ws.load_profile(args.profile)
+    with rich_progress() as progress:
+        result = pipeline.pretokenize_profile(ws, prof, progress, workers=args.workers)
+    table = Table("domain", "tokens", "docs", "held-out tokens", title=f"shards in {ws.tok_dir(prof.name)}")
+    for dom, info in result.items():
+        table.add_row(dom, *(f"{info.get(k, 0):,}" for k in ("tokens", "docs", "heldout_tokens")))
+    Console().print(table)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    prof = ws.load_profile(args.profile)
+    with rich_progress() as progress:
+        ran = pipeline.prepare_data(ws, prof, progress, force=args.force)
+    print(f"{prof.name}: " + (f"ran {', '.join(ran)}" if ran else "data is up to date"))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    prof = ws.load_profile(args.profile)
+    manifest = read_manifest(ws.raw_dir(prof.name))
+    if manifest is None:
+        print(f"{ws.raw_dir(prof.name)}: no corpus yet (run `fcwork data build {prof.name}`)")
+        return 1
+    print_summary(manifest, Console())
+    return 0
