@@ -229,3 +229,34 @@ def _read_webdataset(path: Path, src: SourceConfig, stats: SourceStats, max_doc_
                     raise EOFError("no end-of-archive marker")
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         stats.problems.append(f"source {src.name}: {path}: truncated or damaged tar ({exc}); kept what came before")
+
+
+@dataclass
+class SourceInfo:
+    """A source as the manifest pane lists it: where it stands on disk before any build."""
+
+    name: str
+    domain: str
+    format: str
+    path: str
+    status: str  # "ok", "missing" (glob matches nothing) or "built-in"
+    files: int
+    bytes: int
+
+    def est_tokens(self, chars_per_token: float) -> int:
+        """Rough token count from the bytes on disk (UTF-8 text is about one byte a character)."""
+        return int(self.bytes / chars_per_token)
+
+
+def describe_source(src: SourceConfig, base_dir: Path | None = None) -> SourceInfo:
+    """Files and bytes a source's glob matches now; cheap (stat only), so a UI can call it often."""
+    if src.builtin is not None:
+        return SourceInfo(src.name, src.domain, src.format, "", "built-in", 0, 0)
+    paths = source_paths(src, base_dir)
+    size = 0
+    for p in paths:
+        try:
+            size += p.stat().st_size
+        except OSError:
+            pass
+    return SourceInfo(src.name, src.domain, src.format, src.path, "ok" if paths else "missing", len(paths), size)

@@ -28,7 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    _accept_workspace_anywhere(sub)
     return parser
+
+
+def _accept_workspace_anywhere(sub: argparse._SubParsersAction) -> None:
+    """Let `--workspace DIR` also follow the subcommand (`fcwork data build default --workspace X`)."""
+    for child in sub.choices.values():
+        if not any("--workspace" in a.option_strings for a in child._actions):
+            child.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        for action in child._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_workspace_anywhere(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

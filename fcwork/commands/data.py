@@ -9,6 +9,7 @@ from rich.table import Table
 
 from engine import pipeline
 from engine.corpus import CorpusSummary, read_manifest
+from engine.sources import describe_source
 from engine.workspace import Workspace
 from fcwork.progress import rich_progress
 
@@ -28,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("profile")
     a.add_argument("--force", action="store_true", help="redo every step")
     a.set_defaults(func=cmd_prepare)
+    src = ps.add_parser("sources", help="the profile's sources: status, files and size on disk")
+    src.add_argument("profile")
+    src.set_defaults(func=cmd_sources)
     s = ps.add_parser("show", help="the last corpus build's summary")
     s.add_argument("profile")
     s.set_defaults(func=cmd_show)
@@ -74,6 +78,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     with rich_progress() as progress:
         ran = pipeline.prepare_data(ws, prof, progress, force=args.force)
     print(f"{prof.name}: " + (f"ran {', '.join(ran)}" if ran else "data is up to date"))
+    return 0
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    prof = ws.load_profile(args.profile)
+    base = prof.path.parent if prof.path else None
+    table = Table("source", "domain", "format", "status", "files", "size", "est. tokens", title=f"sources of {prof.name}")
+    for src in prof.sources:
+        info = describe_source(src, base)
+        status = {"missing": "[yellow]missing[/]"}.get(info.status, info.status)
+        size = f"{info.bytes / 1e6:,.1f} MB" if info.files else "-"
+        tokens = f"{info.est_tokens(prof.data.chars_per_token):,}" if info.files else "-"
+        table.add_row(info.name, info.domain, info.format, status, str(info.files or "-"), size, tokens)
+    Console().print(table)
     return 0
 
 
