@@ -19,3 +19,15 @@ class TokenizerError(FcError):
 
 class ShardError(DataError):
     """A shard file has a bad header, is truncated, or was made with another tokenizer."""
+
+
+class ModelError(FcError):
+    """A model shape is invalid, or weights do not fit the shape they are loaded into."""
+
+
+class QueueError(FcError):
+    """queue.toml is malformed, or a queue operation is not allowed in an entry's state."""
+
+
+class SupervisorError(FcError):
+    """The detached supervisor could not be started or a trainer could not be spawned."""

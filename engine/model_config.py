@@ -56,9 +56,11 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=512),
     # The seed plan's stage 0/1 text-only sanity model: 4 layers, 1024 wide.
     "stage0": ModelConfig(dim=1024, n_layers=4, n_heads=16, n_kv_heads=4, ffn_dim=2816, max_seq_len=2048),
-    # The full FusterCluck-450 decoder; the vision tower (ViT-B/16 class) and projector are budgeted.
+    # The full FusterCluck-450 decoder; the vision tower and projector are budgeted:
+    # ViT-B/16 at 224 px (85,798,656) + 2-layer MLP projector 768->1024->1024 (1,837,056),
+    # see engine.model_info.vision_params. At 50k vocab: 368.3M decoder + 87.6M = 455.9M.
     "fc450": ModelConfig(
         dim=1024, n_layers=24, n_heads=16, n_kv_heads=4, ffn_dim=2752, max_seq_len=2048,
-        vision_params=87_500_000,
+        vision_params=87_635_712,
     ),
 }

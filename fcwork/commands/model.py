@@ -1,0 +1,104 @@
+"""`fcwork model info PRESET`: parameters by component and the training-memory estimate (no torch)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.model_info import (
+    DEVICES,
+    default_vocab,
+    memory_estimate,
+    param_breakdown,
+    preset,
+    vision_params,
+)
+
+GIB = 1024**3
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="inspect model presets")
+    ps = p.add_subparsers(dest="model_cmd", metavar="ACTION", required=True)
+    i = ps.add_parser("info", help="parameters by component and the memory a training step needs")
+    i.add_argument("preset", help="tiny, stage0 or fc450")
+    i.add_argument("--vocab", type=int, help="vocabulary size (default: 8000 for tiny, else 50000)")
+    i.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's max_seq_len)")
+    i.add_argument("--micro-batch", type=int, default=1, help="sequences per micro-batch (default 1)")
+    i.add_argument("--checkpointing", action="store_true", help="with activation checkpointing")
+    i.add_argument("--device", choices=("auto", *DEVICES), default="auto", help="device to estimate for")
+    i.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    i.add_argument("--vision", action="store_true", help="count the vision budget as trained too")
+    i.set_defaults(func=cmd_info)
+
+
+def _m(n: int) -> str:
+    return f"{n / 1e6:,.2f}M"
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:,.2f} GiB"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    cfg = preset(args.preset)
+    cfg = cfg.with_vocab(args.vocab if args.vocab is not None else default_vocab(args.preset))
+    seq_len = args.seq_len if args.seq_len is not None else cfg.max_seq_len
+    counts = param_breakdown(cfg)
+    mem = memory_estimate(
+        cfg, seq_len, args.micro_batch, args.checkpointing, args.precision, args.device, args.vision
+    )
+    console = Console()
+
+    shape = (
+        f"{args.preset}: {cfg.n_layers} layers, width {cfg.dim}, heads {cfg.n_heads}/{cfg.n_kv_heads} kv, "
+        f"MLP {cfg.ffn_dim}, vocab {cfg.vocab_size:,}, {'tied' if cfg.tie_embeddings else 'untied'} embeddings"
+    )
+    table = Table("component", "parameters", "share", "how", title=shape)
+    per_layer = (counts["attention"] + counts["mlp"]) // cfg.n_layers
+    how = {
+        "embedding": f"vocab {cfg.vocab_size:,} x {cfg.dim}",
+        "attention": f"{cfg.n_layers} x (q,o {cfg.dim}x{cfg.dim} + k,v {cfg.dim}x{cfg.n_kv_heads * cfg.head_dim})",
+        "mlp": f"{cfg.n_layers} x 3 x {cfg.dim}x{cfg.ffn_dim} (gate, up, down)",
+        "norms": f"({2 * cfg.n_layers} + 1) x {cfg.dim}",
+        "lm_head": "tied to the embedding" if cfg.tie_embeddings else f"{cfg.dim} x vocab {cfg.vocab_size:,}",
+        "decoder": f"{_m(per_layer)} per layer without norms",
+    }
+    if counts["vision"]:
+        v = vision_params()
+        exact = v["total"] == counts["vision"]
+        how["vision"] = (
+            f"ViT-B/16 224px {_m(v['vision_tower'])} + projector {_m(v['projector'])}"
+            if exact else "budget for the vision tower + projector"
+        )
+    else:
+        how["vision"] = "none (text only)"
+    total = counts["total"]
+    if counts["vision"]:
+        how["total"] = f"{100 * (total / 450e6 - 1):+.1f}% against the 450M target"
+    for key in ("embedding", "attention", "mlp", "norms", "lm_head", "decoder", "vision", "total"):
+        style = "bold" if key in ("decoder", "total") else None
+        table.add_row(key, f"{counts[key]:,}", f"{100 * counts[key] / total:.1f}%", how.get(key, ""), style=style)
+    console.print(table)
+
+    title = (
+        f"training memory on {mem['device']} ({mem['precision']}), micro-batch {args.micro_batch} x {seq_len}, "
+        f"activation checkpointing {'on' if args.checkpointing else 'off'}"
+    )
+    mt = Table("part", "bytes", "size", "how", title=title)
+    notes = {
+        "weights": f"{_m(mem['params'])} params x 4 (fp32)"
+        + (", decoder only (--vision adds the vision budget)" if counts["vision"] and not args.vision else ""),
+        "grads": "x 4 (fp32)",
+        "optimizer": "AdamW moments, x 8 (2 x fp32)",
+        "cast_weights": "bf16 copies made by autocast, x 2" if mem["cast_weights"] else "none in fp32",
+        "activations": "each block's input only, one block recomputed" if args.checkpointing else "every block's",
+        "logits": f"{args.micro_batch * seq_len:,} tokens x vocab x (compute dtype + 2 x fp32)",
+        "total": "an upper-bound estimate",
+    }
+    for key in ("weights", "grads", "optimizer", "cast_weights", "activations", "logits", "total"):
+        mt.add_row(key, f"{mem[key]:,}", _gib(mem[key]), notes[key], style="bold" if key == "total" else None)
+    console.print(mt)
+    return 0
