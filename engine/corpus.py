@@ -141,7 +141,10 @@ def build_domain(
             seen.add(h)
             line = json.dumps({"text": text, "source": sources[i].name}, ensure_ascii=False) + "\n"
             digest.update(line.encode("utf-8"))
-            if is_heldout(hashlib.sha256(h + str(seed).encode()).digest(), heldout_fraction):
+            # By content hash, topped up in order so a domain of few large documents still holds
+            # out its share of characters; both rules are deterministic for a given input.
+            behind = summary.heldout_chars < heldout_fraction * (summary.chars + summary.heldout_chars)
+            if behind or is_heldout(hashlib.sha256(h + str(seed).encode()).digest(), heldout_fraction):
                 held_fh.write(line)
                 summary.heldout_docs += 1
                 summary.heldout_chars += len(text)

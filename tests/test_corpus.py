@@ -111,3 +111,16 @@ def test_failed_build_leaves_previous_corpus_whole(tmp_path):
         build_corpus(prof, raw, workers=1)
     assert (raw / "code.jsonl").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".raw")]
+
+
+def test_few_large_documents_still_hold_out_their_share(tmp_path):
+    prof = make_profile(tmp_path, tokens=1_000_000)
+    (tmp_path / "code").mkdir(exist_ok=True)
+    for p in (tmp_path / "code").iterdir():
+        p.unlink()
+    for i in range(20):
+        (tmp_path / "code" / f"big{i}.txt").write_text(f"# module {i}\n" + "x = 1\n" * 800)
+    summary = build_corpus(prof, tmp_path / "raw", workers=1).domains["code"]
+    total = summary.chars + summary.heldout_chars
+    assert summary.heldout_docs >= 2
+    assert summary.heldout_chars >= 0.1 * total - 5000
