@@ -31,3 +31,11 @@ class QueueError(FcError):
 
 class SupervisorError(FcError):
     """The detached supervisor could not be started or a trainer could not be spawned."""
+
+
+class RunError(FcError):
+    """A run folder, its stage.toml or a checkpoint is missing, malformed or does not match."""
+
+
+class ControlError(FcError):
+    """A run's control.toml is malformed or asks for something the run cannot do."""

@@ -1,0 +1,144 @@
+"""events.jsonl: the trainer's append-only log of status, step, eval, mix, checkpoint and error events.
+
+One JSON object a line, each with `type` and `time` (unix seconds); docs/formats.md lists the
+fields. The writer flushes every line (a reader tailing the file sees it at once) and fsyncs only
+the rare events that must survive a power cut (status, checkpoint, error), so logging a step costs
+one small write. The reader is incremental (byte offsets) and skips a torn last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+EVENTS_FILE = "events.jsonl"
+EVENT_TYPES = ("status", "step", "eval", "mix", "checkpoint", "error")
+STATES = ("starting", "running", "stopping", "stopped", "finished", "failed")
+FINAL_STATES = ("stopped", "finished", "failed")
+ERROR_SOURCES = ("control", "trainer", "supervisor")
+# Events whose loss would mislead a restart or the supervisor: synced to disk, not just flushed.
+DURABLE_TYPES = frozenset({"status", "checkpoint", "error"})
+
+
+class EventWriter:
+    """Appends events to an events.jsonl file, one flushed JSON line each."""
+
+    def __init__(self, path: str | os.PathLike, durable: frozenset[str] | set[str] = DURABLE_TYPES) -> None:
+        self.path = Path(path)
+        self.durable = frozenset(durable)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[str] | None = open(self.path, "a", encoding="utf-8")
+        # A writer killed mid-line leaves a torn line; end it so our first event starts a line of its own.
+        if self._fh.tell() > 0 and not _ends_with_newline(self.path):
+            self._fh.write("\n")
+            self._fh.flush()
+
+    def write(self, type: str, **fields: Any) -> dict[str, Any]:
+        """Append one event (`type` and `time` first, then `fields`) and return it."""
+        if self._fh is None:
+            raise ValueError(f"{self.path}: event writer is closed")
+        event = {"type": type, "time": round(time.time(), 3), **fields}
+        self._fh.write(json.dumps(event, separators=(",", ":"), allow_nan=False, default=_jsonable) + "\n")
+        self._fh.flush()
+        if type in self.durable:
+            os.fsync(self._fh.fileno())
+        return event
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "EventWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _jsonable(value: Any) -> Any:
+    """Numbers from numpy/torch scalars and paths, for json.dumps."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"event field of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
+def read_events(path: str | os.PathLike, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Events from byte `offset` to the last complete line, and the offset to continue from.
+
+    A missing file reads as no events. A partial last line (a write in progress) is left for
+    the next call; a complete line that is not a JSON object (torn by a kill) is skipped.
+    A file shorter than `offset` (replaced) is read again from the start.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if offset > size:
+                offset = 0
+            fh.seek(offset)
+            data = fh.read(size - offset)
+    except FileNotFoundError:
+        return [], 0
+    end = data.rfind(b"\n") + 1
+    events = []
+    for line in data[:end].splitlines():
+        event = _parse_line(line)
+        if event is not None:
+            events.append(event)
+    return events, offset + end
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | None:
+    if not line.strip():
+        return None
+    try:
+        event = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("type"), str) else None
+
+
+def tail_events(path: str | os.PathLike, want: set[str], block: int = 1 << 16) -> dict[str, dict[str, Any]]:
+    """The last event of each type in `want`, reading the file backwards in blocks.
+
+    Cheap on a long run's events.jsonl: it stops as soon as every wanted type is found.
+    """
+    path = Path(path)
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return found
+    with fh:
+        pos = os.fstat(fh.fileno()).st_size
+        carry = b""
+        while pos > 0 and len(found) < len(want):
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            chunk = fh.read(step) + carry
+            lines = chunk.split(b"\n")
+            carry = lines.pop(0) if pos > 0 else b""  # maybe the tail of a line that starts earlier
+            for line in reversed(lines):
+                event = _parse_line(line)
+                if event is not None and event["type"] in want and event["type"] not in found:
+                    found[event["type"]] = event
+        if carry and len(found) < len(want):
+            event = _parse_line(carry)
+            if event is not None and event["type"] in want and event["type"] not in found:
+                found[event["type"]] = event
+    return found

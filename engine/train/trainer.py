@@ -1,0 +1,412 @@
+"""The training loop of one run: read the frozen stage, resume or initialise, train, report, stop.
+
+Components do the work (device, data, checkpoint, lr_schedule, evaluate, watch); this file wires
+them and keeps the loop short. Everything that matters is in RUN_DIR: stage.toml in, events.jsonl
+and ckpt/ out, control.toml watched. `main` maps the outcome to the exit code the supervisor
+reads: 0 finished or stopped, 2 a user/config error, 1 a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import DataError, FcError, RunError
+from engine.events import EVENTS_FILE, EventWriter, read_events
+from engine.runs import CKPT_DIR, CKPT_PREFIX, RunSpec, checkpoints, load_run_spec
+from engine.sampler import MixSchedule, Sampler
+from engine.train import checkpoint as ckpt
+from engine.train.data import heldout_windows, open_training_shards, window_bytes
+from engine.train.device import DeviceInfo, pick_device
+from engine.train.evaluate import evaluate
+from engine.train.lr_schedule import lr_at, schedule_info
+from engine.train.watch import ControlWatcher, Rejected, StopSignals
+
+log = logging.getLogger("fcwork.trainer")
+THREADS_ENV = "FCWORK_TRAIN_THREADS"   # pin torch's CPU threads (same value => same sums => exact resume)
+EXIT_OK, EXIT_CRASH, EXIT_USER = 0, 1, 2
+
+
+class Trainer:
+    """One run's training state and the loop over it."""
+
+    def __init__(self, run_dir: Path, events: EventWriter) -> None:
+        self.run_dir = run_dir
+        self.events = events
+        self.spec: RunSpec | None = None
+        self.dev: DeviceInfo | None = None
+        self.step = 0
+        self.stop_reason = ""
+
+    # -- status -------------------------------------------------------------------------
+
+    def status(self, state: str, message: str = "") -> None:
+        fields: dict[str, Any] = {
+            "state": state, "step": self.step, "max_steps": self.spec.stage.max_steps if self.spec else 0,
+            "pid": os.getpid(), "device": self.dev.name if self.dev else "",
+        }
+        if message:
+            fields["message"] = message
+        self.events.write("status", **fields)
+
+    # -- setup --------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Everything before the first step; a problem here is the user's (exit 2) unless it is a bug."""
+        self.signals = StopSignals()  # first: a SIGTERM during a slow start-up still stops cleanly
+        self.spec = spec = load_run_spec(self.run_dir)
+        st = spec.stage
+        self.dev = pick_device(st.device, st.precision, origin=f"{self.run_dir / 'stage.toml'}: stage")
+        done = checkpoints(self.run_dir)
+        self.step = done[-1][0] if done else 0
+        self.status("starting")
+        # Exact resume on the CPU needs the same reduction order: a fixed thread count. The CPU ops
+        # used here are deterministic as they are; torch.use_deterministic_algorithms would add
+        # ~3 s of start-up (it imports torch._inductor) for nothing.
+        threads = int(os.environ.get(THREADS_ENV, "0") or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        shards = self.build_data()
+        self.build_model()
+        origin, last_request = self.restore(done)
+        self.sampler = Sampler(shards, st.seq_len, st.seed, self.schedule)
+        self.domain_names = list(self.sampler.domains)  # domain ids index this (sorted) list
+        compile_on = st.compile == "on" or (st.compile == "auto" and self.dev.type == "cuda")
+        if compile_on:
+            self.model.compile()
+        self.watcher = ControlWatcher(self.run_dir, spec.domains, last_request)
+        log.info("run %s: stage %s, %s params, %s on %s (%s), compile %s", spec.run_id, st.name,
+                 f"{self.model.num_params():,}", origin, self.dev.name, self.dev.precision, "on" if compile_on else "off")
+        self.status("running", origin)
+
+    def build_data(self) -> dict:
+        """Training shards (checked against the run's tokenizer) and the fixed held-out windows."""
+        spec, st = self.spec, self.spec.stage
+        shards = open_training_shards(spec.shards, spec.domains, spec.tokenizer_hash, spec.model.vocab_size)
+        self.eval_windows, self.eval_bytes = {}, None
+        if st.eval_every:
+            self.eval_windows = heldout_windows(spec.shards, spec.domains, spec.tokenizer_hash,
+                                                spec.model.vocab_size, st.seq_len, st.eval_batches * st.micro_batch)
+            self.eval_bytes = window_bytes(self.eval_windows, spec.tokenizer) if self.eval_windows else None
+        self.tokens_per_step = st.micro_batch * st.grad_accum * st.seq_len
+        return shards
+
+    def build_model(self) -> None:
+        """The model (seeded), its optimizer, and the FLOPs per token that MFU is measured against."""
+        from engine.model import Transformer
+
+        cfg, st = self.spec.model, self.spec.stage
+        torch.manual_seed(st.seed)
+        with torch.device(self.dev.device):
+            self.model = Transformer(cfg)
+        self.model.set_activation_checkpointing(st.activation_checkpointing)
+        self.optimizer = build_optimizer(self.model, st, self.dev)
+        # 6 N (forward + backward of the matmuls; the embedding lookup is free) + attention scores.
+        matmul_params = self.model.num_params() - (0 if cfg.tie_embeddings else self.model.embed.weight.numel())
+        self.flops_per_token = 6 * matmul_params + 12 * cfg.n_layers * cfg.dim * st.seq_len
+
+    def restore(self, done: list[tuple[int, Path]]) -> tuple[str, int]:
+        """Resume from the newest loadable checkpoint, else start from init_from or scratch; then put
+        back mix changes acknowledged after it. Returns (how it started, last control request id)."""
+        self.schedule = MixSchedule([(0, dict(self.spec.mix))])
+        self.tokens_drawn = {d: 0 for d in self.spec.domains}
+        self.saved_step = -1
+        ckpt.remove_partial(self.run_dir / CKPT_DIR)
+        origin, last_request = "from scratch", 0
+        for i, (step, where) in enumerate(reversed(done)):
+            try:
+                last_request = self.resume(where)
+            except FcError as exc:
+                if i == len(done) - 1:
+                    raise
+                log.warning("cannot resume from %s (%s); trying the one before", where.name, exc)
+                continue
+            origin, self.saved_step = f"resumed from {where.name}", step
+            break
+        else:
+            if self.spec.init_from:
+                self.init_from(self.spec.init_from)
+                origin = f"initialised from {self.spec.init_from}"
+        return origin, self.replay_mix_events(last_request)
+
+    def resume(self, where: Path) -> int:
+        """Load a checkpoint of this run; returns the last control request id it had acted on."""
+        state = ckpt.read_state(where)
+        try:
+            step, schedule = int(state["step"]), MixSchedule.from_list(state["mix_schedule"])
+            last_request = int(state.get("last_request_id", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunError(f"{where / 'state.json'}: missing or malformed field ({exc})") from None
+        ckpt.load_weights(where, self.model, self.dev.device)
+        ckpt.load_optimizer(where, self.optimizer, self.dev.device)
+        self.step, self.schedule = step, schedule
+        self.tokens_drawn.update(state.get("tokens_drawn", {}))
+        ckpt.set_rng_state(state.get("rng", {}))
+        return last_request
+
+    def init_from(self, where: Path) -> None:
+        """Start from an earlier stage's final weights (same tokenizer and shape, else exit 2)."""
+        state = ckpt.read_state(where)
+        theirs = state.get("tokenizer_hash", "")
+        if theirs != self.spec.tokenizer_hash:
+            raise RunError(
+                f"{where}: init_from checkpoint was trained with tokenizer {theirs[:12] or '?'}..., this run uses "
+                f"{self.spec.tokenizer_hash[:12]}... (retrain the earlier stage with this tokenizer)"
+            )
+        ckpt.load_weights(where, self.model, self.dev.device)
+
+    def replay_mix_events(self, last_request: int) -> int:
+        """Mix changes acknowledged after the checkpoint we resumed from are put back in the schedule at
+        the steps they were announced for, so the resumed run trains exactly what the killed one did."""
+        events, _ = read_events(self.run_dir / EVENTS_FILE)
+        for ev in events:
+            rid = ev.get("request_id")
+            if ev.get("type") == "mix" and isinstance(rid, int) and rid > last_request and ev.get("step", 0) > self.step:
+                self.schedule.add(int(ev["step"]), {d: float(w) for d, w in ev["mix"].items()})
+                last_request = rid
+        return last_request
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def train(self) -> int:
+        """Train to max_steps (or until asked to stop), then checkpoint; returns the exit code."""
+        try:
+            if not self.run_until(self.spec.stage.max_steps):
+                return self.stop()
+            if self.saved_step != self.step:
+                self.save()
+            self.status("finished")
+            return EXIT_OK
+        finally:
+            self.close()
+
+    def run_until(self, last_step: int) -> bool:
+        """The loop: steps up to `last_step` with their events, evals and checkpoints; False if asked to stop."""
+        st = self.spec.stage
+        self.mark = (time.perf_counter(), self.step)
+        while self.step < last_step:
+            if self.check_control(self.step + 1):
+                return False
+            self.step += 1
+            metrics = self.train_step(self.step)
+            if metrics is not None:
+                self.events.write("step", **metrics)
+            last = self.step == st.max_steps
+            if st.eval_every and self.eval_windows and (self.step % st.eval_every == 0 or last):
+                self.run_eval()
+            if self.step % st.checkpoint_every == 0 or last:
+                self.save()
+        return True
+
+    def close(self) -> None:
+        """Stop watching control.toml and give the signals back (also after a failed setup)."""
+        watcher, signals = getattr(self, "watcher", None), getattr(self, "signals", None)
+        if watcher is not None:
+            watcher.close()
+        if signals is not None:
+            signals.restore()
+        self.watcher = self.signals = None
+
+    def train_step(self, step: int) -> dict[str, Any] | None:
+        """One optimizer step over grad_accum micro batches; the step event's fields on log steps."""
+        st, dev, model = self.spec.stage, self.dev, self.model
+        lr = lr_at(step, st)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        logging_step = step % st.log_every == 0 or step == st.max_steps
+        n_dom = len(self.domain_names)
+        loss_sum = torch.zeros((), device=dev.device)
+        dom_sum = torch.zeros(n_dom, device=dev.device)  # per-sequence mean losses, summed by domain
+        dom_count = np.zeros(n_dom, dtype=np.int64)
+        for micro in range(st.grad_accum):
+            first = ((step - 1) * st.grad_accum + micro) * st.micro_batch  # the sequence index (formats.md)
+            tokens, domain_ids = self.sampler.batch(step, first, st.micro_batch)
+            dom_count += np.bincount(domain_ids, minlength=n_dom)
+            x = torch.as_tensor(tokens).to(dev.device, non_blocking=True)
+            with dev.autocast():
+                per_token = model.loss(x[:, :-1], x[:, 1:], reduction="none")
+            loss = per_token.mean()
+            (loss / st.grad_accum).backward()
+            loss_sum += loss.detach()
+            if logging_step:
+                dom_sum.index_add_(0, torch.as_tensor(domain_ids).to(dev.device), per_token.detach().mean(dim=1))
+        for i, d in enumerate(self.domain_names):
+            self.tokens_drawn[d] = self.tokens_drawn.get(d, 0) + int(dom_count[i]) * (st.seq_len + 1)
+        grads = [p for p in model.parameters() if p.grad is not None]
+        if st.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(grads, st.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in grads])
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not logging_step:
+            return None
+        loss_value = (loss_sum / st.grad_accum).item()  # waits for the device, so the timing is real
+        sums = dom_sum.tolist()
+        domain_loss = {d: sums[i] / int(dom_count[i]) for i, d in enumerate(self.domain_names) if dom_count[i]}
+        return self.step_event(step, loss_value, domain_loss, lr, float(grad_norm))
+
+    def step_event(self, step: int, loss: float, domain_loss: dict[str, float], lr: float, grad_norm: float) -> dict:
+        """The step event's fields, with speed averaged over the steps since the last one."""
+        now = time.perf_counter()
+        (t0, s0), self.mark = self.mark, (now, step)
+        steps = max(step - s0, 1)
+        elapsed = max(now - t0, 1e-9)
+        tokens_per_s = self.tokens_per_step * steps / elapsed
+        fields: dict[str, Any] = {
+            "step": step, "tokens": step * self.tokens_per_step, "loss": loss, "domain_loss": domain_loss,
+            "lr": lr, "grad_norm": grad_norm, "tokens_per_s": round(tokens_per_s, 2),
+            "step_time": round(elapsed / steps, 6), "mem_bytes": self.dev.memory_bytes(),
+            "mix": self.schedule.weights_at(step),
+        }
+        if self.dev.peak_flops:
+            fields["mfu"] = round(self.flops_per_token * tokens_per_s / self.dev.peak_flops, 5)
+        return fields
+
+    def check_control(self, next_step: int) -> bool:
+        """Act on a new control request or a signal before `next_step`; True means stop now."""
+        request = self.watcher.poll()
+        if isinstance(request, Rejected):
+            fields = {"request_id": request.request_id} if request.request_id is not None else {}
+            self.events.write("error", message=request.message, source="control", **fields)
+            log.warning("control: %s", request.message)
+        elif request is not None:
+            if request.mix is not None:
+                self.apply_mix(next_step, request.mix, request.request_id)
+            if request.stop:
+                self.stop_reason = f"stop requested (control request {request.request_id})"
+        if self.signals.requested and not self.stop_reason:
+            self.stop_reason = f"{self.signals.requested} received"
+        return bool(self.stop_reason)
+
+    def apply_mix(self, step: int, mix: dict[str, float], request_id: int) -> None:
+        """Put a requested mix in force from `step` (recorded in the schedule, so a resume replays it)."""
+        total = sum(mix.values())
+        weights = {d: mix.get(d, 0.0) / total for d in self.spec.domains}
+        try:
+            self.sampler.check(weights)  # e.g. a domain whose shard is shorter than one window
+        except DataError as exc:
+            self.events.write("error", message=f"{self.run_dir / 'control.toml'}: {exc}", source="control",
+                              request_id=request_id)
+            return
+        self.schedule.add(step, weights)
+        self.events.write("mix", step=step, mix=weights, request_id=request_id)
+        log.info("mix from step %d: %s", step, weights)
+
+    def stop(self) -> int:
+        self.status("stopping", self.stop_reason)
+        if self.saved_step != self.step:
+            self.save()
+        else:  # this step's checkpoint exists: record the requests acted on since it was written
+            ckpt.update_state(self.run_dir / CKPT_DIR / f"{CKPT_PREFIX}{self.step}", {
+                "mix_schedule": self.schedule.to_list(), "last_request_id": self.watcher.last_request_id})
+        self.status("stopped", self.stop_reason)
+        return EXIT_OK
+
+    def run_eval(self) -> None:
+        res = evaluate(self.model, self.eval_windows, self.spec.stage.micro_batch, self.dev, self.eval_bytes)
+        fields: dict[str, Any] = {"step": self.step, "loss": res.loss, "domain_loss": res.domain_loss}
+        if res.domain_bpb:
+            fields["domain_bpb"] = res.domain_bpb
+        self.events.write("eval", **fields)
+        self.mark = (time.perf_counter(), self.step)  # keep eval time out of the next tokens/s
+
+    def save(self) -> None:
+        st = self.spec.stage
+        state = {
+            "step": self.step,
+            "tokens": self.step * self.tokens_per_step,
+            "sequence_cursor": self.step * st.grad_accum * st.micro_batch,
+            "tokens_drawn": self.tokens_drawn,
+            "epochs": self.sampler.epochs(self.tokens_drawn),
+            "rng": ckpt.rng_state(),
+            "mix_schedule": self.schedule.to_list(),
+            "last_request_id": self.watcher.last_request_id,
+            "lr_schedule": schedule_info(st),
+            "tokenizer_hash": self.spec.tokenizer_hash,
+            "model": asdict(self.spec.model),
+            "run_id": self.spec.run_id,
+            "time": time.time(),
+        }
+        where = ckpt.save_checkpoint(self.run_dir / CKPT_DIR, self.step, self.model, self.optimizer, state,
+                                     st.keep_checkpoints)
+        self.saved_step = self.step
+        self.events.write("checkpoint", step=self.step, path=str(where))
+        log.info("checkpoint %s", where.name)
+        self.mark = (time.perf_counter(), self.step)  # keep checkpoint time out of the next tokens/s
+
+
+def build_optimizer(model: torch.nn.Module, st, dev: DeviceInfo) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices (2-D and up) only; fused kernels on CUDA."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": st.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if dev.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=st.lr, betas=(st.beta1, st.beta2), eps=1e-8, **extra)
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+def _setup_logging(run_dir: Path) -> list[logging.Handler]:
+    """Log to stderr; also to RUN_DIR/trainer.log unless stderr already is that file (the supervisor's)."""
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s trainer[%(process)d] %(levelname)s %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    log_path = run_dir / "trainer.log"
+    try:
+        same = os.path.samestat(os.fstat(sys.stderr.fileno()), os.stat(log_path))
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        handlers.append(logging.FileHandler(log_path, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    return handlers
+
+
+def main(run_dir: str | os.PathLike) -> int:
+    """Train the run in `run_dir` (resuming it if it has checkpoints); returns the exit code."""
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "stage.toml").is_file():
+        print(f"fcwork-train: error: {run_dir}: not a run folder (no stage.toml)", file=sys.stderr)
+        return EXIT_USER
+    handlers = _setup_logging(run_dir)
+    try:
+        with EventWriter(run_dir / EVENTS_FILE) as events:
+            return _run(Trainer(run_dir, events))
+    finally:
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _run(trainer: Trainer) -> int:
+    try:
+        trainer.setup()
+        return trainer.train()
+    except FcError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.error("%s", message)
+        trainer.events.write("error", message=message, source="trainer")
+        trainer.status("failed", message)
+        return EXIT_USER
+    except BaseException as exc:  # a crash: traceback to the log, one line to the events
+        log.error("crash:\n%s", traceback.format_exc())
+        first = (str(exc).strip().splitlines() or [""])[0]
+        message = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        trainer.events.write("error", message=message, source="trainer")
+        trainer.status("failed", message)
+        return EXIT_CRASH
+    finally:
+        trainer.close()

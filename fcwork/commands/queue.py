@@ -1,0 +1,156 @@
+"""`fcwork queue add|list|start|cancel|resume|remove|move`: the workspace's stage queue."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Column, Table
+
+from engine.errors import QueueError
+from engine.queue import StageQueue
+from engine.workspace import Workspace
+
+STATE_STYLE = {"queued": "cyan", "running": "bold blue", "done": "green", "failed": "red", "cancelled": "yellow"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("queue", help="queue training stages and run them in the background")
+    ps = p.add_subparsers(dest="queue_cmd", metavar="ACTION", required=True)
+    a = ps.add_parser("add", help="queue stages of a profile (in the order given)")
+    a.add_argument("profile")
+    a.add_argument("stages", nargs="+", metavar="STAGE")
+    a.add_argument("--start", action="store_true", help="also start the supervisor")
+    a.set_defaults(func=cmd_add)
+    ps.add_parser("list", help="entries with state, run and progress").set_defaults(func=cmd_list)
+    ps.add_parser("start", help="start the detached supervisor (no-op when one runs)").set_defaults(func=cmd_start)
+    c = ps.add_parser("cancel", help="cancel a queued entry, or stop a running one at a checkpoint")
+    c.add_argument("id", type=int)
+    c.set_defaults(func=cmd_cancel)
+    r = ps.add_parser("resume", help="queue a cancelled or failed entry again (resumes its run)")
+    r.add_argument("id", type=int)
+    r.add_argument("--start", action="store_true", help="also start the supervisor")
+    r.set_defaults(func=cmd_resume)
+    d = ps.add_parser("remove", help="drop an entry (its run folder stays)")
+    d.add_argument("id", type=int)
+    d.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    d.set_defaults(func=cmd_remove)
+    m = ps.add_parser("move", help="reorder: up, down, or a position (1 = first)")
+    m.add_argument("id", type=int)
+    m.add_argument("where", metavar="up|down|N")
+    m.set_defaults(func=cmd_move)
+
+
+def _queue(args: argparse.Namespace) -> StageQueue:
+    return StageQueue(Workspace.open(args.workspace))
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    q = _queue(args)
+    for entry in q.add_many(args.profile, args.stages):
+        print(f"queued #{entry.id}: {entry.profile} / {entry.stage}")
+    return _maybe_start(q, args.start)
+
+
+def _maybe_start(q: StageQueue, start: bool) -> int:
+    from engine.supervisor import supervisor_pid
+
+    if start:
+        print(f"supervisor running (pid {q.start()}); log: {q.ws.root / 'supervisor.log'}")
+    elif supervisor_pid(q.ws) is None:
+        print("the supervisor is not running: `fcwork queue start` runs the queue")
+    return 0
+
+
+def entry_progress(q: StageQueue, run_id: str) -> str:
+    """`step/total` of an entry's run ("-" before it has one)."""
+    if not run_id:
+        return "-"
+    from engine.runs import read_run
+    from fcwork.live import stage_max_steps
+
+    run_dir = q.ws.runs_dir / run_id
+    try:
+        summary = read_run(run_dir)
+    except Exception as exc:  # a damaged run shows in the table, it does not end the listing
+        return f"? ({exc})"[:40]
+    step = _get(summary, "step", 0) or 0
+    total = _get(summary, "max_steps", 0) or stage_max_steps(run_dir)
+    return f"{step}/{total}" if total else str(step)
+
+
+def _get(obj, key, default=None):
+    return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from engine.supervisor import supervisor_pid
+
+    q = _queue(args)
+    entries = q.read()
+    pid = supervisor_pid(q.ws)
+    table = Table("id", "profile", "stage", "state", Column("run", overflow="fold"), "step/total", "message",
+                  title=f"queue of {q.ws.root} — supervisor " + (f"running (pid {pid})" if pid else "not running"))
+    for e in entries:
+        style = STATE_STYLE.get(e.state, "")
+        restarts = f" (restarts {e.restarts})" if e.restarts else ""
+        table.add_row(str(e.id), e.profile, e.stage, f"[{style}]{e.state}[/]", e.run_id or "-",
+                      entry_progress(q, e.run_id), e.message + restarts)
+    Console().print(table if entries else f"the queue of {q.ws.root} is empty")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    q = _queue(args)
+    pending = sum(e.state in ("queued", "running") for e in q.read())
+    pid = q.start()
+    print(f"supervisor running (pid {pid}), {pending} entr{'y' if pending == 1 else 'ies'} to run; "
+          f"log: {q.ws.root / 'supervisor.log'}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    entry = _queue(args).cancel(args.id)
+    if entry.state == "running":
+        print(f"#{entry.id}: stop requested; it checkpoints, then shows as cancelled")
+    else:
+        print(f"#{entry.id}: {entry.state}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    q = _queue(args)
+    entry = q.resume(args.id)
+    print(f"#{entry.id}: queued ({entry.message})")
+    return _maybe_start(q, args.start)
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    q = _queue(args)
+    entry = q.get(args.id)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise QueueError(f"{q.path}: remove #{args.id}: confirmation needed; pass --yes when not at a terminal")
+        answer = input(f"remove #{entry.id} ({entry.profile} / {entry.stage}, {entry.state})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("kept")
+            return 1
+    q.remove(args.id)
+    print(f"removed #{entry.id}" + (f" (run folder runs/{entry.run_id} kept)" if entry.run_id else ""))
+    return 0
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    q = _queue(args)
+    where: str | int = args.where
+    if where not in ("up", "down"):
+        try:
+            where = int(where) - 1
+        except ValueError:
+            raise QueueError(f"{q.path}: move: expected up, down or a position (1 = first), got {args.where!r}") from None
+        if where < 0:
+            raise QueueError(f"{q.path}: move: expected a position of 1 or more, got {args.where}")
+    new = q.move(args.id, where)
+    print(f"#{args.id} is now at position {new + 1}")
+    return 0

@@ -1,0 +1,225 @@
+"""`fcwork train`, `fcwork run` and `fcwork mix`: train in the foreground, run a whole profile
+through the queue, and change the mix of a running stage."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import ProfileError, RunError
+from engine.workspace import Workspace
+
+FINAL = ("done", "failed", "cancelled")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train one stage in the foreground with a live view (Ctrl-C stops cleanly)")
+    t.add_argument("profile")
+    t.add_argument("stage")
+    t.set_defaults(func=cmd_train)
+    r = sub.add_parser("run", help="the whole profile: data, tokenizer, shards, then every stage through the queue")
+    r.add_argument("profile", nargs="?", default="default")
+    r.add_argument("--no-train", action="store_true", help="prepare the data only")
+    r.add_argument("--detach", action="store_true", help="queue the stages and return at once")
+    r.add_argument("--force-data", action="store_true", help="redo corpus, tokenizer and shards")
+    r.set_defaults(func=cmd_run)
+    m = sub.add_parser("mix", help="change the domain mix of a running stage (applied at its next step)")
+    m.add_argument("run", help="run id (a folder under runs/) or path")
+    m.add_argument("weights", nargs="+", metavar="DOMAIN=WEIGHT")
+    m.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the trainer's answer")
+    m.set_defaults(func=cmd_mix)
+
+
+def resolve_run(ws: Workspace, run: str) -> Path:
+    """A run id under runs/, or a path to a run folder."""
+    path = Path(run).expanduser()
+    if not (path / "stage.toml").exists():
+        path = ws.runs_dir / run
+    if not (path / "stage.toml").exists():
+        known = sorted(p.name for p in ws.runs_dir.iterdir() if (p / "stage.toml").exists()) if ws.runs_dir.exists() else []
+        listed = ", ".join(known[-5:]) or "none"
+        raise RunError(f"{ws.runs_dir}: no run {run!r} (latest runs: {listed})")
+    return path
+
+
+# -- fcwork train ---------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.runs import create_run
+    from engine.supervisor import spawn_trainer
+    from fcwork.live import follow_run
+
+    ws = Workspace.open(args.workspace)
+    prof = ws.load_profile(args.profile)
+    prof.stage(args.stage)
+    run_dir = Path(create_run(ws, prof, args.stage))
+    console = Console(stderr=True)
+    console.print(f"run {run_dir.name}: {prof.name} / {args.stage} (log: {run_dir / 'trainer.log'})")
+    proc = spawn_trainer(run_dir)
+    interrupts = 0
+    tail = None
+    while tail is None:
+        try:
+            tail = follow_run(run_dir, lambda: proc.poll() is not None, console, label=args.stage)
+        except KeyboardInterrupt:
+            interrupts += 1
+            if interrupts == 1:
+                from engine.control import write_control
+
+                write_control(run_dir, stop=True)
+                console.print("stopping: the trainer checkpoints, then exits (Ctrl-C again to send SIGTERM)")
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+                console.print("sent SIGTERM to the trainer")
+    rc = proc.wait()
+    state = tail.state or "?"
+    console.print(f"run {run_dir.name}: {state} at step {tail.step}/{tail.max_steps} (exit {rc})")
+    if rc != 0 and tail.errors:
+        console.print(f"[red]{tail.errors[-1].get('message', '')}[/]")
+    return rc if rc >= 0 else 128 - rc
+
+
+# -- fcwork run -----------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.pipeline import prepare_data
+    from engine.queue import StageQueue, profile_key
+    from engine.supervisor import ensure_supervisor
+    from fcwork.live import follow_queue
+    from fcwork.progress import rich_progress
+
+    ws = Workspace.open(args.workspace)
+    prof = ws.load_profile(args.profile)
+    console = Console(stderr=True)
+    with rich_progress(console) as progress:
+        ran = prepare_data(ws, prof, progress, force=args.force_data)
+    console.print(f"data of {prof.name}: " + (f"ran {', '.join(ran)}" if ran else "up to date"))
+    if args.no_train:
+        return 0
+    if not prof.stages:
+        raise ProfileError(f"{prof.path}: stages: the profile has no [[stages]] to train")
+    queue = StageQueue(ws)
+    key = profile_key(ws, args.profile)
+    active = {(e.profile, e.stage): e for e in queue.read() if e.state in ("queued", "running")}
+    ids, new = [], []
+    for st in prof.stages:
+        if (key, st.name) in active:
+            ids.append(active[(key, st.name)].id)
+        else:
+            new.append(st.name)
+    added = queue.add_many(args.profile, new) if new else []
+    ids = sorted(ids + [e.id for e in added])
+    pid = ensure_supervisor(ws)
+    console.print(f"queued {', '.join(f'#{i}' for i in ids)}; supervisor pid {pid} (log: {ws.root / 'supervisor.log'})")
+    if args.detach:
+        console.print("detached: follow with `fcwork queue list` or the TUI")
+        return 0
+    try:
+        follow_queue(ws, ids, console)
+    except KeyboardInterrupt:
+        console.print("detached; the stages keep training (`fcwork queue list`)")
+        return 130
+    entries = [e for e in queue.read() if e.id in ids]
+    Console().print(summary_table(ws, entries))
+    return 0 if all(e.state == "done" for e in entries) else 1
+
+
+def eval_events(run_dir: Path) -> list[dict]:
+    """The run's `eval` events, in order."""
+    from engine.events import read_events
+
+    path = Path(run_dir) / "events.jsonl"
+    if not path.exists():
+        return []
+    events, _ = read_events(path, 0)
+    return [e for e in events if e.get("type") == "eval"]
+
+
+def summary_table(ws: Workspace, entries: list) -> Table:
+    """Per entry: state, run, and the held-out loss at its first and last eval."""
+    table = Table("stage", "state", "run", "first eval (step: loss)", "last eval (step: loss)", "message",
+                  title="summary")
+    for e in entries:
+        evals = eval_events(ws.runs_dir / e.run_id) if e.run_id else []
+        first = f"{evals[0].get('step')}: {evals[0].get('loss'):.4f}" if evals else "-"
+        last = f"{evals[-1].get('step')}: {evals[-1].get('loss'):.4f}" if evals else "-"
+        table.add_row(e.stage, e.state, e.run_id or "-", first, last, e.message)
+    return table
+
+
+# -- fcwork mix -----------------------------------------------------------------------
+
+def parse_weights(pairs: list[str], domains: list[str], origin: str) -> dict[str, float]:
+    """`science=0.5 code=0.3` into a mix over the run's domains; errors name the bad pair."""
+    mix: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ProfileError(f"{origin}: mix: expected DOMAIN=WEIGHT, got {pair!r}")
+        if name not in domains:
+            raise ProfileError(f"{origin}: mix.{name}: expected a domain of the run ({', '.join(domains)})")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ProfileError(f"{origin}: mix.{name}: expected a non-negative number, got {value!r}") from None
+        if not weight >= 0 or weight == float("inf"):
+            raise ProfileError(f"{origin}: mix.{name}: expected a non-negative number, got {value!r}")
+        mix[name] = weight
+    if sum(mix.values()) <= 0:
+        raise ProfileError(f"{origin}: mix: expected at least one positive weight, got all zero")
+    return mix
+
+
+def cmd_mix(args: argparse.Namespace) -> int:
+    from engine.control import write_control
+    from engine.events import read_events
+    from engine.profile import normalise_mix
+    from engine.supervisor import trainer_pid
+
+    ws = Workspace.open(args.workspace)
+    run_dir = resolve_run(ws, args.run)
+    stage_toml = run_dir / "stage.toml"
+    try:
+        domains = list(tomllib.loads(stage_toml.read_text(encoding="utf-8")).get("mix", {}))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ProfileError(f"{stage_toml}: cannot read the run's mix ({exc})") from None
+    mix = parse_weights(args.weights, domains, str(stage_toml))
+    # Domains left out keep their weight of 0: a mix names every domain it trains on.
+    mix = {d: mix.get(d, 0.0) for d in domains}
+    if trainer_pid(run_dir) is None:
+        raise RunError(f"{run_dir}: no trainer is running for this run; a mix change needs a training stage")
+    events_path = run_dir / "events.jsonl"
+    offset = events_path.stat().st_size if events_path.exists() else 0
+    request = write_control(run_dir, mix=mix)
+    if not isinstance(request, int):
+        request = tomllib.loads((run_dir / "control.toml").read_text(encoding="utf-8")).get("request_id")
+    print(f"mix request {request} sent to {run_dir.name}: " + " ".join(f"{d}={w:g}" for d, w in mix.items()))
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        events, offset = read_events(events_path, offset) if events_path.exists() else ([], offset)
+        for ev in events:
+            if ev.get("type") == "mix" and ev.get("request_id") == request:
+                applied = " ".join(f"{d}={w:.3f}" for d, w in normalise_mix(ev.get("mix") or mix).items())
+                print(f"applied from step {ev.get('step')}: {applied}")
+                return 0
+            if ev.get("type") == "error" and ev.get("source") == "control":
+                print(f"fcwork: error: the trainer rejected the mix: {ev.get('message', '')}", file=sys.stderr)
+                return 1
+            if ev.get("type") == "status" and ev.get("state") in ("stopped", "finished", "failed"):
+                print(f"fcwork: error: the trainer {ev.get('state')} before applying the mix", file=sys.stderr)
+                return 1
+        time.sleep(0.2)
+    print(f"fcwork: error: no answer from the trainer within {args.timeout:g} s (request {request} stays pending)",
+          file=sys.stderr)
+    return 1
+

@@ -1,0 +1,48 @@
+"""The trainer on CUDA: bf16 autocast, fused AdamW, torch.compile, MFU, checkpoint resume.
+
+Skipped where no CUDA device is present (CI); run on a GPU machine with `./fcw test tests/test_cuda.py`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+from tests.train_fixtures import (  # noqa: E402,F401
+    events_of, kill, log_tail, make_run, run_trainer, start_trainer, step_losses, train_workspace, wait_for,
+)
+
+CUDA = dict(device="cuda", precision="auto", compile="auto")
+
+
+@pytest.mark.parametrize("compile_mode", ["auto", "off"])
+def test_cuda_run_trains_in_bf16_with_mfu(train_workspace, compile_mode):
+    run = make_run(train_workspace, "short", max_steps=30, checkpoint_every=10, eval_every=15,
+                   **{**CUDA, "compile": compile_mode})
+    assert run_trainer(run, timeout=600, FCWORK_TRAIN_THREADS="0") == 0, log_tail(run)
+    status = events_of(run, "status")
+    assert status[-1]["state"] == "finished" and status[-1]["device"].startswith("cuda")
+    steps = events_of(run, "step")
+    assert all("mfu" in e and 0 < e["mfu"] < 1 for e in steps[1:]), steps[-1]
+    assert steps[-1]["loss"] < steps[0]["loss"] - 0.3
+    assert steps[-1]["mem_bytes"] > 0
+    log = (run / "trainer.log").read_text()
+    assert "bf16" in log and ("compile on" in log) == (compile_mode == "auto")
+
+
+def test_cuda_resume_after_sigkill_continues_from_the_checkpoint(train_workspace):
+    run = make_run(train_workspace, "short", max_steps=40, checkpoint_every=5, eval_every=0, **CUDA)
+    proc = start_trainer(run, FCWORK_TRAIN_THREADS="0")
+    try:
+        wait_for(lambda: any(e["step"] >= 12 for e in events_of(run, "checkpoint")), timeout=300,
+                 what="a checkpoint at step >= 12")
+    finally:
+        kill(proc)
+    last_ckpt = max(e["step"] for e in events_of(run, "checkpoint"))
+    assert run_trainer(run, timeout=600, FCWORK_TRAIN_THREADS="0") == 0, log_tail(run)
+    losses = step_losses(run)
+    assert sorted(losses) == list(range(1, 41))
+    starts = [e for e in events_of(run, "status") if e["state"] == "running"]
+    assert len(starts) == 2 and last_ckpt >= 10
