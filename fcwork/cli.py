@@ -10,7 +10,7 @@ from typing import Sequence
 from engine.errors import FcError
 
 # Each module in fcwork.commands registers one group of subcommands.
-COMMAND_MODULES = ("profile", "data", "tokenizer", "model", "train", "queue", "runs")
+COMMAND_MODULES = ("profile", "data", "tokenizer", "model", "train", "queue", "runs", "eval", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +42,30 @@ def _accept_workspace_anywhere(sub: argparse._SubParsersAction) -> None:
                 _accept_workspace_anywhere(action)
 
 
+def _app_workspace(argv: Sequence[str]) -> tuple[bool, str | None]:
+    """(True, workspace) when the arguments only open the TUI (`fcwork [--workspace DIR]`): it then
+    starts without building the subcommands' parser and importing their modules."""
+    if not argv:
+        return True, None
+    if len(argv) == 2 and argv[0] == "--workspace" and not argv[1].startswith("-"):
+        return True, argv[1]
+    if len(argv) == 1 and argv[0].startswith("--workspace=") and len(argv[0]) > len("--workspace="):
+        return True, argv[0].split("=", 1)[1]
+    return False, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    app_only, workspace = _app_workspace(list(sys.argv[1:] if argv is None else argv))
+    if app_only:
+        from fcwork.app import run_app  # imported only here: the CLI's subcommands never load Textual
+
+        return run_app(workspace)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        from fcwork.app import run_app  # imported only here: the CLI's subcommands never load Textual
+
+        return run_app(args.workspace)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

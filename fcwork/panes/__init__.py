@@ -1,0 +1,1 @@
+"""The workbench's five panes, one module each."""

@@ -1,0 +1,344 @@
+"""Manifest pane: the profile's sources with size and token estimates, and the mix as editable numbers.
+
+Enter in a weight checks the whole mix (normalise_mix), shows it normalised, and sends it to
+the running stage through control.toml; the trainer's `mix` event with the same request id
+is shown as "applied at step N". ctrl+o writes the typed weights back into the profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Input, Label, Static
+
+from engine.errors import FcError, ProfileError
+from fcwork.panes.base import Pane
+from fcwork.widgets.bars import Bar
+from fcwork.widgets.colors import theme_color
+
+
+SOURCES_S = 2.0  # how often the shown pane re-checks its sources on disk
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def fmt_count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{int(n)}"
+
+
+@dataclass
+class SourceRow:
+    """One line of the sources table."""
+
+    name: str
+    domain: str
+    format: str
+    status: str
+    size: str
+    tokens: str
+
+
+def describe_sources(ws: Any, profile: Any) -> list[SourceRow]:
+    """Source rows for a profile: status and size from disk, tokens from the corpus manifest when built."""
+    from engine.corpus import read_manifest
+    from engine.sources import describe_source
+
+    base = profile.path.parent if profile.path else None
+    manifest = read_manifest(ws.raw_dir(profile.name)) or {}
+    domains = manifest.get("domains", {}) if isinstance(manifest.get("domains"), dict) else {}
+    rows = []
+    for src in profile.sources:
+        info = describe_source(src, base)
+        tokens = "-"
+        dom = domains.get(src.domain) or {}
+        docs_by_source = dom.get("sources") or {}
+        est, docs = dom.get("est_tokens"), dom.get("docs")
+        if isinstance(est, (int, float)) and isinstance(docs, int) and docs > 0 and src.name in docs_by_source:
+            # The domain's built tokens shared out by the documents this source gave.
+            tokens = fmt_count(est * docs_by_source[src.name] / max(docs, sum(docs_by_source.values())))
+        elif info.files:
+            tokens = "~" + fmt_count(info.est_tokens(profile.data.chars_per_token))
+        size = fmt_bytes(info.bytes) if info.files else "-"
+        rows.append(SourceRow(info.name, info.domain, info.format, info.status, size, tokens))
+    return rows
+
+
+def parse_weights(values: dict[str, str]) -> dict[str, float]:
+    """Typed weights to numbers; a bad one is a one-line error naming its domain."""
+    mix = {}
+    for domain, text in values.items():
+        try:
+            mix[domain] = float(text.strip())
+        except ValueError:
+            raise ProfileError(f"mix.{domain}: expected a non-negative number, got {text.strip()!r}") from None
+    return mix
+
+
+def fmt_mix(mix: dict[str, float]) -> str:
+    return "  ".join(f"{d} {w:.3f}" for d, w in mix.items())
+
+
+class ManifestPane(Pane):
+    """Sources and the editable mix of the active profile."""
+
+    TITLE = "Manifest"
+    BINDINGS = [
+        Binding("ctrl+r", "apply_mix", "Apply mix"),
+        Binding("ctrl+o", "save_mix", "Save to profile"),
+        Binding("ctrl+l", "reset_mix", "Reset"),
+    ]
+
+    class MixSent(Message):
+        """A control request carrying a mix was written for a run."""
+
+        def __init__(self, run_id: str, request_id: int, mix: dict[str, float]) -> None:
+            super().__init__()
+            self.run_id, self.request_id, self.mix = run_id, request_id, mix
+
+    class Saved(Message):
+        """The mix was written into the profile file."""
+
+        def __init__(self, path: str) -> None:
+            super().__init__()
+            self.path = path
+
+    class SourcesLoaded(Message):
+        def __init__(self, profile_name: str, rows: list[SourceRow]) -> None:
+            super().__init__()
+            self.profile_name, self.rows = profile_name, rows
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.domains: list[str] = []
+        self.running_run: str | None = None
+        self.pending: tuple[str, int] | None = None  # (run_id, request_id) waiting for its ack
+        self._status = ""
+        self._rows: list[SourceRow] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label("Sources", markup=False, id="sources-title", classes="pane-title")
+        table = DataTable(id="sources", cursor_type="row", zebra_stripes=True)
+        table.add_columns("source", "domain", "format", "status", "size", "tokens")
+        yield table
+        yield Label("Mix: enter/ctrl+r applies to the running stage, ctrl+o saves", markup=False, id="mix-title",
+                    classes="pane-title")
+        yield Vertical(id="mix-rows")
+        yield Static("", markup=False, id="mix-status")
+
+    def on_mount(self) -> None:
+        self.set_interval(SOURCES_S, self._tick)
+
+    def _tick(self) -> None:
+        """Sources change on disk (files added, the corpus built): look again while shown."""
+        if self.active and self.profile is not None:
+            self.load_sources(self.profile)
+
+    def focus_main(self) -> None:
+        self.query_one("#sources", DataTable).focus()  # tab moves on to the mix weights
+
+    # -- state from the app ---------------------------------------------------------------------
+
+    def set_profile(self, profile: Any) -> None:
+        old = self.profile
+        super().set_profile(profile)
+        self.query_one("#sources-title", Label).update(f"Sources of profile {profile.name}")
+        self.load_sources(profile)
+        domains = list(profile.mix)
+        if domains != self.domains:
+            self._build_rows(profile.mix)
+        else:
+            for i, d in enumerate(domains):
+                inp = self.query_one(f"#mix-{i}", Input)
+                if old is None or inp.value.strip() == _num(old.mix.get(d)) or inp.value.strip() == "":
+                    inp.value = _num(profile.mix[d])
+            self._preview()
+        if old is not None and old.name == profile.name and old.mix != profile.mix:
+            self._set_status(f"profile mix changed on disk: {fmt_mix(profile.normalised_mix())}")
+
+    def set_queue(self, entries: list, running_run: str | None, error: str = "") -> None:
+        self.running_run = running_run
+
+    def run_notices(self, run_id: str, events: list[dict], replay: bool) -> None:
+        if not self.pending or run_id != self.pending[0]:
+            return
+        for ev in events:
+            if ev.get("type") == "mix" and ev.get("request_id") == self.pending[1]:
+                self._acked(ev.get("step"))
+                return
+            if ev.get("type") == "error" and ev.get("source") == "control" and not replay:
+                self._set_status(f"the trainer rejected mix request {self.pending[1]}: {ev.get('message', '')}",
+                                 error=True)
+                self.pending = None
+                return
+
+    def _acked(self, step: Any) -> None:
+        run_id, rid = self.pending
+        self.pending = None
+        self._set_status(f"applied at step {step} (run {run_id}, request {rid})")
+
+    # -- building the view --------------------------------------------------------------------
+
+    def _build_rows(self, mix: dict[str, float]) -> None:
+        self.domains = list(mix)
+        rows = self.query_one("#mix-rows", Vertical)
+        rows.remove_children()
+        widgets = []
+        for i, (domain, w) in enumerate(mix.items()):
+            inp = Input(_num(w), id=f"mix-{i}", type="number", compact=True, classes="mix-input",
+                        select_on_focus=False)
+            inp.cursor_blink = getattr(self.app, "cursor_blink_inputs", True)
+            widgets.append(Horizontal(Label(domain, markup=False, classes="mix-domain"), inp, Bar(id=f"bar-{i}"),
+                                      classes="mix-row"))
+        rows.mount_all(widgets)
+        self.call_after_refresh(self._preview)
+
+    def _typed(self) -> dict[str, str]:
+        return {d: self.query_one(f"#mix-{i}", Input).value for i, d in enumerate(self.domains)}
+
+    def _preview(self) -> dict[str, float] | None:
+        """Show the typed mix normalised on the bars; returns it, or None with the error shown."""
+        from engine.profile import normalise_mix
+
+        if not self.domains:
+            return None
+        try:
+            mix = normalise_mix(parse_weights(self._typed()))
+        except FcError as exc:
+            self._set_status(str(exc), error=True)
+            return None
+        base = self.profile.mix if self.profile is not None else {}
+        for i, d in enumerate(self.domains):
+            bar = self.query_one(f"#bar-{i}", Bar)
+            bar.value = mix[d]
+            typed = self.query_one(f"#mix-{i}", Input).value.strip()
+            bar.set_class(typed != _num(base.get(d)), "-changed")
+        if self._status.startswith("mix.") or self._status.startswith("mix:"):
+            self._set_status("")
+        return mix
+
+    def _set_status(self, text: str, error: bool = False) -> None:
+        self._status = text
+        status = self.query_one("#mix-status", Static)
+        status.update(Text(text))
+        status.set_class(error, "-error")
+
+    @on(Input.Changed, ".mix-input")
+    def _changed(self, event: Input.Changed) -> None:
+        self._preview()
+
+    @on(Input.Submitted, ".mix-input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_apply_mix()
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def action_apply_mix(self) -> None:
+        mix = self._preview()
+        if mix is None:
+            self.app.notify(self._status, severity="error")
+            return
+        run_id = self.running_run
+        if not run_id:
+            self._set_status(f"checked: {fmt_mix(mix)}; no stage is running, nothing applied (ctrl+o saves)")
+            self.app.notify("No stage is running: the mix was checked, not applied", severity="warning")
+            return
+        self._set_status(f"sending to run {run_id}: {fmt_mix(mix)}")
+        self.send_mix(run_id, mix)  # normalised: the trainer gets exactly the mix shown
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="manifest-control")
+    def send_mix(self, run_id: str, mix: dict[str, float]) -> None:
+        from engine.control import write_control
+
+        request_id = write_control(self.ws.runs_dir / run_id, mix=mix)
+        self.post_message(self.MixSent(run_id, request_id, mix))
+
+    def on_manifest_pane_mix_sent(self, event: ManifestPane.MixSent) -> None:
+        self.pending = (event.run_id, event.request_id)
+        with self.store.lock:
+            h = self.store.runs.get(event.run_id)
+            step = h.acks.get(event.request_id) if h else None
+        if step is not None:
+            self._acked(step)
+        else:
+            self._set_status(f"request {event.request_id} sent to run {event.run_id}; "
+                             "waiting for the trainer's next step")
+
+    def action_save_mix(self) -> None:
+        if self.profile is None or self.profile.path is None:
+            self.app.notify("No profile loaded to save into", severity="error")
+            return
+        if self._preview() is None:
+            self.app.notify(self._status, severity="error")
+            return
+        self.save_mix(str(self.profile.path), parse_weights(self._typed()))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="manifest-save")
+    def save_mix(self, path: str, mix: dict[str, float]) -> None:
+        from engine.profile import save_mix
+
+        save_mix(path, mix)
+        self.post_message(self.Saved(path))
+
+    def on_manifest_pane_saved(self, event: ManifestPane.Saved) -> None:
+        self._set_status(f"saved to {event.path}")
+        self.app.notify(f"Mix saved to {event.path}")
+
+    def action_reset_mix(self) -> None:
+        if self.profile is None:
+            return
+        for i, d in enumerate(self.domains):
+            self.query_one(f"#mix-{i}", Input).value = _num(self.profile.mix.get(d))
+        self._set_status("mix reset to the profile's")
+
+    # -- sources ---------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="manifest-sources")
+    def load_sources(self, profile: Any) -> None:
+        self.post_message(self.SourcesLoaded(profile.name, describe_sources(self.ws, profile)))
+
+    def on_manifest_pane_sources_loaded(self, event: ManifestPane.SourcesLoaded) -> None:
+        if event.rows == self._rows:
+            return
+        self._rows = event.rows
+        table = self.query_one("#sources", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for r in event.rows:
+            status = Text(r.status)
+            if r.status == "missing":
+                status.stylize(theme_color(self.app, "warning", "yellow"))
+            table.add_row(Text(r.name), Text(r.domain), Text(r.format), status, r.size, r.tokens, key=r.name)
+        if 0 < row < table.row_count:
+            table.move_cursor(row=row, animate=False)
+
+    def redraw(self) -> None:
+        if self.pending:
+            with self.store.lock:
+                h = self.store.runs.get(self.pending[0])
+                step = h.acks.get(self.pending[1]) if h else None
+            if step is not None:
+                self._acked(step)
+
+
+def _num(w: Any) -> str:
+    """A weight as typed in an Input: no trailing zeros."""
+    if w is None:
+        return ""
+    return f"{float(w):g}"

@@ -1,0 +1,176 @@
+"""Metrics pane: one run's loss curves (total, per domain, held-out), tokens/s, lr, grad norm,
+memory, MFU and the mix history on the same step axis, live.
+
+The watcher thread folds events into the run store; this pane copies what it draws out of the
+store on a 3 Hz timer, and only while it is the active tab and the run changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Sparkline
+
+from fcwork.panes.base import Pane
+from fcwork.panes.queue import fmt_eta
+from fcwork.widgets.modals import PickScreen
+from fcwork.widgets.textline import TextLine
+from fcwork.widgets.plot import PALETTE, Line, LinePlot, MixStrips, fmt_number
+
+REDRAW_S = 1 / 3
+VIEWS = ("total", "domains", "held-out")
+STATS = (("tokens_per_s", "tokens/s"), ("lr", "lr"), ("grad_norm", "grad norm"), ("mem_bytes", "memory"),
+         ("mfu", "MFU"))
+
+
+def run_label(h: Any) -> str:
+    total = f"/{h.max_steps}" if h.max_steps else ""
+    return f"{h.run_id}  {h.profile}/{h.stage}  {h.state or 'no events'}  step {h.step}{total}"
+
+
+class MetricsPane(Pane):
+    """Live curves of one run."""
+
+    TITLE = "Metrics"
+    can_focus = True
+    BINDINGS = [
+        Binding("r", "choose_run", "Run"),
+        Binding("f", "follow", "Follow live"),
+        Binding("l", "view", "Loss view"),
+    ]
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.run_id: str | None = None
+        self.follow = True  # show the running stage until a run is chosen by hand
+        self.view = "total"
+        self._drawn: tuple | None = None
+
+    def compose(self) -> ComposeResult:
+        yield TextLine("no runs yet", id="metrics-title", classes="pane-title")
+        yield LinePlot("loss", empty="no steps yet", id="loss-plot")
+        yield MixStrips(id="mix-strips")
+        with Horizontal(id="stats"):
+            for key, name in STATS:
+                with Vertical(classes="stat"):
+                    yield TextLine(name, id=f"stat-{key}", classes="stat-label")
+                    yield Sparkline([], id=f"spark-{key}")
+
+    def on_mount(self) -> None:
+        self.set_interval(REDRAW_S, self._tick)
+
+    def focus_main(self) -> None:
+        self.focus()
+
+    # -- choosing the run --------------------------------------------------------------------------
+
+    def set_runs(self, run_ids: list[str]) -> None:
+        if self.run_id is None and run_ids:
+            self._pick_default()
+
+    def set_queue(self, entries: list, running_run: str | None, error: str = "") -> None:
+        if self.follow and running_run and running_run != self.run_id:
+            self.show_run(running_run, follow=True)
+
+    def run_notices(self, run_id: str, events: list[dict], replay: bool) -> None:
+        if self.follow and run_id != self.run_id and not replay and any(
+                e.get("type") == "status" and e.get("state") in ("starting", "running") for e in events):
+            self.show_run(run_id, follow=True)
+
+    def _pick_default(self) -> None:
+        running = self.store.running()
+        ids = running or self.store.run_ids()
+        if ids:
+            self.show_run(ids[0], follow=True)
+
+    def show_run(self, run_id: str, follow: bool = False) -> None:
+        self.run_id, self.follow, self._drawn = run_id, follow, None
+        self.redraw()
+
+    def action_choose_run(self) -> None:
+        with self.store.lock:
+            options = [(run_label(self.store.runs[r]), r) for r in sorted(self.store.runs, reverse=True)]
+
+        def picked(run_id: str | None) -> None:
+            if run_id:
+                self.show_run(run_id)
+
+        self.app.push_screen(PickScreen("Show the metrics of run", options, empty="no runs yet"), picked)
+
+    def action_follow(self) -> None:
+        self.follow = True
+        self._pick_default()
+        self.app.notify("Following the running stage")
+
+    def action_view(self) -> None:
+        self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
+        self._drawn = None
+        self.redraw()
+
+    # -- drawing -----------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self.active:
+            self.redraw()
+
+    def redraw(self) -> None:
+        if self.run_id is None:
+            if self.store.runs:
+                self._pick_default()
+            return
+        with self.store.lock:
+            h = self.store.runs.get(self.run_id)
+            if h is None:
+                return
+            key = (self.run_id, h.version, self.view, self.size)
+            if key == self._drawn:
+                return
+            self._drawn = key
+            data = self._copy(h)
+        self._draw(data)
+
+    def _copy(self, h: Any) -> dict:
+        """Everything drawn, copied out under the store's lock."""
+        domains = h.domains()
+        if self.view == "total":
+            keys = [("loss", "train"), ("eval", "held-out")]
+        elif self.view == "domains":
+            keys = [(f"loss/{d}", d) for d in domains]
+        else:
+            keys = [(f"eval/{d}", d) for d in domains]
+        lines = []
+        for i, (key, label) in enumerate(keys):
+            s = h.series.get(key)
+            if s is not None:
+                xs, ys = s.points()
+                lines.append(Line(label, xs, ys, PALETTE[i % len(PALETTE)], s.last))
+        mixes = list(h.mixes)
+        stats = {}
+        for key, _ in STATS:
+            s = h.series.get(key)
+            stats[key] = (list(s.ys), s.last) if s is not None else ([], None)
+        return {
+            "title": run_label(h) + (f"  ETA {fmt_eta(h.eta_seconds())}" if h.state == "running" else "")
+                     + (f"  {h.device}" if h.device else ""),
+            "lines": lines, "mixes": mixes, "domains": domains, "stats": stats,
+            "x_max": max(h.max_steps, h.step, 1), "step": h.step, "errors": len(h.errors),
+        }
+
+    def _draw(self, d: dict) -> None:
+        title = ("following " if self.follow else "") + d["title"]
+        if d["errors"]:
+            title += f"  {d['errors']} error(s)"
+        self.query_one("#metrics-title", TextLine).set(title)
+        x_range = (0, d["x_max"])
+        self.query_one("#loss-plot", LinePlot).plot(d["lines"], x_range, title=f"loss ({self.view})")
+        changes = [(step, mix) for step, mix, _ in d["mixes"]]
+        self.query_one("#mix-strips", MixStrips).show(changes, d["domains"], x_range, d["step"])
+        for key, name in STATS:
+            ys, last = d["stats"][key]
+            value = "-" if last is None else (f"{last * 100:.1f}%" if key == "mfu" else
+                                              fmt_number(last) + ("B" if key == "mem_bytes" else ""))
+            self.query_one(f"#stat-{key}", TextLine).set(f"{name} {value}")
+            self.query_one(f"#spark-{key}", Sparkline).data = ys[-200:]

@@ -1,0 +1,336 @@
+"""Queue pane: the stage queue with each entry's state, progress, ETA, device and memory estimate,
+and the operations on it (add, remove, move, start, cancel, resume), all through engine.queue.
+
+The table is rebuilt when queue.toml changes (the watcher says so) and its progress columns
+are refreshed from the run store once a second while the pane is shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable, Label, Static
+
+from engine.errors import FcError
+from fcwork.messages import ShowRun
+from fcwork.panes.base import Pane
+from fcwork.widgets.colors import theme_color
+from fcwork.widgets.modals import ConfirmScreen, PickScreen
+
+REDRAW_S = 1.0
+DEVICES = ("auto", "cpu", "cuda", "mps")
+STATE_COLORS = {"running": "success", "failed": "error", "cancelled": "warning", "done": "primary"}
+
+
+def fmt_gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+def fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+@dataclass
+class EntryInfo:
+    """What the queue table shows of an entry besides the run's live progress."""
+
+    device: str = "-"
+    memory: str = "-"
+    max_steps: int = 0
+    tokens_per_step: int = 0
+
+
+def entry_info(ws: Any, entry: Any, device: str, profiles: dict) -> EntryInfo:
+    """Device and memory estimate of a queued stage (profile and tokenizer vocabulary from disk)."""
+    from engine.model_info import guess_device, memory_estimate
+    from engine.tokenizer import read_report
+
+    key = entry.profile
+    if key not in profiles:
+        try:
+            profiles[key] = ws.load_profile(key)
+        except FcError as exc:
+            profiles[key] = exc
+    prof = profiles[key]
+    if isinstance(prof, Exception):
+        return EntryInfo(memory="profile?")
+    try:
+        st = prof.stage(entry.stage)
+    except FcError:
+        return EntryInfo(memory="stage?")
+    dev = device if device != "auto" else (st.device if st.device != "auto" else guess_device())
+    report = read_report(ws.tokenizer_path(prof.tokenizer_name).with_suffix(".json"))
+    vocab = report.vocab_size if report else prof.tokenizer.vocab_size
+    try:
+        est = memory_estimate(st.model_config(vocab), st.seq_len, st.micro_batch, st.activation_checkpointing,
+                              st.precision, dev)
+        memory = fmt_gib(est["total"])
+    except FcError:
+        memory = "-"
+    return EntryInfo(dev, memory, st.max_steps, st.seq_len * st.micro_batch * st.grad_accum)
+
+
+class QueuePane(Pane):
+    """The workspace's stage queue."""
+
+    TITLE = "Queue"
+    BINDINGS = [
+        Binding("a", "add", "Add"),
+        Binding("x,delete", "remove", "Del"),
+        Binding("K,shift+up", "move('up')", "Up"),
+        Binding("J,shift+down", "move('down')", "Down"),
+        Binding("s", "start", "Start"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("r", "resume", "Resume"),
+        Binding("v", "device", "Device"),
+        Binding("m,enter", "metrics", "Metrics"),
+    ]
+
+    class Described(Message):
+        def __init__(self, infos: dict[int, EntryInfo], device: str) -> None:
+            super().__init__()
+            self.infos, self.device = infos, device
+
+    class Done(Message):
+        """A queue operation finished: what to say, and which entry to keep the cursor on."""
+
+        def __init__(self, text: str, entry_id: int | None = None) -> None:
+            super().__init__()
+            self.text, self.entry_id = text, entry_id
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.entries: list = []
+        self.infos: dict[int, EntryInfo] = {}
+        self.device = "auto"
+        self.error = ""
+        self._keep_cursor: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label("Queue", markup=False, id="queue-title", classes="pane-title")
+        table = DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
+        table.add_column("#", key="id")
+        table.add_column("stage", key="stage")
+        table.add_column("state", key="state")
+        table.add_column("progress", key="progress")
+        table.add_column("ETA", key="eta")
+        table.add_column("device", key="device")
+        table.add_column("memory", key="memory")
+        table.add_column("message", key="message")
+        yield table
+        yield Static("", markup=False, id="queue-status")
+
+    def on_mount(self) -> None:
+        self.set_interval(REDRAW_S, self._tick)
+
+    def _tick(self) -> None:
+        if self.active:
+            self.redraw()
+
+    def focus_main(self) -> None:
+        self.query_one("#queue-table", DataTable).focus()
+
+    # -- state from the app ------------------------------------------------------------------------
+
+    def set_queue(self, entries: list | None, running_run: str | None, error: str = "") -> None:
+        if entries is None:
+            self.error = error
+            self._title()
+            return
+        self.error = ""
+        self.entries = list(entries)
+        self._rebuild()
+        self.describe(self.entries, self.device)
+
+    def set_profile(self, profile: Any) -> None:
+        super().set_profile(profile)
+        self.describe(self.entries, self.device)
+
+    def _title(self) -> None:
+        counts: dict[str, int] = {}
+        for e in self.entries:
+            counts[e.state] = counts.get(e.state, 0) + 1
+        parts = ", ".join(f"{n} {s}" for s, n in counts.items()) or "empty"
+        text = f"Queue: {parts}   memory for device: {self.device}"
+        if self.error:
+            text += f"   ({self.error})"
+        self.query_one("#queue-title", Label).update(text)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="queue-describe")
+    def describe(self, entries: list, device: str) -> None:
+        profiles: dict = {}
+        infos = {e.id: entry_info(self.ws, e, device, profiles) for e in entries}
+        self.post_message(self.Described(infos, device))
+
+    def on_queue_pane_described(self, event: QueuePane.Described) -> None:
+        if event.device != self.device:
+            return
+        self.infos = event.infos
+        self.redraw()
+
+    def _rebuild(self) -> None:
+        table = self.query_one("#queue-table", DataTable)
+        current = self._keep_cursor if self._keep_cursor is not None else self.selected_id()
+        self._keep_cursor = None
+        table.clear()
+        for e in self.entries:
+            table.add_row(*self._cells(e), key=str(e.id))
+        if current is not None:
+            for row, e in enumerate(self.entries):
+                if e.id == current:
+                    table.move_cursor(row=row, animate=False)
+        self._title()
+
+    def _cells(self, e: Any) -> list:
+        info = self.infos.get(e.id, EntryInfo())
+        color = theme_color(self.app, STATE_COLORS.get(e.state, ""))
+        state = Text(e.state, style=color)
+        progress, eta, device = "-", "-", info.device
+        if e.run_id:
+            with self.store.lock:
+                h = self.store.runs.get(e.run_id)
+                if h is not None:
+                    total = h.max_steps or info.max_steps
+                    progress = f"{h.step}/{total}" if total else str(h.step)
+                    if e.state == "running":
+                        if not h.tokens_per_step:
+                            h.tokens_per_step = info.tokens_per_step
+                        eta = fmt_eta(h.eta_seconds())
+                    device = h.device or device
+        elif info.max_steps:
+            progress = f"0/{info.max_steps}"
+        stage = e.stage if (self.profile is None or e.profile == self.profile.name) else f"{e.profile}/{e.stage}"
+        return [str(e.id), Text(stage), state, progress, eta, device, info.memory, Text(e.message)]
+
+    def redraw(self) -> None:
+        table = self.query_one("#queue-table", DataTable)
+        for e in self.entries:
+            key = str(e.id)
+            if key not in table.rows:
+                continue
+            for col, value in zip(("state", "progress", "eta", "device", "memory", "message"), self._cells(e)[2:]):
+                table.update_cell(key, col, value, update_width=True)
+
+    # -- actions -----------------------------------------------------------------------------------
+
+    def selected_id(self) -> int | None:
+        table = self.query_one("#queue-table", DataTable)
+        if not self.entries or table.row_count == 0:
+            return None
+        row = table.cursor_row
+        if 0 <= row < len(self.entries):
+            return self.entries[row].id
+        return None
+
+    def _selected(self) -> Any:
+        eid = self.selected_id()
+        if eid is None:
+            self.app.notify("The queue is empty", severity="warning")
+            return None
+        return next(e for e in self.entries if e.id == eid)
+
+    def action_add(self) -> None:
+        if self.profile is None:
+            self.app.notify("No profile loaded", severity="error")
+            return
+        options = [(f"{self.profile.name} / {st.name}  ({st.model if isinstance(st.model, str) else 'custom'}, "
+                    f"{st.max_steps} steps)", st.name) for st in self.profile.stages]
+        name = self.profile.name
+
+        def picked(stage: str | None) -> None:
+            if stage:
+                self.run_op("add", name, stage)
+
+        self.app.push_screen(PickScreen(f"Add a stage of {name} to the queue", options,
+                                        empty=f"profile {name} has no stages"), picked)
+
+    def action_remove(self) -> None:
+        e = self._selected()
+        if e is None:
+            return
+        self.app.push_screen(ConfirmScreen(f"Remove entry {e.id} ({e.stage}, {e.state}) from the queue?"),
+                             lambda yes: yes and self.run_op("remove", e.id))
+
+    def action_move(self, where: str) -> None:
+        e = self._selected()
+        if e is not None:
+            self.run_op("move", e.id, where)
+
+    def action_cancel(self) -> None:
+        e = self._selected()
+        if e is None:
+            return
+        what = "stop it (checkpoint first) and cancel it" if e.state == "running" else "cancel it"
+        self.app.push_screen(ConfirmScreen(f"Entry {e.id} ({e.stage}) is {e.state}: {what}?"),
+                             lambda yes: yes and self.run_op("cancel", e.id))
+
+    def action_resume(self) -> None:
+        e = self._selected()
+        if e is not None:
+            self.run_op("resume", e.id)
+
+    def action_start(self) -> None:
+        self.run_op("start")
+
+    def action_device(self) -> None:
+        self.device = DEVICES[(DEVICES.index(self.device) + 1) % len(DEVICES)]
+        self._title()
+        self.describe(self.entries, self.device)
+
+    def action_metrics(self) -> None:
+        e = self._selected()
+        if e is None:
+            return
+        if not e.run_id:
+            self.app.notify(f"Entry {e.id} has no run yet", severity="warning")
+            return
+        self.post_message(ShowRun(e.run_id))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="queue-op")
+    def run_op(self, op: str, *args: Any) -> None:
+        """One queue operation, off the event loop (it takes queue.lock and may spawn the supervisor)."""
+        from engine.queue import StageQueue
+
+        q = StageQueue(self.ws)
+        if op == "add":
+            e = q.add(*args)
+            self.post_message(self.Done(f"Queued {e.stage} as entry {e.id}", e.id))
+        elif op == "remove":
+            e = q.remove(*args)
+            self.post_message(self.Done(f"Removed entry {e.id} ({e.stage})"))
+        elif op == "move":
+            q.move(*args)
+            self.post_message(self.Done("", args[0]))
+        elif op == "cancel":
+            e = q.cancel(*args)
+            self.post_message(self.Done(f"Entry {e.id}: {e.message or e.state}", e.id))
+        elif op == "resume":
+            e = q.resume(*args)
+            self.post_message(self.Done(f"Entry {e.id} queued again: {e.message}", e.id))
+        elif op == "start":
+            pid = q.start()
+            self.post_message(self.Done(f"Supervisor running (pid {pid})"))
+        else:
+            raise FcError(f"queue: unknown operation {op!r}")
+
+    def on_queue_pane_done(self, event: QueuePane.Done) -> None:
+        self._keep_cursor = event.entry_id
+        if event.text:
+            self.app.notify(event.text)
+            self.query_one("#queue-status", Static).update(event.text)
+        watcher = getattr(self.app, "watcher", None)
+        if watcher is not None:
+            watcher.poke()

@@ -1,0 +1,375 @@
+"""Follow runs' events.jsonl without blocking the UI: bounded chunked reads into bounded history.
+
+`EventTail` reads what was appended to one events file, at most `CHUNK_BYTES` a call, so a
+huge backlog is replayed in slices and the reading thread yields between them (backpressure).
+`RunHistory` folds events into what the panes draw: decimating series of at most
+`MAX_POINTS` points, the mix history, evals and errors in bounded deques. `RunStore` holds
+the histories of every run behind one lock: the watcher thread writes, the UI copies out
+under the lock on its redraw timer, so no event ever becomes a message of its own.
+No Textual here: the follower is tested and benchmarked on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+CHUNK_BYTES = 1 << 20      # most bytes one read takes from an events file
+MAX_POINTS = 2048          # points a series keeps (older ones thinned, never dropped wholesale)
+MAX_EVALS = 512
+MAX_ERRORS = 64
+MAX_MIXES = 512
+MAX_ACKS = 256
+NOTABLE = ("status", "mix", "error", "checkpoint", "eval")  # events the app reacts to besides redraws
+# How EventWriter (compact) and json.dumps (default separators) begin a step event's line.
+STEP_PREFIXES = (b'{"type":"step"', b'{"type": "step"')
+SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mem_bytes", "mfu")
+
+
+class Series:
+    """(step, value) points in a bounded deque; `halve()` thins it to every other point, which the
+    owner does when it is full, so a long run keeps its whole span at a coarser resolution."""
+
+    __slots__ = ("xs", "ys", "last", "last_x")
+
+    def __init__(self, maxlen: int = MAX_POINTS) -> None:
+        self.xs: deque[float] = deque(maxlen=maxlen)
+        self.ys: deque[float] = deque(maxlen=maxlen)
+        self.last: float | None = None
+        self.last_x: float | None = None
+
+    def append(self, x: float, y: float) -> None:
+        # A resumed run re-emits the steps after its checkpoint: the newer values replace the old.
+        while self.xs and self.xs[-1] >= x:
+            self.xs.pop()
+            self.ys.pop()
+        self.xs.append(x)
+        self.ys.append(y)
+        self.last, self.last_x = y, x
+
+    def note(self, x: float, y: float) -> None:
+        """The latest value, without keeping it as a point (thinned away)."""
+        self.last, self.last_x = y, x
+
+    def halve(self) -> None:
+        maxlen = self.xs.maxlen
+        self.xs = deque(list(self.xs)[::2], maxlen=maxlen)
+        self.ys = deque(list(self.ys)[::2], maxlen=maxlen)
+
+    @property
+    def full(self) -> bool:
+        return len(self.xs) >= (self.xs.maxlen or MAX_POINTS)
+
+    def points(self) -> tuple[list[float], list[float]]:
+        """The kept points plus the latest one (which thinning may have skipped)."""
+        xs, ys = list(self.xs), list(self.ys)
+        if self.last_x is not None and (not xs or xs[-1] < self.last_x):
+            xs.append(self.last_x)
+            ys.append(self.last)
+        return xs, ys
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+@dataclass
+class RunHistory:
+    """Everything the panes show about one run, folded from its events."""
+
+    run_id: str
+    profile: str = ""
+    stage: str = ""
+    created: str = ""
+    max_steps: int = 0
+    tokens_per_step: int = 0
+    start_mix: dict[str, float] = field(default_factory=dict)
+    state: str = ""
+    step: int = 0
+    device: str = ""
+    pid: int = 0
+    message: str = ""
+    last: dict[str, Any] = field(default_factory=dict)      # the latest step event
+    series: dict[str, Series] = field(default_factory=dict)  # "loss", "loss/<domain>", "eval", "eval/<domain>", SCALARS
+    mixes: deque = field(default_factory=lambda: deque(maxlen=MAX_MIXES))   # (step, mix, request_id or None)
+    evals: deque = field(default_factory=lambda: deque(maxlen=MAX_EVALS))
+    errors: deque = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
+    acks: "OrderedDict[int, int]" = field(default_factory=OrderedDict)     # control request_id -> first step
+    step_stride: int = 1   # every step_stride-th step event is kept as a point (doubles as series fill)
+    steps_seen: int = 0
+    checkpoints: int = 0
+    events: int = 0
+    bad_lines: int = 0
+    version: int = 0
+
+    def _series(self, key: str) -> Series:
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = Series()
+        return s
+
+    def take_step(self) -> bool:
+        """Count one step event; True when it is kept as a point (the others only update `last`)."""
+        keep = self.steps_seen % self.step_stride == 0
+        self.steps_seen += 1
+        return keep
+
+    def _add(self, key: str, step: int, value: float, keep: bool) -> None:
+        s = self._series(key)
+        s.append(step, value) if keep else s.note(step, value)
+
+    def _note_mix(self, step: int, mix: Any, request_id: int | None) -> None:
+        if not isinstance(mix, dict) or not mix:
+            return
+        weights = {str(d): float(w) for d, w in mix.items() if _number(w) is not None}
+        if self.mixes and self.mixes[-1][1] == weights:
+            if request_id is not None and self.mixes[-1][2] is None:
+                self.mixes[-1] = (self.mixes[-1][0], weights, request_id)
+            return
+        while self.mixes and self.mixes[-1][0] > step:  # replayed after a resume
+            self.mixes.pop()
+        self.mixes.append((step, weights, request_id))
+
+    def ingest(self, ev: dict[str, Any], keep: bool | None = None) -> None:
+        """Fold one event in; unknown types and fields are ignored, never fatal. For a step event,
+        `keep` says whether it becomes a plotted point (None: decide by the stride here)."""
+        self.events += 1
+        kind = ev.get("type")
+        step = ev.get("step")
+        step = step if isinstance(step, int) and not isinstance(step, bool) else None
+        if kind == "step" and step is not None:
+            keep = self.take_step() if keep is None else keep
+            self.step = step
+            self.last = ev
+            for key in SCALARS:
+                v = _number(ev.get(key))
+                if v is not None:
+                    self._add(key, step, v, keep)
+            for dom, v in (ev.get("domain_loss") or {}).items():
+                v = _number(v)
+                if v is not None:
+                    self._add(f"loss/{dom}", step, v, keep)
+            if keep and any(s.full for k, s in self.series.items() if not k.startswith("eval")):
+                for k, s in self.series.items():
+                    if not k.startswith("eval"):
+                        s.halve()
+                self.step_stride *= 2
+            self._note_mix(step, ev.get("mix"), None)
+            if self.state in ("", "starting"):
+                self.state = "running"
+        elif kind == "status":
+            self.state = str(ev.get("state") or self.state)
+            if step is not None:
+                self.step = step
+            ms = ev.get("max_steps")
+            if isinstance(ms, int) and ms > 0:
+                self.max_steps = ms
+            self.device = str(ev.get("device") or self.device)
+            self.pid = ev.get("pid") if isinstance(ev.get("pid"), int) else self.pid
+            self.message = str(ev.get("message") or "")
+        elif kind == "eval" and step is not None:
+            self.evals.append(ev)
+            values = {"eval": _number(ev.get("loss"))}
+            for dom, v in (ev.get("domain_loss") or {}).items():
+                values[f"eval/{dom}"] = _number(v)
+            for key, v in values.items():
+                if v is not None:
+                    s = self._series(key)
+                    s.append(step, v)
+                    if s.full:
+                        s.halve()
+        elif kind == "mix" and step is not None:
+            rid = ev.get("request_id")
+            rid = rid if isinstance(rid, int) and not isinstance(rid, bool) else None
+            self._note_mix(step, ev.get("mix"), rid)
+            if rid is not None:
+                self.acks[rid] = step
+                while len(self.acks) > MAX_ACKS:
+                    self.acks.popitem(last=False)
+        elif kind == "checkpoint":
+            self.checkpoints += 1
+        elif kind == "error":
+            self.errors.append(ev)
+        self.version += 1
+
+    def domains(self) -> list[str]:
+        """Domains seen in training losses, evals or the mix, in first-seen order."""
+        seen = dict.fromkeys(self.start_mix)
+        for key in self.series:
+            if "/" in key:
+                seen.setdefault(key.split("/", 1)[1])
+        for _, mix, _ in self.mixes:
+            for d in mix:
+                seen.setdefault(d)
+        return list(seen)
+
+    def eta_seconds(self) -> float | None:
+        """Time left from the latest tokens/s and the tokens still to train."""
+        tps = _number(self.last.get("tokens_per_s"))
+        if not tps or not self.max_steps or self.state not in ("running", "starting"):
+            return None
+        per_step = self.tokens_per_step
+        tokens, step = _number(self.last.get("tokens")), self.last.get("step")
+        if not per_step and tokens and isinstance(step, int) and step > 0:
+            per_step = tokens / step
+        if not per_step:
+            return None
+        return max(0, self.max_steps - self.step) * per_step / tps
+
+
+def parse_lines(data: bytes) -> tuple[list[dict], int]:
+    """Events from complete JSON lines; returns (events, lines that were not an event object)."""
+    events, bad = [], 0
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(ev, dict) and isinstance(ev.get("type"), str):
+            events.append(ev)
+        else:
+            bad += 1
+    return events, bad
+
+
+class EventTail:
+    """Incremental reader of one events.jsonl: whole lines only, a bounded slice per call."""
+
+    def __init__(self, path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.path = Path(path)
+        self.chunk_bytes = chunk_bytes
+        self.offset = 0
+        self.size = 0
+        self._ino: int | None = None
+
+    def read_chunk(self) -> tuple[bytes, int, bool]:
+        """(complete lines read, lines skipped as too long, reset) where reset means the file was
+        replaced or truncated and the data starts again from its beginning."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return b"", 0, False
+        reset = False
+        if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset:
+            self.offset, reset = 0, True
+        self._ino, self.size = st.st_ino, st.st_size
+        if st.st_size <= self.offset:
+            return b"", 0, reset
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read(self.chunk_bytes)
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            if len(data) < self.chunk_bytes:
+                return b"", 0, reset  # a line still being written
+            # One line longer than a whole chunk: skip past it rather than stall.
+            self.offset += len(data)
+            return b"", 1, reset
+        self.offset += cut + 1
+        return data[:cut], 0, reset
+
+    def read_events(self) -> tuple[list[dict], int, bool]:
+        """Like `read_chunk`, parsed: (events, bad lines, reset)."""
+        data, skipped, reset = self.read_chunk()
+        events, bad = parse_lines(data)
+        return events, bad + skipped, reset
+
+    @property
+    def at_end(self) -> bool:
+        return self.offset >= self.size
+
+
+class RunStore:
+    """Histories of all runs, shared by the watcher thread (writer) and the UI (readers)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runs: dict[str, RunHistory] = {}
+        self.version = 0
+
+    def history(self, run_id: str) -> RunHistory:
+        """The run's history, created empty on first use (call with the lock held)."""
+        h = self.runs.get(run_id)
+        if h is None:
+            h = self.runs[run_id] = RunHistory(run_id)
+        return h
+
+    def ingest(self, run_id: str, events: Iterable[dict], reset: bool = False, bad: int = 0) -> list[dict]:
+        """Fold parsed events into a run's history; returns the notable ones (status, mix, error, ...)."""
+        notable = []
+        with self.lock:
+            h = self._start(run_id, reset)
+            for ev in events:
+                h.ingest(ev)
+                if ev.get("type") in NOTABLE:
+                    notable.append(ev)
+            h.bad_lines += bad
+            self.version += 1
+        return notable
+
+    def ingest_lines(self, run_id: str, data: bytes, reset: bool = False, bad: int = 0) -> list[dict]:
+        """Fold raw JSON lines in, parsing only the step events that become points (and the last
+        one, for the latest values): at thousands of steps a second most lines are only counted."""
+        lines = data.split(b"\n")
+        last_step = max((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith(STEP_PREFIXES)), default=-1)
+        notable = []
+        with self.lock:
+            h = self._start(run_id, reset)
+            for i, line in enumerate(lines):
+                keep = None
+                if line.startswith(STEP_PREFIXES):
+                    keep = h.take_step()
+                    if not keep and i != last_step:
+                        h.events += 1
+                        continue
+                elif not line.strip():
+                    continue
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    h.bad_lines += 1
+                    continue
+                if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
+                    h.bad_lines += 1
+                    continue
+                h.ingest(ev, keep)
+                if ev["type"] in NOTABLE:
+                    notable.append(ev)
+            h.bad_lines += bad
+            h.version += 1
+            self.version += 1
+        return notable
+
+    def _start(self, run_id: str, reset: bool) -> RunHistory:
+        h = self.history(run_id)
+        if reset:
+            keep = ("profile", "stage", "created", "max_steps", "tokens_per_step", "start_mix")
+            meta = {k: getattr(h, k) for k in keep}
+            h = self.runs[run_id] = RunHistory(run_id, **meta)
+        return h
+
+    def run_ids(self) -> list[str]:
+        """Run ids, newest first (run ids begin with their creation time)."""
+        with self.lock:
+            return sorted(self.runs, reverse=True)
+
+    def running(self) -> list[str]:
+        """Runs whose last status says they are starting, running or stopping, newest first."""
+        with self.lock:
+            live = ("starting", "running", "stopping")
+            return sorted((r for r, h in self.runs.items() if h.state in live), reverse=True)

@@ -1,0 +1,210 @@
+"""The workspace watcher: one background thread that follows the files the app shows.
+
+Each pass it stats queue.toml and the active profile (reading them again only when they
+changed), looks for new run folders once a second, and reads one bounded chunk from every
+run's events.jsonl into the RunStore: the running and focused runs first, so a reattaching
+app shows the live stage before it has replayed old runs. It posts a message only when
+something changed (never one per event); while any file has unread data it goes straight
+on to the next pass, else it sleeps until the next poll or a `poke()`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Callable
+
+from textual.message import Message
+
+from engine.errors import FcError
+from engine.workspace import Workspace
+from fcwork.messages import ProfileChanged, QueueChanged, RunNotices, RunsChanged, WatchFailed
+from fcwork.tail import EventTail, RunStore
+
+POLL_S = 0.25
+SCAN_RUNS_S = 1.0
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class WorkspaceWatcher:
+    """Polls queue.toml, the active profile and runs/*/events.jsonl; fills `store`, posts messages."""
+
+    def __init__(self, ws: Workspace, store: RunStore, post: Callable[[Message], object],
+                 profile_name: str = "default", poll_s: float = POLL_S) -> None:
+        self.ws = ws
+        self.store = store
+        self.post = post
+        self.poll_s = poll_s
+        self.profile_name = profile_name
+        self.focus: frozenset[str] = frozenset()  # runs to read first (set from the UI thread)
+        self.tails: dict[str, EventTail] = {}
+        self.caught_up: dict[str, bool] = {}
+        self.passes = 0
+        self.idle_passes = 0  # passes that found every file read to its end
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._queue_stamp: tuple | None | str = "unread"
+        self._profile_stamp: tuple | None | str = "unread"
+        self._profile_seen = ""
+        self._last_scan = 0.0
+        self._run_ids: list[str] = []
+        self._said: set[str] = set()
+        self._meta: set[str] = set()  # runs whose stage.toml was read
+
+    # -- control from the UI thread -----------------------------------------------------------
+
+    def poke(self) -> None:
+        """Poll again now (after the app itself changed a file)."""
+        self._wake.set()
+
+    def set_profile(self, name: str) -> None:
+        self.profile_name = name
+        self._profile_stamp = "unread"
+        self.poke()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Poll until stopped or `cancelled()` (a Textual worker's flag, set when the app exits)."""
+        while not self._stop.is_set() and not cancelled():
+            busy = self.poll_once()
+            if busy:
+                time.sleep(0.002)  # let the UI thread have the GIL between chunks
+                continue
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+
+    def poll_once(self) -> bool:
+        """One pass over everything followed; True when some file still has unread data."""
+        self._check_queue()
+        self._check_profile()
+        now = time.monotonic()
+        if now - self._last_scan >= SCAN_RUNS_S or not self.tails:
+            self._last_scan = now
+            self._scan_runs()
+        busy = False
+        for run_id in self._order():
+            if self._stop.is_set():
+                break
+            busy |= self._read_run(run_id)
+        self.passes += 1
+        if not busy:
+            self.idle_passes += 1
+        return busy
+
+    def _order(self) -> list[str]:
+        first = set(self.focus) | set(self.store.running())
+        rest = sorted(self.tails, reverse=True)
+        return [r for r in rest if r in first] + [r for r in rest if r not in first]
+
+    def _say(self, error: str) -> None:
+        if error not in self._said:
+            self._said.add(error)
+            self.post(WatchFailed(error))
+
+    def _check_queue(self) -> None:
+        stamp = _stamp(self.ws.queue_path)
+        if stamp == self._queue_stamp:
+            return
+        self._queue_stamp = stamp
+        if stamp is None:
+            self.post(QueueChanged([]))
+            return
+        from engine.queue import StageQueue
+
+        try:
+            self.post(QueueChanged(StageQueue(self.ws).read()))
+        except FcError as exc:
+            self.post(QueueChanged(None, str(exc)))
+
+    def _check_profile(self) -> None:
+        name = self.profile_name
+        path = self.ws.profile_path(name)
+        stamp = _stamp(path)
+        if stamp == self._profile_stamp and name == self._profile_seen:
+            return
+        self._profile_stamp, self._profile_seen = stamp, name
+        try:
+            self.post(ProfileChanged(name, self.ws.load_profile(name)))
+        except FcError as exc:
+            self.post(ProfileChanged(name, None, str(exc)))
+
+    def _scan_runs(self) -> None:
+        from engine.runs import list_runs
+
+        try:
+            found = [p.name for p in reversed(list_runs(self.ws))]
+        except OSError as exc:
+            self._say(f"{self.ws.runs_dir}: cannot list runs ({exc.strerror})")
+            return
+        for run_id in found:
+            if run_id not in self.tails:
+                self.tails[run_id] = EventTail(self.ws.runs_dir / run_id / "events.jsonl")
+                self.caught_up[run_id] = False
+            if run_id not in self._meta:
+                self._read_stage(run_id)
+        if found != self._run_ids:
+            self._run_ids = found
+            self.post(RunsChanged(list(found)))
+
+    def _read_stage(self, run_id: str) -> None:
+        """Fill a run's metadata (profile, stage, max steps, starting mix) from its stage.toml."""
+        path = self.ws.runs_dir / run_id / "stage.toml"
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return  # not written yet: the next scan tries again
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            self._meta.add(run_id)
+            self._say(f"{path}: unreadable ({exc})")
+            return
+        self._meta.add(run_id)
+        run, stage = data.get("run", {}), data.get("stage", {})
+        with self.store.lock:
+            h = self.store.history(run_id)
+            h.profile = str(run.get("profile", ""))
+            h.stage = str(run.get("stage") or stage.get("name", ""))
+            h.created = str(run.get("created", ""))
+            steps = stage.get("max_steps")
+            if isinstance(steps, int) and not h.max_steps:
+                h.max_steps = steps
+            try:
+                h.tokens_per_step = int(stage["seq_len"]) * int(stage["micro_batch"]) * int(stage.get("grad_accum", 1))
+            except (KeyError, TypeError, ValueError):
+                pass
+            mix = data.get("mix")
+            if isinstance(mix, dict):
+                h.start_mix = {str(k): float(v) for k, v in mix.items() if isinstance(v, (int, float))}
+
+    def _read_run(self, run_id: str) -> bool:
+        tail = self.tails[run_id]
+        try:
+            data, bad, reset = tail.read_chunk()
+        except OSError as exc:
+            self._say(f"{tail.path}: cannot read ({exc.strerror})")
+            return False
+        replay = not self.caught_up[run_id]
+        if data or bad or reset:
+            if reset:
+                self._read_stage(run_id)
+            notable = self.store.ingest_lines(run_id, data, reset=reset, bad=bad)
+            if notable:
+                self.post(RunNotices(run_id, notable, replay))
+        if tail.at_end:
+            self.caught_up[run_id] = True
+            return False
+        return True

@@ -1,0 +1,1 @@
+"""Reusable widgets of the workbench: a braille line plot, bars, modal dialogs."""
