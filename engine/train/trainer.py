@@ -269,7 +269,7 @@ class Trainer:
             "mix": self.schedule.weights_at(step),
         }
         if self.dev.peak_flops:
-            fields["mfu"] = round(self.flops_per_token * tokens_per_s / self.dev.peak_flops, 5)
+            fields["mfu"] = float(f"{self.flops_per_token * tokens_per_s / self.dev.peak_flops:.4g}")
         return fields
 
     def check_control(self, next_step: int) -> bool:
