@@ -1,0 +1,159 @@
+"""`fcwork eval RUN [--step N]` and `fcwork eval compare RUN RUN...`: evaluate a checkpoint on
+held-out data (bits per byte per domain, probes, samples) and show runs side by side."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import FcError
+from engine.workspace import Workspace
+
+# (probe, metric, label) rows of the probe tables, in display order.
+PROBE_ROWS = (
+    ("chess", "legal", "chess: legal next move"),
+    ("chess", "match", "chess: game's move"),
+    ("code", "compile", "code: body compiles"),
+    ("data", "exact", "data: exact answer"),
+    ("science", "accuracy", "science: cloze accuracy"),
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate a run's checkpoint on held-out data, or `eval compare RUN RUN...`",
+        description="fcwork eval RUN [--step N]: held-out bits per byte per domain, domain probes and sample "
+                    "generations, appended to runs/<id>/evals.jsonl. fcwork eval compare RUN RUN...: the latest "
+                    "eval of each run side by side.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run id (a folder under runs/) or path; `compare` first to compare")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the latest); with compare, that step's eval")
+    p.add_argument("--show", action="store_true", help="show the latest stored eval instead of evaluating again")
+    p.add_argument("--device", default="cpu", help="torch device to evaluate on (default cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--docs", type=int, help="held-out documents per domain for bits per byte (default 16)")
+    p.add_argument("--tokens", type=int, help="held-out tokens per domain at most (default 8192)")
+    p.add_argument("--items", type=int, help="items per probe (default: chess 16, code 8, data 8, science 16)")
+    p.add_argument("--probes", help="comma-separated probes to run, or 'none' (default: chess,code,data,science)")
+    p.add_argument("--samples", type=int, help="sample generations per domain (default 1)")
+    p.add_argument("--sample-tokens", type=int, help="tokens per sample generation (default 48)")
+    p.add_argument("--seed", type=int, help="seed for probe items and samples (default 0)")
+    p.set_defaults(func=cmd_eval)
+
+
+def _limits(args: argparse.Namespace):
+    from engine.evaluate import EvalLimits
+    from engine.probes import PROBES
+
+    limits = EvalLimits()
+    for arg, name in (("docs", "bpb_docs"), ("tokens", "bpb_tokens"), ("samples", "samples"),
+                      ("sample_tokens", "sample_tokens"), ("seed", "seed")):
+        value = getattr(args, arg)
+        if value is not None:
+            setattr(limits, name, value)
+    if args.items is not None:
+        for name in PROBES:
+            setattr(limits, name, args.items)
+    if args.probes is not None:
+        names = () if args.probes.strip() in ("", "none") else tuple(p.strip() for p in args.probes.split(","))
+        limits.probes = names
+    limits.check()
+    return limits
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fcwork.commands.train import resolve_run
+
+    ws = Workspace.open(args.workspace)
+    if args.runs[0] == "compare":
+        if len(args.runs) < 2:
+            raise FcError("eval compare: expected at least one RUN to show")
+        return compare([resolve_run(ws, r) for r in args.runs[1:]], args.step)
+    if len(args.runs) > 1:
+        raise FcError(
+            f"eval: expected one RUN (or `eval compare RUN RUN...`), got {len(args.runs)}: {' '.join(args.runs)}")
+    run_dir = resolve_run(ws, args.runs[0])
+    console = Console()
+    if args.show:
+        rec = _stored(run_dir, args.step)
+    else:
+        from engine.evaluate import eval_run
+
+        limits = _limits(args)
+        with console.status(f"evaluating {run_dir.name} on {args.device}..."):
+            rec = eval_run(run_dir, args.step, limits, device=args.device, threads=args.threads)
+    show_record(console, rec)
+    return 0
+
+
+def _stored(run_dir, step: int | None) -> dict:
+    from engine.evaluate import EVALS_FILE, read_evals
+
+    recs = [r for r in read_evals(run_dir) if step is None or r.get("step") == step]
+    if not recs:
+        at = f" at step {step}" if step is not None else ""
+        raise FcError(f"{run_dir / EVALS_FILE}: no eval{at} yet (run `fcwork eval {run_dir.name}`)")
+    return recs[-1]
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+def show_record(console: Console, rec: dict) -> None:
+    """One eval: bits per byte and loss per domain, probe scores, sample generations."""
+    m = rec.get("metrics", {})
+    sha = str(rec.get("checkpoint_sha256") or "in memory")[:12]
+    console.print(f"[bold]{rec.get('run')}[/] step {rec.get('step')}  checkpoint {sha}"
+                  f"  ({rec.get('seconds', 0):.1f} s on {rec.get('device', '?')})")
+    t = Table("domain", "bits/byte", "loss", "tokens", "bytes", title="held-out")
+    for d, bpb in m.get("domain_bpb", {}).items():
+        t.add_row(d, _num(bpb), _num(m.get("domain_loss", {}).get(d)), str(m.get("domain_tokens", {}).get(d, "-")),
+                  str(m.get("domain_bytes", {}).get(d, "-")))
+    t.add_row("all", _num(m.get("bpb")), _num(m.get("loss")), "", "", style="bold")
+    console.print(t)
+    probes = m.get("probes", {})
+    if probes:
+        pt = Table("probe", "score", "items", title="probes (answers checked by python-chess, compile(), Python)")
+        for probe, metric, label in PROBE_ROWS:
+            if probe in probes and metric in probes[probe]:
+                pt.add_row(label, _num(probes[probe][metric], 3), str(probes[probe].get("n", "")))
+        console.print(pt)
+    for note in rec.get("notes", []):
+        console.print(f"[yellow]{note}[/]")
+    for domain, items in rec.get("samples", {}).items():
+        for s in items[:1]:
+            prompt, completion = _oneline(s.get("prompt", ""), 60), _oneline(s.get("completion", ""), 100)
+            console.print(f"[bold]{domain}[/] [dim]{prompt}[/] → {completion}", highlight=False)
+
+
+def _oneline(text: str, n: int) -> str:
+    from rich.markup import escape
+
+    flat = text.replace("\n", "⏎")
+    return escape(flat if len(flat) <= n else flat[:n] + "…")
+
+
+def compare(run_dirs: list, step: int | None) -> int:
+    """The latest (or step N) eval of each run, one column each."""
+    recs = [_stored(d, step) for d in run_dirs]
+    table = Table("metric", *[f"{d.name}\nstep {r.get('step')}" for d, r in zip(run_dirs, recs)],
+                  title="evals side by side")
+    ms = [r.get("metrics", {}) for r in recs]
+    table.add_row("bits/byte, all", *[_num(m.get("bpb")) for m in ms], style="bold")
+    table.add_row("loss, all", *[_num(m.get("loss")) for m in ms])
+    domains = list(dict.fromkeys(d for m in ms for d in m.get("domain_bpb", {})))
+    for d in domains:
+        table.add_row(f"bits/byte, {d}", *[_num(m.get("domain_bpb", {}).get(d)) for m in ms])
+    for probe, metric, label in PROBE_ROWS:
+        if any(metric in m.get("probes", {}).get(probe, {}) for m in ms):
+            table.add_row(label, *[_num(m.get("probes", {}).get(probe, {}).get(metric), 3) for m in ms])
+    versions = [r.get("probe_versions", {}) for r in recs]
+    if any(v != versions[0] for v in versions):
+        table.caption = "probe versions differ between these evals: compare probe scores with care"
+    Console().print(table)
+    return 0

@@ -1,0 +1,248 @@
+"""Eval harness: bits per byte computed exactly, probes whose checkers use the real libraries,
+evals.jsonl records, the CLI table and compare, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import chess
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.errors import FcError, RunError, TokenizerError
+from engine.evaluate import EvalLimits, ModelLM, eval_run, evaluate_model, load_heldout, read_evals
+from engine.probes import chess as chess_probe
+from engine.probes import code as code_probe
+from engine.probes import data as data_probe
+from engine.probes import science as science_probe
+from engine.run_model import sha256_file
+from tests.conftest import REPO
+from tests.eval_fixtures import clone_run, eval_workspace, load_run_model, one_torch_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST = EvalLimits(bpb_docs=2, bpb_tokens=600, chess=4, code=2, data=3, science=4, sample_tokens=12)
+GAME = """[Event "Probe"]
+[Result "1-0"]
+
+1. e4 e5 2. Nf3 Nc6 3. Bb5 a6 4. Ba4 Nf6 5. O-O Be7 6. Re1 b5 7. Bb3 d6 8. c3 O-O 1-0
+"""
+
+
+def _tokenizer(ew):
+    from engine.tokenizer import Tokenizer
+
+    return Tokenizer.load(ew.tokenizer_path)
+
+
+# -- bits per byte ----------------------------------------------------------------------------------
+
+def test_bits_per_byte_is_summed_nll_over_utf8_bytes(eval_workspace):
+    model = load_run_model(eval_workspace.run)
+    tok = _tokenizer(eval_workspace)
+    docs = ["naïve café: ünïcode costs more bytes than characters. " * 3, GAME]
+    report = evaluate_model(model, tok, {"science": docs}, EvalLimits(bpb_docs=2, bpb_tokens=10_000, window=64,
+                                                                       probes=(), samples=0))
+    nats = 0.0
+    for text in docs:  # by hand: each document after an EOS, in windows of 64 positions
+        seq = [tok.eos_id, *tok.encode(text)]
+        for start in range(0, len(seq) - 1, 64):
+            chunk = torch.tensor([seq[start:start + 65]])
+            with torch.no_grad():
+                logits = model(chunk[:, :-1])
+            nats += F.cross_entropy(logits[0].double(), chunk[0, 1:], reduction="sum").item()
+    score = report.domains["science"]
+    assert score.bytes == sum(len(t.encode("utf-8")) for t in docs) > sum(len(t) for t in docs)
+    assert score.tokens == sum(len(tok.encode(t)) for t in docs)
+    assert score.bpb == pytest.approx(nats / (math.log(2) * score.bytes), rel=1e-5)
+    assert score.loss == pytest.approx(nats / score.tokens, rel=1e-5)
+
+
+def test_token_budget_cuts_documents_and_counts_exact_bytes(eval_workspace):
+    model = load_run_model(eval_workspace.run)
+    tok = _tokenizer(eval_workspace)
+    heldout = load_heldout(eval_workspace.run.parent.parent / "data" / "evalfx" / "tok", ["code"], 3)
+    report = evaluate_model(model, tok, heldout, EvalLimits(bpb_docs=3, bpb_tokens=300, probes=(), samples=0))
+    s = report.domains["code"]
+    assert 250 < s.tokens <= 300 and s.bytes < sum(len(t.encode()) for t in heldout["code"])
+
+
+# -- probes: items and checkers, with the real libraries ---------------------------------------------
+
+def test_chess_items_replay_with_python_chess_and_the_checker_judges_moves():
+    items = chess_probe.build_items([GAME] * 5, limit=5, seed=1)
+    assert len(items) == 5
+    for item in items:
+        board = chess.Board(item.fen)
+        assert board.parse_san(item.san).uci() == item.move
+        assert not item.prompt.endswith(" ")
+        assert chess_probe.check(item, f" {item.san} Nf6")["match"]
+    item = items[0]
+    legal_other = next(m for m in chess.Board(item.fen).legal_moves if m.uci() != item.move)
+    other = chess.Board(item.fen).san(legal_other)
+    assert chess_probe.check(item, f" {other} ") == {"move": other, "legal": True, "match": False}
+    assert chess_probe.check(item, " 12. Ke9 ") == {"move": "Ke9", "legal": False, "match": False}
+    assert chess_probe.check(item, "") == {"move": "", "legal": False, "match": False}
+    assert [san for _, san, _ in chess_probe.plies(GAME)][:4] == ["e4", "e5", "Nf3", "Nc6"]
+
+
+def test_code_items_compile_with_their_own_bodies_and_garbage_does_not():
+    source = (
+        "import os\n\n\ndef area(w, h):\n    return w * h\n\n\nclass Box:\n    def __init__(self, w):\n"
+        "        self.w = w\n\n    def grow(self,\n             by):\n        self.w += by\n        return self\n"
+    )
+    items = code_probe.build_items([source], limit=5, seed=0)
+    assert sorted(i.head.strip().split("(")[0] for i in items) == ["def __init__", "def area", "def grow"]
+    for item in items:
+        assert item.prompt.endswith(item.head) and code_probe.check(item, item.body)["compiles"]
+        deeper = " " * (item.indent + 4)
+        after = f"{deeper}x = 1\n{deeper}return x\n{' ' * item.indent}def next(): pass\n"
+        assert code_probe.check(item, after)["compiles"]
+        assert not code_probe.check(item, f"{deeper}return (1,\n")["compiles"]
+        assert not code_probe.check(item, "return 1\n")["compiles"]  # not indented: no body
+    assert len(code_probe.build_items([source, "def f(:\n  pass\n", source], limit=4, seed=0)) == 4
+
+
+def test_data_answers_equal_what_python_prints_for_the_notebook_cells():
+    """Every question's answer is what its cell prints when run after the notebook's own load cell."""
+    import contextlib
+    import io
+    import re
+
+    from engine.builtin import iter_builtin
+
+    docs = [d for _, d in zip(range(30), iter_builtin("data-notebooks", 5, 10**7))]
+    items = data_probe.build_items(docs, 30, seed=0)
+    assert len(items) == 30 and {i.kind for i in items} == {"mean", "max", "count"}
+    for item in items:
+        cells = re.findall(r"```python\n(.*?)\n```", item.prompt, re.S)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            namespace: dict = {}
+            exec(cells[0], namespace)  # the corpus' own load cell (built-in, generated by us)
+            exec(cells[-1], namespace)  # the probe's question cell
+        printed = out.getvalue().splitlines()[-1]
+        assert data_probe.check(item, printed + "\n")["exact"], (item.question, printed, item.answer)
+        assert item.prompt.endswith("```text\n")
+    md = ("# Sales\n\n| shop | units | price |\n|---|---|---|\n| A | 3 | 2.5 |\n| B | 5 | 1.25 |\n| A | 10 | 4.0 |\n")
+    table = data_probe.find_table(md)
+    assert table.columns == ["shop", "units", "price"] and table.numeric() == ["units", "price"]
+    assert table.categorical() == ["shop"]
+    item = data_probe.DataItem("", "mean", "q", 2.58)
+    assert data_probe.check(item, "2.58\n")["exact"] and not data_probe.check(item, "2.6\n")["exact"]
+    assert not data_probe.check(item, "no number")["exact"]
+
+
+def test_science_items_offer_the_true_word_among_distinct_options():
+    text = ("The enzyme lowers the activation energy of the reaction in the living cell. "
+            "Photons carry energy proportional to their frequency across the whole spectrum of light. "
+            "Planets orbit their star along elliptical paths described by Kepler in his laws.")
+    items = science_probe.build_items([text], limit=6, seed=0)
+    assert items
+    for item in items:
+        assert len(set(item.options)) == 4 and item.options[item.answer] in text
+        cont = science_probe.pairs(item)[item.answer]
+        assert (cont[0] + cont[1]) == text[: len(cont[0]) + len(cont[1])]
+        scores = [0.0] * 4
+        scores[item.answer] = 1.0
+        assert science_probe.check(item, scores)["correct"]
+
+
+def test_probes_run_on_a_real_model_and_score_in_range(eval_workspace):
+    model = load_run_model(eval_workspace.run)
+    lm = ModelLM(model, _tokenizer(eval_workspace))
+    heldout = load_heldout(eval_workspace.run.parent.parent / "data" / "evalfx" / "tok",
+                           ["chess", "code", "data", "science"], 20)
+    for mod in (chess_probe, code_probe, data_probe, science_probe):
+        res = mod.run(lm, heldout[mod.DOMAIN], 3, seed=0)
+        assert res.n > 0 and res.examples, mod.NAME
+        assert all(0.0 <= v <= 1.0 for v in res.metrics.values()), res.metrics
+    # score() is the sum of log-probabilities: a continuation's score is the sum of its parts'
+    full = lm.score([("1. e4", " e5 2. Nf3")])[0]
+    assert full < 0
+    assert lm.score([("1. e4", " e5 2. Nf3"), ("1. e4", " e5 2. Nf3")]) == pytest.approx([full, full], rel=1e-6)
+
+
+# -- runs, evals.jsonl, CLI ----------------------------------------------------------------------------
+
+def test_eval_run_appends_a_record_with_metrics_probes_and_samples(eval_workspace, tmp_path):
+    run = clone_run(eval_workspace.run, tmp_path / "run")
+    rec = eval_run(run, limits=FAST)
+    assert rec["run"] == eval_workspace.run.name and rec["step"] == 20 and rec["checkpoint"] == "ckpt/step-20"
+    assert rec["checkpoint_sha256"] == sha256_file(run / "ckpt" / "step-20" / "model.safetensors")
+    assert set(rec["probe_versions"]) == {"bpb", "chess", "code", "data", "science"}
+    m = rec["metrics"]
+    assert set(m["domain_bpb"]) == {"code", "science", "chess", "data", "chat"}
+    assert all(v > 0 for v in m["domain_bpb"].values()) and m["bpb"] > 0
+    assert {"legal", "match"} <= set(m["probes"]["chess"]) and m["probes"]["science"]["chance"] == 0.25
+    assert all(m["probes"][p]["n"] > 0 for p in ("chess", "code", "data", "science"))
+    assert set(rec["samples"]) == set(m["domain_bpb"]) and all(s[0]["prompt"] for s in rec["samples"].values())
+    eval_run(run, step=10, limits=EvalLimits(bpb_docs=1, bpb_tokens=200, probes=(), samples=0))
+    recs = read_evals(run)
+    assert [r["step"] for r in recs] == [20, 10] and recs[1]["metrics"]["probes"] == {}
+    assert json.loads((run / "evals.jsonl").read_text().splitlines()[0]) == rec
+    again = eval_run(run, limits=FAST, save=False)
+    assert again["metrics"] == rec["metrics"] and again["samples"] == rec["samples"]  # deterministic
+
+
+def test_trainer_hook_evaluates_a_model_in_memory(eval_workspace, tmp_path):
+    from engine.evaluate import evaluate_for_run
+    from engine.runs import load_run_spec
+
+    run = clone_run(eval_workspace.run, tmp_path / "run")
+    model = load_run_model(run).train()
+    rec = evaluate_for_run(model, load_run_spec(run), 7, EvalLimits(bpb_docs=1, bpb_tokens=200, chess=2, code=1,
+                                                                      data=1, science=2, samples=0))
+    assert model.training  # handed back in the mode it came in
+    assert rec["step"] == 7 and rec["checkpoint_sha256"] == "" and rec["device"] == "cpu"
+    assert read_evals(run)[-1] == rec and rec["metrics"]["probes"]["chess"]["n"] == 2
+
+
+def test_eval_refuses_a_changed_tokenizer_missing_checkpoints_and_bad_limits(eval_workspace, tmp_path):
+    changed = tmp_path / "tok.model"
+    changed.write_bytes(eval_workspace.tokenizer_path.read_bytes()[:-1])
+    run = clone_run(eval_workspace.run, tmp_path / "run", tokenizer=changed)
+    with pytest.raises(TokenizerError, match=r"changed since run"):
+        eval_run(run, limits=FAST)
+    with pytest.raises(RunError, match=r"no checkpoint at step 5 \(have steps 10, 20\)"):
+        eval_run(eval_workspace.run, step=5)
+    with pytest.raises(FcError, match=r"eval limits: probes: 'poetry' is not a probe"):
+        eval_run(eval_workspace.run, limits=EvalLimits(probes=("poetry",)))
+    empty = clone_run(eval_workspace.run, tmp_path / "empty")
+    for ckpt in (empty / "ckpt").iterdir():
+        for f in ckpt.iterdir():
+            f.unlink()
+        ckpt.rmdir()
+    with pytest.raises(RunError, match=r"has no checkpoint yet"):
+        eval_run(empty)
+
+
+def _fcwork(ws_root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fcwork.cli", *args, "--workspace", str(ws_root)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                            "COLUMNS": "160"})
+
+
+def test_cli_eval_shows_a_table_and_compare_puts_runs_side_by_side(eval_workspace):
+    root = eval_workspace.ws.root
+    a = clone_run(eval_workspace.run, eval_workspace.ws.runs_dir / "cli-eval-a")
+    b = clone_run(eval_workspace.tied_run, eval_workspace.ws.runs_dir / "cli-eval-b")
+    eval_run(b, limits=FAST)
+    done = _fcwork(root, "eval", a.name, "--docs", "1", "--tokens", "300", "--items", "2", "--sample-tokens", "8",
+                   "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    assert "bits/byte" in done.stdout and "chess: legal next move" in done.stdout and "science" in done.stdout
+    shown = _fcwork(root, "eval", a.name, "--show")
+    assert shown.returncode == 0 and "held-out" in shown.stdout
+    cmp = _fcwork(root, "eval", "compare", a.name, b.name)
+    assert cmp.returncode == 0, cmp.stderr
+    assert "cli-eval-a" in cmp.stdout and "cli-eval-b" in cmp.stdout and "bits/byte, chess" in cmp.stdout
+    bad = _fcwork(root, "eval", a.name, "--step", "3")
+    assert bad.returncode == 2 and "no checkpoint at step 3" in bad.stderr and bad.stderr.count("\n") == 1
+    none = _fcwork(root, "eval", "compare", a.name, "--step", "999")
+    assert none.returncode == 2 and "no eval at step 999" in none.stderr

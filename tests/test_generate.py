@@ -1,0 +1,120 @@
+"""Generation: the samplers on plain logits, and the KV-cache path against recomputing the prefix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.errors import ModelError
+from engine.generate import (
+    GREEDY,
+    SamplingConfig,
+    generate,
+    generate_recompute,
+    sample_next,
+    top_k_filter,
+    top_p_filter,
+)
+from engine.model import Transformer
+from engine.model_config import ModelConfig
+from tests.eval_fixtures import one_torch_thread  # noqa: E402,F401
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+CFG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=97, max_seq_len=48)
+NEG = float("-inf")
+
+
+@pytest.fixture(scope="module")
+def model() -> Transformer:
+    torch.manual_seed(0)
+    m = Transformer(CFG).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.mul_(6.0)  # sharp distributions, so greedy paths are not decided by rounding noise
+    return m
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
+    assert top_k_filter(logits, 2).tolist() == [[NEG, 5.0, NEG, 4.0, NEG]]
+    assert torch.equal(top_k_filter(logits, 0), logits) and torch.equal(top_k_filter(logits, 9), logits)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.05, 0.3, 0.15]])
+    logits = probs.log()
+    kept = lambda p: (top_p_filter(logits, p) > NEG)[0].tolist()  # noqa: E731
+    assert kept(0.5) == [True, False, False, False]
+    assert kept(0.6) == [True, False, True, False]
+    assert kept(0.8) == [True, False, True, False]
+    assert kept(0.81) == [True, False, True, True]
+    assert kept(1.0) == [True, True, True, True]
+    assert kept(0.01) == [True, False, False, False]  # the most likely token always stays
+
+
+def test_sample_next_greedy_temperature_and_cuts():
+    logits = torch.tensor([[0.0, 3.0, 2.9, -1.0], [4.0, 0.0, 0.0, 0.0]])
+    assert sample_next(logits, GREEDY).tolist() == [1, 0]
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_next(logits, SamplingConfig(temperature=1.0, top_k=2), g) for _ in range(300)])
+    assert set(draws[:, 0].tolist()) == {1, 2}  # top-k 2 never draws the others
+    hot = torch.stack([sample_next(logits, SamplingConfig(temperature=50.0), g) for _ in range(300)])
+    assert len(set(hot[:, 1].tolist())) == 4  # a high temperature flattens the distribution
+    cold = torch.stack([sample_next(logits, SamplingConfig(temperature=0.01), g) for _ in range(50)])
+    assert set(cold[:, 0].tolist()) == {1}
+    nucleus = torch.stack([sample_next(logits, SamplingConfig(temperature=1.0, top_p=0.5), g) for _ in range(100)])
+    assert set(nucleus[:, 1].tolist()) == {0}
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (SamplingConfig(temperature=-1), r"temperature: expected a number >= 0, got -1"),
+    (SamplingConfig(top_p=0.0), r"top_p: expected a number in \(0, 1\], got 0.0"),
+    (SamplingConfig(top_k=-2), r"top_k: expected a non-negative integer, got -2"),
+])
+def test_bad_sampling_settings_are_one_line_errors(model, bad, msg):
+    with pytest.raises(ModelError, match=msg):
+        generate(model, [1, 2, 3], bad)
+
+
+def test_cached_greedy_equals_recomputing_the_prefix(model):
+    prompt = [5, 17, 42, 8, 3, 66, 12]
+    cfg = SamplingConfig(max_new_tokens=30)
+    cached = generate(model, prompt, cfg, stop_ids=())
+    full = generate_recompute(model, prompt, cfg, stop_ids=())
+    assert cached.tokens == full.tokens and len(cached.tokens) == 30 and cached.reason == "length"
+    assert len(set(cached.tokens)) > 3  # not a degenerate constant output
+
+
+def test_cached_sampling_equals_recompute_with_the_same_seed(model):
+    cfg = SamplingConfig(max_new_tokens=25, temperature=0.9, top_k=20, top_p=0.9, seed=3)
+    a = generate(model, [4, 9, 31], cfg, stop_ids=())
+    b = generate_recompute(model, [4, 9, 31], cfg, stop_ids=())
+    assert a.tokens == b.tokens
+    assert generate(model, [4, 9, 31], cfg, stop_ids=()).tokens == a.tokens  # seeded: reproducible
+    other = generate(model, [4, 9, 31], SamplingConfig(25, 0.9, 20, 0.9, seed=4), stop_ids=())
+    assert other.tokens != a.tokens
+
+
+def test_stops_at_a_stop_id_and_at_the_stop_callback(model):
+    prompt = [7, 7, 21]
+    free = generate(model, prompt, SamplingConfig(max_new_tokens=20), stop_ids=()).tokens
+    stop_id = free[5]
+    first = free.index(stop_id)
+    ended = generate(model, prompt, SamplingConfig(max_new_tokens=20), stop_ids=(stop_id,))
+    assert ended.tokens == free[:first] and ended.reason == "eos"
+    called = generate(model, prompt, SamplingConfig(max_new_tokens=20), stop_ids=(), stop=lambda toks: len(toks) == 4)
+    assert called.tokens == free[:4] and called.reason == "stop"
+
+
+def test_long_prompts_are_cut_and_context_ends_generation(model):
+    long_prompt = list(range(1, 90))  # longer than max_seq_len 48
+    out = generate(model, long_prompt, SamplingConfig(max_new_tokens=10), stop_ids=())
+    assert out.prompt_tokens == 38 and len(out.tokens) == 10
+    assert out.tokens == generate(model, long_prompt[-38:], SamplingConfig(max_new_tokens=10), stop_ids=()).tokens
+    many = generate(model, [3], SamplingConfig(max_new_tokens=100), stop_ids=())
+    ref = generate_recompute(model, [3], SamplingConfig(max_new_tokens=100), stop_ids=())
+    assert many.reason == ref.reason == "context" and many.tokens == ref.tokens and len(many.tokens) == 48
+    assert generate(model, [3], SamplingConfig(max_new_tokens=0)).tokens == []
+    with pytest.raises(ModelError, match="prompt: expected at least one token"):
+        generate(model, [], GREEDY)
