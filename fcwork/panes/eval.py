@@ -1,17 +1,25 @@
 """Eval pane: held-out loss per domain (bits per byte where the trainer reports it), runs side by side.
 
-Until the eval engine lands, the numbers are the trainer's own `eval` events: for each picked
-run, its latest evaluation, one column per run.
+The first table is the trainer's own `eval` events: for each picked run, its latest evaluation,
+one column per run. The second is the eval harness's latest runs/<id>/evals.jsonl record of each run
+(bits per byte per domain, probe scores), with its sample generations for the first run below; `e`
+runs the harness on the first run in a `fcwork eval` subprocess (torch stays out of the app).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Label, Static
 
+from engine.evaluate import EVALS_FILE, read_evals
 from fcwork.panes.base import Pane
 from fcwork.widgets.modals import PickManyScreen
 
@@ -25,6 +33,10 @@ def fmt_eval(loss: Any, bpb: Any) -> str:
     return f"{loss:.4f}" + (f" ({bpb:.3f})" if isinstance(bpb, (int, float)) else "")
 
 
+def fmt_num(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+
+
 class EvalPane(Pane):
     """Latest held-out evaluation of several runs, side by side."""
 
@@ -32,6 +44,7 @@ class EvalPane(Pane):
     BINDINGS = [
         Binding("r", "choose_runs", "Runs"),
         Binding("h", "history", "Step history"),
+        Binding("e", "run_eval", "Evaluate run"),
     ]
 
     def __init__(self, *a: Any, **kw: Any) -> None:
@@ -40,12 +53,16 @@ class EvalPane(Pane):
         self.chosen = False  # runs picked by hand (else: the newest runs with evals)
         self.history = False  # one column per eval of the first run instead of runs side by side
         self._drawn: tuple | None = None
+        self._harness: dict[str, tuple[int, dict]] = {}  # run -> (evals.jsonl mtime, latest record)
 
     def compose(self) -> ComposeResult:
         yield Label("Held-out loss per domain (bits per byte in brackets)", markup=False, id="eval-title",
                     classes="pane-title")
         yield DataTable(id="evals", cursor_type="row", zebra_stripes=True)
         yield Static("", markup=False, id="eval-status")
+        with VerticalScroll(id="harness-box"):
+            yield DataTable(id="harness", cursor_type="row", zebra_stripes=True)
+            yield Static("", markup=False, id="eval-samples")
 
     def on_mount(self) -> None:
         self.set_interval(REDRAW_S, self._tick)
@@ -82,6 +99,71 @@ class EvalPane(Pane):
         self._drawn = None
         self.redraw()
 
+    def action_run_eval(self) -> None:
+        if not self.run_ids:
+            self.notify("no run to evaluate: r picks runs", severity="warning")
+            return
+        run = self.run_ids[0]
+        self.notify(f"evaluating {run}")
+        self.run_worker(lambda: self._evaluate(run), name=f"eval {run}", group="eval", thread=True, exclusive=True,
+                        exit_on_error=False)
+
+    def _evaluate(self, run: str) -> None:
+        """Thread worker: `fcwork eval RUN` in a child process; a failure raises (the app notifies)."""
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        proc = subprocess.run([sys.executable, "-m", "fcwork.cli", "--workspace", str(self.ws.root), "eval", run],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
+        if proc.returncode:
+            lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit status {proc.returncode}"]
+            raise RuntimeError(f"fcwork eval {run}: {lines[-1]}")
+        self.app.call_from_thread(self._evaluated, run)
+
+    def _evaluated(self, run: str) -> None:
+        self.notify(f"evaluated {run}")
+        self._drawn = None
+        self.redraw()
+
+    def _latest(self, run: str) -> tuple[int, dict]:
+        """(mtime, latest record) of a run's evals.jsonl, read again only when it changed (it is small)."""
+        path = self.ws.runs_dir / run / EVALS_FILE
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return 0, {}
+        if self._harness.get(run, (None,))[0] != mtime:
+            recs = read_evals(path.parent)
+            self._harness[run] = (mtime, recs[-1] if recs else {})
+        return self._harness[run]
+
+    def _draw_harness(self, runs: list[str], recs: list[dict]) -> None:
+        table = self.query_one("#harness", DataTable)
+        table.clear(columns=True)
+        shown = [(r, rec) for r, rec in zip(runs, recs) if rec]
+        samples = self.query_one("#eval-samples", Static)
+        if not shown:
+            samples.update("no harness evals yet: e evaluates the first run's latest checkpoint")
+            return
+        ms = [rec.get("metrics") or {} for _, rec in shown]
+        table.add_column("eval harness", key="what")
+        for i, (r, _) in enumerate(shown):
+            table.add_column(r, key=f"c{i}")
+        table.add_row("step", *[str(rec.get("step", "-")) for _, rec in shown], key="step")
+        table.add_row("bpb all", *[fmt_num(m.get("bpb")) for m in ms], key="bpb")
+        for d in dict.fromkeys(d for m in ms for d in (m.get("domain_bpb") or {})):
+            table.add_row(f"bpb {d}", *[fmt_num((m.get("domain_bpb") or {}).get(d)) for m in ms], key=f"bpb/{d}")
+        probes = dict.fromkeys((p, k) for m in ms for p, v in (m.get("probes") or {}).items() for k in v if k != "n")
+        for p, k in probes:
+            table.add_row(f"{p} {k}", *[fmt_num(((m.get("probes") or {}).get(p) or {}).get(k)) for m in ms],
+                          key=f"probe/{p}/{k}")
+        run, rec = shown[0]
+        text = [f"Samples of {run} at step {rec.get('step', '-')}"]
+        for domain, items in (rec.get("samples") or {}).items():
+            for item in items:
+                text.append(f"[{domain}] {item.get('prompt', '')} >>> {item.get('completion', '')}")
+        samples.update("\n".join(text))
+
     def _tick(self) -> None:
         if self.active:
             self.redraw()
@@ -89,9 +171,10 @@ class EvalPane(Pane):
     def redraw(self) -> None:
         if not self.chosen:
             self.run_ids = self._default_runs()
+        latest = {r: self._latest(r) for r in self.run_ids}
         with self.store.lock:
             hs = [self.store.runs[r] for r in self.run_ids if r in self.store.runs]
-            key = (tuple((h.run_id, h.version) for h in hs), self.history)
+            key = (tuple((h.run_id, h.version) for h in hs), self.history, tuple(m for m, _ in latest.values()))
             if key == self._drawn:
                 return
             self._drawn = key
@@ -103,6 +186,7 @@ class EvalPane(Pane):
                 columns = [(h.run_id, h.evals[-1] if h.evals else {}) for h in hs]
                 heading = "Held-out loss per domain, latest eval of each run (bits per byte in brackets)"
             domains = list(dict.fromkeys(d for _, e in columns for d in (e.get("domain_loss") or {})))
+        self._draw_harness(list(latest), [rec for _, rec in latest.values()])
         table = self.query_one("#evals", DataTable)
         table.clear(columns=True)
         self.query_one("#eval-title", Label).update(heading)

@@ -481,3 +481,28 @@ async def test_tokenizer_train_failure_is_a_notification(tmp_path):
         await pilot.press(*"abc")
         await wait_for(pilot, lambda: any("no tokenizer yet" in m for m in notifications(app)), what="encode error")
         assert app.is_running
+
+
+async def test_eval_pane_shows_harness_records_and_runs_eval(tmp_path):
+    from engine.evaluate import DomainScore, EvalLimits, EvalReport, append_eval, record
+    from engine.probes import ProbeResult
+
+    ws = make_workspace(tmp_path / "ws")
+    report = EvalReport({"code": DomainScore(2, 100, 400, 400 * 0.6931471805599453 * 1.234)},
+                        {"code": ProbeResult("code", 1, {"compile": 0.625}, 8)},
+                        {"code": [{"prompt": "def add(a, b):", "completion": " return a + b", "reason": "length"}]})
+    append_eval(ws.runs_dir / RUN_DONE, record(report, RUN_DONE, 300, "ckpt/step-300", "ab" * 32, EvalLimits(), "cpu"))
+    app = make_app(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, app)
+        await pilot.press("f5")
+        await settle(pilot, app)
+        table = app.query_one("#harness", DataTable)
+        assert [str(c.label) for c in table.columns.values()] == ["eval harness", RUN_DONE]
+        assert [str(c) for c in table.get_row("bpb/code")] == ["bpb code", "1.234"]
+        assert [str(c) for c in table.get_row("probe/code/compile")] == ["code compile", "0.625"]
+        assert "return a + b" in str(app.query_one("#eval-samples").render())
+        await pilot.press("e")  # the first run (the live one) has no checkpoint: the child fails, a notification says so
+        await wait_for(pilot, lambda: any("fcwork eval" in n for n in notifications(app)), timeout=60,
+                       what="eval failure notification")
+        assert "torch" not in sys.modules
