@@ -21,6 +21,7 @@ import tomli_w
 
 from engine.atomic import atomic_write_text
 from engine.errors import ControlError
+from engine.profile import describe_value
 
 CONTROL_FILE = "control.toml"
 LOCK_FILE = ".control.lock"
@@ -36,18 +37,6 @@ class ControlRequest:
     stop: bool = False
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
 def parse_control(text: str, origin: str = CONTROL_FILE, domains: Iterable[str] | None = None) -> ControlRequest:
     """Validate control.toml text; `domains` (the run's) is what a mix may name. Errors are one line."""
     try:
@@ -61,10 +50,10 @@ def parse_control(text: str, origin: str = CONTROL_FILE, domains: Iterable[str] 
     if rid is None:
         raise ControlError(f"{origin}: request_id: missing (expected a non-negative integer)")
     if not isinstance(rid, int) or isinstance(rid, bool) or rid < 0:
-        raise ControlError(f"{origin}: request_id: expected a non-negative integer, got {_describe(rid)}")
+        raise ControlError(f"{origin}: request_id: expected a non-negative integer, got {describe_value(rid)}")
     stop = data.get("stop", False)
     if not isinstance(stop, bool):
-        raise ControlError(f"{origin}: stop: expected true or false, got {_describe(stop)}")
+        raise ControlError(f"{origin}: stop: expected true or false, got {describe_value(stop)}")
     mix = data.get("mix")
     if mix is not None:
         mix = validate_mix(mix, origin, domains)
@@ -74,14 +63,14 @@ def parse_control(text: str, origin: str = CONTROL_FILE, domains: Iterable[str] 
 def validate_mix(mix: Any, origin: str, domains: Iterable[str] | None = None) -> dict[str, float]:
     """A table of non-negative weights over known domains, not all zero; returned as floats."""
     if not isinstance(mix, dict):
-        raise ControlError(f"{origin}: mix: expected a table of domain = weight, got {_describe(mix)}")
+        raise ControlError(f"{origin}: mix: expected a table of domain = weight, got {describe_value(mix)}")
     known = list(domains) if domains is not None else None
     out: dict[str, float] = {}
     for domain, w in mix.items():
         if known is not None and domain not in known:
             raise ControlError(f"{origin}: mix.{domain}: unknown domain (the run's domains: {', '.join(known)})")
         if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
-            raise ControlError(f"{origin}: mix.{domain}: expected a non-negative number, got {_describe(w)}")
+            raise ControlError(f"{origin}: mix.{domain}: expected a non-negative number, got {describe_value(w)}")
         out[domain] = float(w)
     if not out or sum(out.values()) <= 0:
         raise ControlError(f"{origin}: mix: expected at least one positive weight, got all zero")

@@ -213,7 +213,8 @@ def normalise_mix(mix: dict[str, float]) -> dict[str, float]:
     return {d: w / total for d, w in mix.items()}
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """A TOML value as an error message quotes it: `"2k"`, `-5`, `true`, `a table`."""
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, dict):
@@ -265,7 +266,7 @@ def _type_word(hint: Any) -> str:
 def _build(cls: type, table: Any, where: str, fail: Callable[[str], ProfileError]) -> Any:
     """Check `table` against dataclass `cls` (unknown keys, missing keys, types, ranges)."""
     if not isinstance(table, dict):
-        raise fail(f"{where}: expected a table, got {_describe(table)}")
+        raise fail(f"{where}: expected a table, got {describe_value(table)}")
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     for key in table:
@@ -281,10 +282,10 @@ def _build(cls: type, table: Any, where: str, fail: Callable[[str], ProfileError
         value = table[name]
         if not _type_ok(value, hints[name]):
             want = f.metadata.get("expect") or _type_word(hints[name])
-            raise fail(f"{path}: expected {want}, got {_describe(value)}")
+            raise fail(f"{path}: expected {want}, got {describe_value(value)}")
         check = f.metadata.get("check")
         if check is not None and not check(value):
-            raise fail(f"{path}: expected {f.metadata['expect']}, got {_describe(value)}")
+            raise fail(f"{path}: expected {f.metadata['expect']}, got {describe_value(value)}")
         if hints[name] is float:
             value = float(value)
         values[name] = value
@@ -307,12 +308,12 @@ def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
 
     mix = data.get("mix")
     if not isinstance(mix, dict) or not mix:
-        raise fail("mix: expected a table of domain = weight, got " + ("nothing" if mix is None else _describe(mix)))
+        raise fail("mix: expected a table of domain = weight, got " + ("nothing" if mix is None else describe_value(mix)))
     for domain, w in mix.items():
         if not _NAME_RE.match(domain):
             raise fail(f"mix.{domain}: expected a domain name of letters, digits, '_', '-' or '.'")
         if not _type_ok(w, float) or w < 0:
-            raise fail(f"mix.{domain}: expected a non-negative number, got {_describe(w)}")
+            raise fail(f"mix.{domain}: expected a non-negative number, got {describe_value(w)}")
     if sum(mix.values()) <= 0:
         raise fail("mix: expected at least one positive weight, got all zero")
     mix = {d: float(w) for d, w in mix.items()}
@@ -322,24 +323,24 @@ def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
 
     raw_sources = data.get("sources", [])
     if not isinstance(raw_sources, list):
-        raise fail(f"sources: expected an array of tables ([[sources]]), got {_describe(raw_sources)}")
+        raise fail(f"sources: expected an array of tables ([[sources]]), got {describe_value(raw_sources)}")
     sources = [_build(SourceConfig, s, f"sources[{i}]", fail) for i, s in enumerate(raw_sources)]
     seen: set[str] = set()
     for i, src in enumerate(sources):
         if src.name in seen:
-            raise fail(f"sources[{i}].name: expected a unique name, got duplicate {_describe(src.name)}")
+            raise fail(f"sources[{i}].name: expected a unique name, got duplicate {describe_value(src.name)}")
         seen.add(src.name)
         if src.domain not in mix:
             raise fail(
                 f"sources[{i}].domain: expected a domain with a weight in [mix] "
-                f"({', '.join(mix)}), got {_describe(src.domain)}"
+                f"({', '.join(mix)}), got {describe_value(src.domain)}"
             )
         if src.builtin is None and not src.path:
-            raise fail(f"sources[{i}].path: expected a path or glob for format {_describe(src.format)}, got nothing")
+            raise fail(f"sources[{i}].path: expected a path or glob for format {describe_value(src.format)}, got nothing")
 
     raw_stages = data.get("stages", [])
     if not isinstance(raw_stages, list):
-        raise fail(f"stages: expected an array of tables ([[stages]]), got {_describe(raw_stages)}")
+        raise fail(f"stages: expected an array of tables ([[stages]]), got {describe_value(raw_stages)}")
     stages = []
     for i, raw in enumerate(raw_stages):
         st = _build(StageConfig, raw, f"stages[{i}]", fail)
@@ -351,10 +352,10 @@ def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
 def _check_stage(st: StageConfig, i: int, earlier: list[str], mix: dict, fail: Callable[[str], ProfileError]) -> None:
     where = f"stages[{i}]"
     if st.name in earlier:
-        raise fail(f"{where}.name: expected a unique stage name, got duplicate {_describe(st.name)}")
+        raise fail(f"{where}.name: expected a unique stage name, got duplicate {describe_value(st.name)}")
     if isinstance(st.model, str):
         if st.model not in PRESETS:
-            raise fail(f"{where}.model: expected a preset ({', '.join(PRESETS)}) or an inline table, got {_describe(st.model)}")
+            raise fail(f"{where}.model: expected a preset ({', '.join(PRESETS)}) or an inline table, got {describe_value(st.model)}")
     else:
         cfg = _build(ModelConfig, st.model, f"{where}.model", fail)
         problems = cfg.check()
@@ -365,14 +366,14 @@ def _check_stage(st: StageConfig, i: int, earlier: list[str], mix: dict, fail: C
         raise fail(f"{where}.seq_len: expected at most the model's max_seq_len ({model.max_seq_len}), got {st.seq_len}")
     if st.init_from and st.init_from not in earlier:
         known = ", ".join(earlier) or "none"
-        raise fail(f"{where}.init_from: expected the name of an earlier stage ({known}), got {_describe(st.init_from)}")
+        raise fail(f"{where}.init_from: expected the name of an earlier stage ({known}), got {describe_value(st.init_from)}")
     if st.warmup_steps >= st.max_steps and st.max_steps > 1:
         raise fail(f"{where}.warmup_steps: expected fewer than max_steps ({st.max_steps}), got {st.warmup_steps}")
     for domain, w in st.mix.items():
         if domain not in mix:
             raise fail(f"{where}.mix.{domain}: expected a domain of [mix] ({', '.join(mix)})")
         if w < 0:
-            raise fail(f"{where}.mix.{domain}: expected a non-negative number, got {_describe(w)}")
+            raise fail(f"{where}.mix.{domain}: expected a non-negative number, got {describe_value(w)}")
     if st.mix and sum(st.mix.values()) <= 0:
         raise fail(f"{where}.mix: expected at least one positive weight, got all zero")
 
