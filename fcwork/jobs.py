@@ -1,7 +1,8 @@
 """Long engine work run for the TUI in a child process that reports progress as JSON lines.
 
 `python -m fcwork.jobs tokenizer WORKSPACE PROFILE` trains the profile's tokenizer (what
-`fcwork tokenizer train` does). Each progress callback becomes `{"label", "done", "total"}`
+`fcwork tokenizer train` does); `python -m fcwork.jobs data WORKSPACE PROFILE` prepares the
+profile's data, each of corpus, tokenizer and shards only when out of date (`fcwork data prepare`). Each progress callback becomes `{"label", "done", "total"}`
 on stdout; the end is `{"result": {...}}` (exit 0) or `{"error": "one line"}` (exit 2). A child
 keeps SentencePiece out of the app's process and its GIL, and dies with nothing else.
 """
@@ -17,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
 
-JOBS = ("tokenizer",)
+JOBS = ("tokenizer", "data")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,6 +40,8 @@ def run_job(job: str, workspace: str, profile: str) -> dict:
 
     if job == "tokenizer":
         return asdict(pipeline.train_profile_tokenizer(ws, prof, progress))
+    if job == "data":
+        return {"ran": pipeline.prepare_data(ws, prof, progress)}
     raise ValueError(f"job: expected one of {', '.join(JOBS)}, got {job!r}")
 
 

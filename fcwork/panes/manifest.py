@@ -3,10 +3,13 @@
 Enter in a weight checks the whole mix (normalise_mix), shows it normalised, and sends it to
 the running stage through control.toml; the trainer's `mix` event with the same request id
 is shown as "applied at step N". ctrl+o writes the typed weights back into the profile.
+ctrl+b prepares the profile's data (corpus, tokenizer, shards, each only when out of date) in a
+child process (fcwork.jobs), with its progress shown under the sources.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import DataTable, Input, Label, Static
+from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
 from engine.errors import FcError, ProfileError
 from fcwork.panes.base import Pane
@@ -102,6 +105,7 @@ class ManifestPane(Pane):
         Binding("ctrl+r", "apply_mix", "Apply mix"),
         Binding("ctrl+o", "save_mix", "Save to profile"),
         Binding("ctrl+l", "reset_mix", "Reset"),
+        Binding("ctrl+b", "prepare_data", "Build data"),
     ]
 
     class MixSent(Message):
@@ -123,8 +127,23 @@ class ManifestPane(Pane):
             super().__init__()
             self.profile_name, self.rows = profile_name, rows
 
+    class DataProgress(Message):
+        """A line of the data job's progress (done < 0: the job ended)."""
+
+        def __init__(self, label: str, done: int, total: int) -> None:
+            super().__init__()
+            self.label, self.done, self.total = label, done, total
+
+    class DataPrepared(Message):
+        def __init__(self, profile_name: str, ran: list[str], seconds: float) -> None:
+            super().__init__()
+            self.profile_name, self.ran, self.seconds = profile_name, ran, seconds
+
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
+        self.preparing = False
+        self.data_status = ""  # the last line of the data job: progress, "data ready ..." or the error
+        self._proc: Any = None
         self.domains: list[str] = []
         self.running_run: str | None = None
         self.pending: tuple[str, int] | None = None  # (run_id, request_id) waiting for its ack
@@ -136,12 +155,16 @@ class ManifestPane(Pane):
         table = DataTable(id="sources", cursor_type="row", zebra_stripes=True)
         table.add_columns("source", "domain", "format", "status", "size", "tokens")
         yield table
+        yield Static("", markup=False, id="data-status")
+        yield ProgressBar(id="data-progress", show_eta=False)
         yield Label("Mix: enter/ctrl+r applies to the running stage, ctrl+o saves", markup=False, id="mix-title",
                     classes="pane-title")
         yield Vertical(id="mix-rows")
         yield Static("", markup=False, id="mix-status")
 
     def on_mount(self) -> None:
+        self.query_one("#data-status").display = False
+        self.query_one("#data-progress").display = False
         self.set_interval(SOURCES_S, self._tick)
 
     def _tick(self) -> None:
@@ -306,6 +329,73 @@ class ManifestPane(Pane):
         for i, d in enumerate(self.domains):
             self.query_one(f"#mix-{i}", Input).value = _num(self.profile.mix.get(d))
         self._set_status("mix reset to the profile's")
+
+    # -- data preparation --------------------------------------------------------------------------
+
+    def action_prepare_data(self) -> None:
+        if self.profile is None:
+            self.app.notify("No profile loaded", severity="error")
+            return
+        if self.preparing:
+            self.app.notify("The data is already being prepared")
+            return
+        self.preparing = True
+        bar = self.query_one("#data-progress", ProgressBar)
+        bar.display = True
+        bar.update(total=None, progress=0)
+        self._set_data_status(f"preparing the data of {self.profile.name}...")
+        self.prepare_data(self.profile.name)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="manifest-data")
+    def prepare_data(self, profile_name: str) -> None:
+        from fcwork import jobs
+
+        start = time.monotonic()
+        self._proc = jobs.spawn("data", self.ws.root, profile_name)
+        try:
+            result = jobs.follow(self._proc, lambda label, done, total: self.post_message(
+                self.DataProgress(label, done, total)))
+        except Exception as exc:
+            self.post_message(self.DataProgress(f"data preparation failed: {exc}", -1, 0))
+            raise
+        finally:
+            self._proc = None
+        self.post_message(self.DataPrepared(profile_name, list(result.get("ran", [])), time.monotonic() - start))
+
+    def _set_data_status(self, text: str, error: bool = False) -> None:
+        self.data_status = text
+        status = self.query_one("#data-status", Static)
+        status.display = bool(text)
+        status.update(Text(text))
+        status.set_class(error, "-error")
+
+    def on_manifest_pane_data_progress(self, event: ManifestPane.DataProgress) -> None:
+        bar = self.query_one("#data-progress", ProgressBar)
+        if event.done < 0:  # the job failed (the app's handler notifies the error)
+            self.preparing = False
+            bar.display = False
+            self._set_data_status(event.label, error=True)
+            return
+        if event.total > 0:
+            self._set_data_status(f"{event.label}: {min(100, 100 * event.done // event.total)}%")
+            bar.update(total=event.total, progress=event.done)
+        else:  # a status message
+            self._set_data_status(event.label)
+
+    def on_manifest_pane_data_prepared(self, event: ManifestPane.DataPrepared) -> None:
+        self.preparing = False
+        self.query_one("#data-progress", ProgressBar).display = False
+        steps = ", ".join(event.ran) if event.ran else "nothing was out of date"
+        self._set_data_status(f"data of {event.profile_name} ready ({steps}) in {event.seconds:.1f} s")
+        self.app.notify(f"Data of {event.profile_name} ready: {steps}")
+        if self.profile is not None:
+            self._rows = None
+            self.load_sources(self.profile)
+
+    def on_unmount(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
 
     # -- sources ---------------------------------------------------------------------------------
 

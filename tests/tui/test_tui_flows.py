@@ -506,3 +506,66 @@ async def test_eval_pane_shows_harness_records_and_runs_eval(tmp_path):
         await wait_for(pilot, lambda: any("fcwork eval" in n for n in notifications(app)), timeout=60,
                        what="eval failure notification")
         assert "torch" not in sys.modules
+
+
+def write_tiny_sources(ws) -> None:
+    """A profile whose sources are a small text file and a small jsonl file (built in seconds)."""
+    src = ws.root / "sources"
+    src.mkdir()
+    words = "the model reads data and learns a mix of science code chess and chat every step".split()
+    prose = [" ".join(words[(i * 7 + j) % len(words)] for j in range(60)) + f" {i}." for i in range(200)]
+    (src / "notes.txt").write_text("\n\n".join(prose) + "\n", encoding="utf-8")
+    code = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(400)]
+    (src / "code.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in code), encoding="utf-8")
+    (ws.profiles_dir / "tiny.toml").write_text(
+        '[profile]\nname = "tiny"\n[mix]\nprose = 1.0\ncode = 1.0\n'
+        '[data]\ntarget_tokens = 100000\nheldout_fraction = 0.1\n'
+        '[tokenizer]\nvocab_size = 400\nsample_chars = 100000\nthreads = 1\n'
+        '[[sources]]\nname = "notes"\ndomain = "prose"\nformat = "text"\npath = "../sources/notes.txt"\n'
+        '[[sources]]\nname = "snippets"\ndomain = "code"\nformat = "jsonl"\npath = "../sources/code.jsonl"\n')
+
+
+async def test_manifest_builds_the_profile_data(tmp_path):
+    ws = empty_workspace(tmp_path / "ws")
+    write_tiny_sources(ws)
+    app = make_app(ws, profile="tiny")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, app)
+        pane = app.panes["manifest"]
+        table = app.query_one("#sources", DataTable)
+        assert all(str(table.get_row(k)[5]).startswith("~") for k in table.rows)  # estimates before the build
+        assert any("Build data" in title for title, _, _ in app.palette_commands())
+        await pilot.press("ctrl+b")
+        assert pane.preparing
+        await wait_for(pilot, lambda: not pane.preparing, timeout=120, what="data preparation")
+        assert "ready (corpus, tokenizer, shards)" in pane.data_status, pane.data_status
+        assert "ready (corpus, tokenizer, shards)" in str(app.query_one("#data-status").render())
+        assert (ws.raw_dir("tiny") / "manifest.json").exists()
+        assert ws.tokenizer_path("tiny").exists()
+        assert list(ws.tok_dir("tiny").rglob("*.bin")) or list(ws.tok_dir("tiny").rglob("*.npy")), \
+            sorted(p.name for p in ws.tok_dir("tiny").rglob("*"))
+        await wait_for(pilot, lambda: all(not str(table.get_row(k)[5]).startswith("~") for k in table.rows),
+                       what="built token counts in the sources table")
+        assert any("Data of tiny ready" in m for m in notifications(app))
+        await pilot.press("ctrl+b")  # everything current now: nothing runs again
+        await wait_for(pilot, lambda: not pane.preparing and "nothing was out of date" in pane.data_status,
+                       timeout=60, what="second preparation")
+
+
+async def test_manifest_build_data_failure_is_a_notification(tmp_path):
+    ws = empty_workspace(tmp_path / "ws")
+    (ws.profiles_dir / "broken.toml").write_text(
+        '[profile]\nname = "broken"\n[mix]\nprose = 1.0\n'
+        '[[sources]]\nname = "gone"\ndomain = "prose"\nformat = "text"\npath = "../nowhere/*.txt"\n')
+    app = make_app(ws, profile="broken")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, app)
+        pane = app.panes["manifest"]
+        await pilot.press("ctrl+b")
+        await wait_for(pilot, lambda: any(n.severity == "error" for n in app._notifications), timeout=60,
+                       what="error notification")
+        errors = [n.message for n in app._notifications if n.severity == "error"]
+        assert "\n" not in errors[-1], errors
+        await wait_for(pilot, lambda: not pane.preparing, what="preparing state reset")
+        assert "failed" in pane.data_status and errors[-1] in pane.data_status, (errors, pane.data_status)
+        assert app.is_running
