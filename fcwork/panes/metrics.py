@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from textual.css.query import NoMatches
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -163,7 +164,11 @@ class MetricsPane(Pane):
         title = ("following " if self.follow else "") + d["title"]
         if d["errors"]:
             title += f"  {d['errors']} error(s)"
-        self.query_one("#metrics-title", TextLine).set(title)
+        try:
+            self.query_one("#metrics-title", TextLine).set(title)
+        except NoMatches:  # called before the pane's widgets are mounted: the next tick draws
+            self._drawn = None
+            return
         x_range = (0, d["x_max"])
         self.query_one("#loss-plot", LinePlot).plot(d["lines"], x_range, title=f"loss ({self.view})")
         changes = [(step, mix) for step, mix, _ in d["mixes"]]

@@ -484,6 +484,7 @@ async def test_tokenizer_train_failure_is_a_notification(tmp_path):
 
 
 async def test_eval_pane_shows_harness_records_and_runs_eval(tmp_path):
+    had_torch = "torch" in sys.modules
     from engine.evaluate import DomainScore, EvalLimits, EvalReport, append_eval, record
     from engine.probes import ProbeResult
 
@@ -505,7 +506,8 @@ async def test_eval_pane_shows_harness_records_and_runs_eval(tmp_path):
         await pilot.press("e")  # the first run (the live one) has no checkpoint: the child fails, a notification says so
         await wait_for(pilot, lambda: any("fcwork eval" in n for n in notifications(app)), timeout=60,
                        what="eval failure notification")
-        assert "torch" not in sys.modules
+        # The eval ran in a child: the app process gained no torch (other tests may have loaded it before).
+        assert had_torch or "torch" not in sys.modules
 
 
 def write_tiny_sources(ws) -> None:
