@@ -450,10 +450,11 @@ async def test_tokenizer_train_then_pieces_live(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, app)
         await pilot.press("f2")
+        await settle(pilot, app)  # the pane is built lazily on first show
         pane = app.panes["tokenizer"]
         assert "not trained yet" in str(app.query_one("#tok-info").render())
         await pilot.press("ctrl+t")
-        assert pane.training
+        await wait_for(pilot, lambda: pane.training or pane.report is not None, timeout=10, what="training start")
         await wait_for(pilot, lambda: pane.report is not None, timeout=60, what="training")
         assert not pane.training
         assert ws.tokenizer_path("tiny").exists()
