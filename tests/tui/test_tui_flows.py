@@ -50,6 +50,7 @@ async def test_reattach_replays_history_then_follows(tmp_path):
                        and app.store.runs[RUN_LIVE].step == 3000, timeout=5, what="replay")
         replayed = time.monotonic() - start
         await pilot.press("f4")
+        await settle(pilot, app)
         metrics = app.panes["metrics"]
         assert metrics.run_id == RUN_LIVE  # the running stage is shown without asking
         await wait_for(pilot, lambda: "step 3000/300" in str(app.query_one("#metrics-title").render()),
@@ -235,6 +236,7 @@ async def test_queue_add_move_remove_with_confirm(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, app)
         await pilot.press("f3")
+        await settle(pilot, app)
         pane: QueuePane = app.panes["queue"]
         await pilot.press("a")
         assert isinstance(app.screen, PickScreen)
@@ -266,6 +268,7 @@ async def test_queue_cancel_resume_and_errors_become_notifications(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, app)
         await pilot.press("f3")
+        await settle(pilot, app)
         table = app.query_one("#queue-table", DataTable)
         table.move_cursor(row=2)
         await pilot.press("c")
@@ -310,6 +313,7 @@ async def test_metrics_choose_run_and_views(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, app)
         await pilot.press("f4")
+        await settle(pilot, app)
         metrics = app.panes["metrics"]
         assert metrics.run_id == RUN_LIVE and metrics.follow
         await pilot.press("r")
