@@ -44,6 +44,11 @@ class EvalLimits:
     probes: tuple[str, ...] = PROBES
     seed: int = 0
 
+    @classmethod
+    def during_training(cls) -> "EvalLimits":
+        """The smaller set the trainer runs every `eval_every` steps: about half the items, shorter samples."""
+        return cls(bpb_docs=8, bpb_tokens=4096, chess=8, code=4, data=4, science=8, samples=1, sample_tokens=32)
+
     def check(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -366,7 +371,7 @@ def eval_run(run_dir: str | os.PathLike, step: int | None = None, limits: EvalLi
     if tok.vocab_size != ckpt.spec.model.vocab_size:
         raise RunError(f"{ckpt.spec.tokenizer}: {tok.vocab_size} pieces, but the run's model has vocab_size "
                        f"{ckpt.spec.model.vocab_size}")
-    heldout = load_heldout(ckpt.spec.shards, ckpt.spec.domains, max(limits.bpb_docs, _probe_docs(limits)))
+    heldout = load_heldout(ckpt.spec.shards, ckpt.spec.domains, probe_docs(limits))
     if not heldout:
         raise RunError(f"{heldout_dir(ckpt.spec.shards)}: no held-out text for any of the run's domains "
                        f"({', '.join(ckpt.spec.domains)}); run `fcwork data build {ckpt.spec.profile}`")
@@ -396,7 +401,7 @@ def evaluate_for_run(model, spec, step: int, limits: EvalLimits | None = None, t
     limits.check()
     tokenizer = tokenizer or Tokenizer.load(spec.tokenizer)
     if heldout is None:
-        heldout = load_heldout(spec.shards, spec.domains, max(limits.bpb_docs, _probe_docs(limits)))
+        heldout = load_heldout(spec.shards, spec.domains, probe_docs(limits))
     report = evaluate_model(model, tokenizer, heldout, limits)
     dev = device or str(next(model.parameters()).device)
     rec = record(report, spec.run_id, step, "", "", limits, dev)
@@ -404,6 +409,7 @@ def evaluate_for_run(model, spec, step: int, limits: EvalLimits | None = None, t
     return rec
 
 
-def _probe_docs(limits: EvalLimits) -> int:
-    """Held-out documents to read so each probe can find its items (a document may give none)."""
-    return 4 * max([getattr(limits, p) for p in limits.probes] + [limits.samples, 1])
+def probe_docs(limits: EvalLimits) -> int:
+    """Held-out documents to read per domain: the scored ones, and enough for each probe to find its
+    items (a document may give none)."""
+    return max(limits.bpb_docs, 4 * max([getattr(limits, p) for p in limits.probes] + [limits.samples, 1]))

@@ -140,6 +140,7 @@ class StageConfig:
     keep_checkpoints: int = spec(2, _positive, "a positive integer")
     eval_every: int = spec(50, _non_negative, "a non-negative integer (0: off)")
     eval_batches: int = spec(4, _positive, "a positive integer")
+    eval_probes: bool = True  # each eval also runs the domain probes and one sample per domain
     log_every: int = spec(1, _positive, "a positive integer")
     init_from: str = ""
     seed: int = spec(0, _non_negative, "a non-negative integer")

@@ -99,7 +99,7 @@ def follow_run(run_dir: Path, done: Callable[[], bool], console: Console | None 
                 if ev.get("type") == "error":
                     progress.console.print(f"[red]error[/] ({ev.get('source', 'trainer')}): {ev.get('message', '')}")
                 elif ev.get("type") == "eval":
-                    progress.console.print(f"eval at step {ev.get('step')}: held-out loss {ev.get('loss', float('nan')):.4f}")
+                    progress.console.print(eval_line(ev), highlight=False)
                 elif ev.get("type") == "mix":
                     progress.console.print(f"mix from step {ev.get('step')}: {_fmt_mix(ev.get('mix', {}))}")
             progress.update(task, completed=tail.step, total=tail.max_steps or None, **tail.fields())
@@ -148,3 +148,17 @@ def follow_queue(ws, ids: list[int], console: Console | None = None) -> dict[int
 
 def _fmt_mix(mix: dict) -> str:
     return " ".join(f"{d}={w:.2f}" for d, w in mix.items())
+
+
+def eval_line(ev: dict) -> str:
+    """A trainer eval event as one line: held-out loss, bits per byte and the probe scores."""
+    from fcwork.commands.eval import probe_summary
+
+    line = f"eval at step {ev.get('step')}: held-out loss {ev.get('loss', float('nan')):.4f}"
+    if isinstance(ev.get("bpb"), (int, float)):
+        line += f", {ev['bpb']:.3f} bits/byte"
+    if ev.get("probes"):
+        line += f"; {probe_summary(ev['probes'])}"
+    if ev.get("probe_error"):
+        line += f"; probes failed: {ev['probe_error']}"
+    return line

@@ -246,3 +246,14 @@ def test_cli_eval_shows_a_table_and_compare_puts_runs_side_by_side(eval_workspac
     assert bad.returncode == 2 and "no checkpoint at step 3" in bad.stderr and bad.stderr.count("\n") == 1
     none = _fcwork(root, "eval", "compare", a.name, "--step", "999")
     assert none.returncode == 2 and "no eval at step 999" in none.stderr
+
+
+def test_eval_line_shows_loss_bpb_and_probe_scores():
+    from fcwork.live import eval_line
+
+    ev = {"type": "eval", "step": 40, "loss": 3.21, "bpb": 1.234,
+          "probes": {"chess": {"legal": 0.25, "match": 0.0}, "science": {"accuracy": 0.5, "chance": 0.25}}}
+    line = eval_line(ev)
+    assert line == ("eval at step 40: held-out loss 3.2100, 1.234 bits/byte; chess: legal next move 0.250, "
+                    "chess: game's move 0.000, science: cloze accuracy 0.500")
+    assert eval_line({"step": 2, "loss": 5.0, "probe_error": "ValueError: x"}).endswith("; probes failed: ValueError: x")

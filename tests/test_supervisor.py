@@ -240,6 +240,7 @@ def test_cli_train_and_runs(tiny_ws):
     r = fcwork(ws.root, "runs", "show", run_dir.name)
     assert r.returncode == 0, r.stderr
     assert "step-16" in r.stdout and "held-out loss by domain" in r.stdout and "science" in r.stdout
+    assert "probes during training" in r.stdout and "code: body compiles" in r.stdout
     r = fcwork(ws.root, "runs", "show", "no-such-run")
     assert r.returncode == 2 and "no run 'no-such-run'" in r.stderr
     r = fcwork(ws.root, "mix", run_dir.name, "code=1")

@@ -57,6 +57,36 @@ def test_run_reports_status_steps_evals_and_checkpoints(finished_run):
     assert [e["step"] for e in events if e["type"] == "checkpoint"] == [5, 10, 12]
 
 
+def test_each_eval_runs_the_probes_into_evals_jsonl(finished_run):
+    """eval_probes (on by default): every eval also runs the harness on the weights in memory; its
+    record lands in evals.jsonl (no checkpoint fields) and its probe scores ride on the eval event."""
+    from engine.evaluate import EvalLimits, read_evals
+
+    evals = events_of(finished_run, "eval")
+    recs = read_evals(finished_run)
+    assert [r["step"] for r in recs] == [6, 12]
+    quick = EvalLimits.during_training()
+    for ev, rec in zip(evals, recs):
+        assert rec["checkpoint"] == "" and rec["checkpoint_sha256"] == "" and rec["device"] == "cpu"
+        assert rec["limits"]["chess"] == quick.chess and rec["limits"]["sample_tokens"] == quick.sample_tokens
+        probes = rec["metrics"]["probes"]
+        assert set(probes) == {"chess", "code", "science"}  # no held-out "data" domain in this workspace
+        assert probes["chess"]["n"] > 0 and 0 <= probes["chess"]["legal"] <= 1
+        assert set(rec["samples"]) == set(TRAIN_DOMAINS)
+        assert ev["probes"] == {k: {m: v for m, v in p.items() if m != "n"} for k, p in probes.items()}
+        assert math.isclose(ev["bpb"], rec["metrics"]["bpb"]) and ev["probe_seconds"] > 0
+        assert "probe_error" not in ev
+
+
+def test_eval_probes_off_keeps_evals_jsonl_empty(train_workspace):
+    run = make_run(train_workspace, "short", max_steps=4, warmup_steps=1, checkpoint_every=4, eval_every=2,
+                   eval_probes=False)
+    assert train_here(run) == 0, log_tail(run)
+    evals = events_of(run, "eval")
+    assert [e["step"] for e in evals] == [2, 4] and all("probes" not in e for e in evals)
+    assert not (run / "evals.jsonl").exists()
+
+
 def test_checkpoints_are_complete_kept_and_safe_to_load(finished_run):
     import torch
     from safetensors.torch import load_file

@@ -94,6 +94,13 @@ def process_rss() -> int:
         return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def eager() -> ContextManager:
+    """Run a compiled model eagerly inside the block: generation's changing shapes would otherwise
+    recompile it at every length (torch >= 2.6; a no-op before)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance else contextlib.nullcontext()
+
+
 def _mps_bf16_ok() -> bool:
     try:
         with torch.autocast(device_type="mps", dtype=torch.bfloat16):

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 
 from engine.errors import DataError, FcError, RunError
+from engine.evaluate import EvalLimits, evaluate_for_run, load_heldout, probe_docs
 from engine.events import EVENTS_FILE, EventWriter, read_events
 from engine.runs import CKPT_DIR, CKPT_PREFIX, RunSpec, checkpoints, load_run_spec
 from engine.sampler import MixSchedule, Sampler
+from engine.tokenizer import Tokenizer
 from engine.train import checkpoint as ckpt
 from engine.train.data import heldout_windows, open_training_shards, window_bytes
-from engine.train.device import DeviceInfo, pick_device
+from engine.train.device import DeviceInfo, eager, pick_device
 from engine.train.evaluate import evaluate
 from engine.train.lr_schedule import lr_at, schedule_info
 from engine.train.watch import ControlWatcher, Rejected, StopSignals
@@ -92,11 +94,15 @@ class Trainer:
         """Training shards (checked against the run's tokenizer) and the fixed held-out windows."""
         spec, st = self.spec, self.spec.stage
         shards = open_training_shards(spec.shards, spec.domains, spec.tokenizer_hash, spec.model.vocab_size)
-        self.eval_windows, self.eval_bytes = {}, None
+        self.eval_windows, self.eval_bytes, self.probe_text = {}, None, {}
         if st.eval_every:
             self.eval_windows = heldout_windows(spec.shards, spec.domains, spec.tokenizer_hash,
                                                 spec.model.vocab_size, st.seq_len, st.eval_batches * st.micro_batch)
             self.eval_bytes = window_bytes(self.eval_windows, spec.tokenizer) if self.eval_windows else None
+            if st.eval_probes:
+                self.probe_limits = EvalLimits.during_training()
+                self.probe_text = load_heldout(spec.shards, spec.domains, probe_docs(self.probe_limits))
+                self.probe_tokenizer = Tokenizer.load(spec.tokenizer) if self.probe_text else None
         self.tokens_per_step = st.micro_batch * st.grad_accum * st.seq_len
         return shards
 
@@ -313,12 +319,29 @@ class Trainer:
         return EXIT_OK
 
     def run_eval(self) -> None:
+        """Held-out loss on the fixed windows; with eval_probes, the probes too (a record in evals.jsonl)."""
         res = evaluate(self.model, self.eval_windows, self.spec.stage.micro_batch, self.dev, self.eval_bytes)
         fields: dict[str, Any] = {"step": self.step, "loss": res.loss, "domain_loss": res.domain_loss}
         if res.domain_bpb:
             fields["domain_bpb"] = res.domain_bpb
+        if self.probe_text:
+            fields.update(self.run_probes())
         self.events.write("eval", **fields)
         self.mark = (time.perf_counter(), self.step)  # keep eval time out of the next tokens/s
+
+    def run_probes(self) -> dict[str, Any]:
+        """The eval harness on the weights in memory: probe scores for the eval event, the full record
+        appended to evals.jsonl. A failing probe is logged and reported, never fatal to training."""
+        start = time.perf_counter()
+        try:
+            with eager():
+                rec = evaluate_for_run(self.model, self.spec, self.step, self.probe_limits,
+                                       self.probe_tokenizer, self.probe_text, self.dev.name)
+        except Exception as exc:  # noqa: BLE001 - a probe bug must not cost the run
+            log.exception("step %d: probes failed", self.step)
+            return {"probe_error": f"{type(exc).__name__}: {exc}"}
+        summary = {name: {k: v for k, v in p.items() if k != "n"} for name, p in rec["metrics"]["probes"].items()}
+        return {"probes": summary, "bpb": rec["metrics"]["bpb"], "probe_seconds": round(time.perf_counter() - start, 2)}
 
     def save(self) -> None:
         st = self.spec.stage

@@ -90,6 +90,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def probe_summary(probes: dict) -> str:
+    """Probe scores on one line, e.g. "chess: legal next move 0.250, code: body compiles 0.500"."""
+    return ", ".join(f"{label} {probes[p][m]:.3f}" for p, m, label in PROBE_ROWS
+                     if isinstance(probes.get(p, {}).get(m), (int, float)))
+
+
 def _stored(run_dir, step: int | None) -> dict:
     from engine.evaluate import EVALS_FILE, read_evals
 

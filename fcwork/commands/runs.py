@@ -105,6 +105,15 @@ def cmd_show(args: argparse.Namespace) -> int:
             cells = [_fmt_loss(e.get("domain_loss", {}).get(d)) + (f" ({bpb[d]:.3f})" if d in bpb else "") for d in domains]
             table.add_row(str(e.get("step")), _fmt_loss(e.get("loss")), *cells)
         console.print(table)
+        probed = [e for e in evals if e.get("probes")]
+        if probed:
+            from fcwork.commands.eval import PROBE_ROWS
+
+            rows = [(p, m, label) for p, m, label in PROBE_ROWS if any(m in e["probes"].get(p, {}) for e in probed)]
+            pt = Table("step", *[label for _, _, label in rows], title="probes during training")
+            for e in probed:
+                pt.add_row(str(e.get("step")), *[_fmt_loss(e["probes"].get(p, {}).get(m)) for p, m, _ in rows])
+            console.print(pt)
     else:
         console.print("no evals yet")
     return 0
