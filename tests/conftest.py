@@ -18,3 +18,17 @@ def workspace(tmp_path, monkeypatch):
     ws.init()
     monkeypatch.setenv("FCWORK_WORKSPACE", str(ws.root))
     return ws
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run tests marked slow (llama.cpp, long end-to-end)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow run only with --slow, so the default suite stays within CI's budget."""
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="marked slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -135,7 +135,10 @@ def test_gguf_export_loads_in_transformers_gguf_reader(eval_workspace, tmp_path,
 
     pieces = read_spm_model(eval_workspace.tokenizer_path).pieces
     tokens = field("tokenizer.ggml.tokens")
-    assert len(tokens) == len(pieces) and field("tokenizer.ggml.token_type") == [p.type for p in pieces]
+    end = [p.text for p in pieces].index("<|end|>")
+    assert field("tokenizer.ggml.eot_token_id") == end  # the end of a chat turn: a control token
+    assert len(tokens) == len(pieces) and field("tokenizer.ggml.token_type") == [
+        3 if i == end else p.type for i, p in enumerate(pieces)]
     assert all(t == p.text or (set(p.text) == {"\u2581"} and t == " " * len(p.text)) for t, p in zip(tokens, pieces))
     assert ("output.weight" in {t.name for t in reader.tensors}) == (which == "run")
 
@@ -192,13 +195,20 @@ def test_gguf_q8_holds_q8_0_tensors_and_loads(eval_workspace, tmp_path):
                     reason="llama-cpp-python is not installed (pip install llama-cpp-python builds llama.cpp, ~10 min)")
 def test_gguf_export_in_llama_cpp(eval_workspace, tmp_path):
     import numpy as np
-    from llama_cpp import GGML_TYPE_F32, Llama
+    from llama_cpp import GGML_TYPE_F32, Llama, llama_vocab_is_eog
 
     res = export_run(eval_workspace.run, "gguf", "f32", out=tmp_path / "gguf")
     vocab = Llama(str(res.path / "model.gguf"), vocab_only=True, verbose=False)
+    end = vocab.tokenize(b"<|end|>", add_bos=False, special=True)
+    assert end == our_ids(eval_workspace.tokenizer_path, "<|end|>") and vocab.token_eos() == 2
+    assert vocab._model.token_eot() == end[0] and llama_vocab_is_eog(vocab._model.vocab, end[0])  # stops there
     for text in STRINGS + heldout_texts(eval_workspace):
         ours = our_ids(eval_workspace.tokenizer_path, text)
-        assert vocab.tokenize(text.encode(), add_bos=False, special=False) == ours
+        # <|end|> is a control token (the end of a turn) that llama.cpp reads from text only with
+        # special=True, as its chat path does; the other user-defined pieces match in both modes.
+        assert vocab.tokenize(text.encode(), add_bos=False, special=True) == ours, text
+        if "<|end|>" not in text:
+            assert vocab.tokenize(text.encode(), add_bos=False, special=False) == ours, text
     llm = Llama(str(res.path / "model.gguf"), n_ctx=256, logits_all=True, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32,
                 n_threads=1, verbose=False)
     ids = fixed_ids(600)[0]

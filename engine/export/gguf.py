@@ -9,6 +9,8 @@ reordering; transformers' GGUF reader undoes it on load. Norms stay float32; wit
 Tokenizer metadata is SentencePiece's ("llama" model): pieces, scores, types, BOS/EOS/UNK ids,
 no BOS added, no space prefix. Whitespace-only user-defined pieces are stored with real spaces:
 llama.cpp matches user-defined tokens against the raw text, where runs of spaces are spaces.
+The end-of-turn marker <|end|> is written as a control token and as the EOT id: llama.cpp
+makes it one anyway (it stops generating there), so the file says so instead of being patched.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import numpy as np
 from engine.errors import FcError
 from engine.export.common import ExportError
 from engine.export.hf_tokenizer import SPACE, check_convertible
-from engine.export.spm_model import USER_DEFINED, SpmModel, read_spm_model
+from engine.export.spm_model import CONTROL, USER_DEFINED, SpmModel, read_spm_model
 from engine.hf_names import state_dict_to_hf
 from engine.run_model import RunCheckpoint
 from engine.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
 GGUF_FILE = "model.gguf"
+END_OF_TURN = "<|end|>"
 Q8_BLOCK = 32
 
 
@@ -50,13 +53,16 @@ def interleave_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
 
 def gguf_vocab(spm: SpmModel) -> tuple[list[str], list[float], list[int]]:
     """Tokens, scores and token types for tokenizer.ggml.*; types use SentencePiece's numbering (as GGUF does)."""
-    tokens = []
+    tokens, types = [], []
     for p in spm.pieces:
-        text = p.text
-        if p.type == USER_DEFINED and text and set(text) == {SPACE}:
+        text, kind = p.text, p.type
+        if kind == USER_DEFINED and text and set(text) == {SPACE}:
             text = " " * len(text)
+        if kind == USER_DEFINED and text == END_OF_TURN:
+            kind = CONTROL
         tokens.append(text)
-    return tokens, [p.score for p in spm.pieces], [p.type for p in spm.pieces]
+        types.append(kind)
+    return tokens, [p.score for p in spm.pieces], types
 
 
 def _tensor_type(gguf, name: str, arr: np.ndarray, dtype: str):
@@ -108,6 +114,8 @@ def export_gguf(ckpt: RunCheckpoint, decoder: dict[str, Any], dtype: str, out: P
         writer.add_bos_token_id(BOS_ID)
         writer.add_eos_token_id(EOS_ID)
         writer.add_unk_token_id(UNK_ID)
+        if END_OF_TURN in tokens:
+            writer.add_eot_token_id(tokens.index(END_OF_TURN))
         writer.add_add_bos_token(False)
         writer.add_add_eos_token(False)
         writer.add_add_space_prefix(False)
