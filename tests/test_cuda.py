@@ -1,4 +1,4 @@
-"""The trainer on CUDA: bf16 autocast, fused AdamW, torch.compile, MFU, checkpoint resume.
+"""The trainer on CUDA: bf16 autocast, fused AdamW, torch.compile, MFU, probes, checkpoint resume.
 
 Skipped where no CUDA device is present (CI); run on a GPU machine with `./fcw test tests/test_cuda.py`.
 """
@@ -30,6 +30,9 @@ def test_cuda_run_trains_in_bf16_with_mfu(train_workspace, compile_mode):
     assert steps[-1]["mem_bytes"] > 0
     log = (run / "trainer.log").read_text()
     assert "bf16" in log and ("compile on" in log) == (compile_mode == "auto")
+    evals = events_of(run, "eval")  # the probes ran on the (compiled) model, eagerly, on the GPU
+    assert [e["step"] for e in evals] == [15, 30], evals
+    assert all("probes" in e and "probe_error" not in e for e in evals), evals
 
 
 def test_cuda_resume_after_sigkill_continues_from_the_checkpoint(train_workspace):
