@@ -12,6 +12,8 @@ from pathlib import Path
 import chess
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 import torch.nn.functional as F
 
 from engine.errors import FcError, RunError, TokenizerError
@@ -257,3 +259,24 @@ def test_eval_line_shows_loss_bpb_and_probe_scores():
     assert line == ("eval at step 40: held-out loss 3.2100, 1.234 bits/byte; chess: legal next move 0.250, "
                     "chess: game's move 0.000, science: cloze accuracy 0.500")
     assert eval_line({"step": 2, "loss": 5.0, "probe_error": "ValueError: x"}).endswith("; probes failed: ValueError: x")
+
+
+@given(st.lists(st.sampled_from(["alpha", "beta", "gamma", "delta", "omega", "theta", "kappa", "sigma", "lambda",
+                                 "epsilon", "zeta", "iota"]), min_size=30, max_size=200), st.integers(0, 50))
+def test_science_distractors_match_the_answer_in_length_and_frequency(words, seed):
+    """A model that only prefers common words must not beat chance: each distractor is among the
+    NEAREST candidates in log-frequency, within one letter of the answer's length."""
+    import random
+    from collections import Counter
+
+    counts = Counter(words)
+    word = words[0]
+    got = science_probe.distractors(word, counts, random.Random(seed))
+    pool = [w for w in counts if abs(len(w) - len(word)) <= 1 and w != word]
+    if len(pool) < 3:
+        assert got is None
+        return
+    assert len(set(got)) == 3 and word not in got and all(w in pool for w in got)
+    gap = sorted(abs(math.log(counts[w]) - math.log(counts[word])) for w in pool)
+    limit = gap[min(len(gap), science_probe.NEAREST) - 1]
+    assert all(abs(math.log(counts[w]) - math.log(counts[word])) <= limit for w in got)

@@ -1,15 +1,18 @@
 """Science probe: multiple-choice cloze built from held-out science text, scored by likelihood.
 
 An item blanks one word of a held-out sentence; the options are that word and three other words
-of the held-out science text of similar length. The model picks the option under which the
-rest of the sentence (option included) is most likely, given the document up to the blank.
-Chance is 1/4.
+of the held-out science text of similar length and similar frequency there (drawn from the
+closest in log-frequency), so that preferring common words does not beat chance. The model
+picks the option under which the rest of the sentence (option included) is most likely, given
+the document up to the blank. Chance is 1/4.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,8 +20,9 @@ from engine.probes import EXAMPLES_KEPT, LanguageModel, ProbeResult, clip
 
 NAME = "science"
 DOMAIN = "science"
-VERSION = 1
+VERSION = 2  # 2: distractors matched in frequency, not drawn uniformly from the distinct words
 OPTIONS = 4
+NEAREST = 12  # distractors come from this many closest-in-frequency candidates
 MIN_WORDS = 8
 _WORD = re.compile(r"[A-Za-z]{4,}")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
@@ -33,17 +37,25 @@ class ScienceItem:
     rest: str           # the sentence after the word, up to its end
 
 
-def _vocabulary(texts: Sequence[str]) -> list[str]:
-    return sorted({m.group(0) for t in texts for m in _WORD.finditer(t)})
+def _word_counts(texts: Sequence[str]) -> Counter:
+    return Counter(m.group(0) for t in texts for m in _WORD.finditer(t))
+
+
+def distractors(word: str, counts: Counter, rng: random.Random) -> list[str] | None:
+    """OPTIONS - 1 words of about the word's length (+-1) and frequency, or None if too few exist."""
+    lower = word.lower()
+    pool = sorted(w for w in counts if abs(len(w) - len(word)) <= 1 and w.lower() != lower)
+    if len(pool) < OPTIONS - 1:
+        return None
+    target = math.log(counts.get(word, 1))
+    pool.sort(key=lambda w: abs(math.log(counts[w]) - target))
+    return rng.sample(pool[:max(NEAREST, OPTIONS - 1)], OPTIONS - 1)
 
 
 def build_items(texts: Sequence[str], limit: int, seed: int) -> list[ScienceItem]:
     """Up to `limit` items, at most two per document, with distractors of similar length."""
     rng = random.Random(f"science:{seed}")
-    vocab = _vocabulary(texts)
-    by_len: dict[int, list[str]] = {}
-    for w in vocab:
-        by_len.setdefault(len(w), []).append(w)
+    counts = _word_counts(texts)
     items = []
     for text in texts:
         if len(items) >= limit:
@@ -61,10 +73,10 @@ def build_items(texts: Sequence[str], limit: int, seed: int) -> list[ScienceItem
         rng.shuffle(spots)
         for w_start, w_end, s_end in spots[:2]:
             word = text[w_start:w_end]
-            pool = [w for n in (len(word) - 1, len(word), len(word) + 1) for w in by_len.get(n, []) if w != word]
-            if len(pool) < OPTIONS - 1:
+            others = distractors(word, counts, rng)
+            if others is None:
                 continue
-            options = rng.sample(pool, OPTIONS - 1) + [word]
+            options = others + [word]
             rng.shuffle(options)
             items.append(ScienceItem(text[:w_start - 1], text[w_start - 1], options, options.index(word),
                                      text[w_end:s_end]))
