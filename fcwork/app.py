@@ -141,8 +141,9 @@ class FcworkApp(App):
 
     @property
     def panes(self) -> dict[str, Pane]:
-        """The mounted panes by id (a hidden pane mounts just after the first paint)."""
-        return {p.id: p for p in self.query(Pane) if p.id}
+        """The mounted panes by id (a hidden pane mounts just after the first paint). One still
+        composing its widgets is left out: it asks for the state so far once mounted (sync_pane)."""
+        return {p.id: p for p in self.query(Pane) if p.id and p.is_mounted}
 
     def sync_pane(self, pane: Pane) -> None:
         """Give a pane that just mounted everything known so far (called from Pane.on_mount)."""

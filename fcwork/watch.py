@@ -5,7 +5,12 @@ changed), looks for new run folders once a second, and reads one bounded chunk f
 run's events.jsonl into the RunStore: the running and focused runs first, so a reattaching
 app shows the live stage before it has replayed old runs. It posts a message only when
 something changed (never one per event); while any file has unread data it goes straight
-on to the next pass, else it sleeps until the next poll or a `poke()`.
+on to the next pass, else it sleeps until a file changes or a `poke()`.
+
+A second thread follows the workspace through watchfiles (inotify, FSEvents) and wakes the
+pass as soon as queue.toml, a profile, a stage.toml or an events.jsonl changes; a pass every
+FS_SAFETY_POLL_S covers what notifications miss (a profile outside the workspace). Where the
+file system sends none, or watchfiles fails, the passes poll every `poll_s` instead.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from fcwork.tail import EventTail, RunStore
 
 POLL_S = 0.25
 SCAN_RUNS_S = 1.0
+FS_SAFETY_POLL_S = 2.0
+STAGE_TOML = "stage.toml"
+FOLLOWED = frozenset({"queue.toml", "events.jsonl", STAGE_TOML})
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -40,7 +48,7 @@ class WorkspaceWatcher:
     """Polls queue.toml, the active profile and runs/*/events.jsonl; fills `store`, posts messages."""
 
     def __init__(self, ws: Workspace, store: RunStore, post: Callable[[Message], object],
-                 profile_name: str = "default", poll_s: float = POLL_S) -> None:
+                 profile_name: str = "default", poll_s: float = POLL_S, fs_events: bool = True) -> None:
         self.ws = ws
         self.store = store
         self.post = post
@@ -60,6 +68,12 @@ class WorkspaceWatcher:
         self._run_ids: list[str] = []
         self._said: set[str] = set()
         self._meta: set[str] = set()  # runs whose stage.toml was read
+        self._want_fs_events = fs_events
+        self.fs_events = False  # True while watchfiles is delivering notifications
+        self._rescan = False    # a new run folder appeared: scan runs/ at the next pass
+        # Notifications name real paths (macOS: /private/var/... for /var/...): match both spellings.
+        self._runs_dirs = {str(ws.runs_dir), str(ws.runs_dir.resolve())}
+        self._profile_dirs = {str(ws.profiles_dir), str(ws.profiles_dir.resolve())}
 
     # -- control from the UI thread -----------------------------------------------------------
 
@@ -79,22 +93,56 @@ class WorkspaceWatcher:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, cancelled: Callable[[], bool] = lambda: False) -> None:
-        """Poll until stopped or `cancelled()` (a Textual worker's flag, set when the app exits)."""
-        while not self._stop.is_set() and not cancelled():
-            busy = self.poll_once()
-            if busy:
-                time.sleep(0.002)  # let the UI thread have the GIL between chunks
-                continue
-            self._wake.wait(self.poll_s)
-            self._wake.clear()
+        """Follow the files until stopped or `cancelled()` (a Textual worker's flag, set when the app exits)."""
+        if self._want_fs_events:
+            threading.Thread(target=self._follow_fs_events, name="fcwork-fs-events", daemon=True).start()
+        try:
+            while not self._stop.is_set() and not cancelled():
+                busy = self.poll_once()
+                if busy:
+                    time.sleep(0.002)  # let the UI thread have the GIL between chunks
+                    continue
+                self._wake.wait(FS_SAFETY_POLL_S if self.fs_events else self.poll_s)
+                self._wake.clear()
+        finally:
+            self._stop.set()  # ends the notification thread too
+
+    def _follow_fs_events(self) -> None:
+        """Wake the pass loop when a followed file changes; on any failure leave it to polling."""
+        try:
+            import watchfiles
+        except ImportError:
+            return
+        try:
+            for changes in watchfiles.watch(
+                self.ws.root, watch_filter=self._followed, stop_event=self._stop, step=10, debounce=100,
+                rust_timeout=500, yield_on_timeout=True, raise_interrupt=False,
+            ):
+                self.fs_events = True  # the first (possibly empty) batch says notifications flow
+                if any(os.path.dirname(p) in self._runs_dirs or p.endswith(STAGE_TOML) for _, p in changes):
+                    self._rescan = True
+                if changes:
+                    self._wake.set()
+        except Exception:  # noqa: BLE001 - e.g. out of inotify watches: polling still works
+            pass
+        finally:
+            self.fs_events = False
+            self._wake.set()
+
+    def _followed(self, change, path: str) -> bool:
+        """The changes that matter to the app: the queue, profiles, and each run's folder and files."""
+        name, parent = os.path.basename(path), os.path.dirname(path)
+        if name in FOLLOWED or parent in self._runs_dirs:
+            return True
+        return parent in self._profile_dirs and name.endswith(".toml")
 
     def poll_once(self) -> bool:
         """One pass over everything followed; True when some file still has unread data."""
         self._check_queue()
         self._check_profile()
         now = time.monotonic()
-        if now - self._last_scan >= SCAN_RUNS_S or not self.tails:
-            self._last_scan = now
+        if now - self._last_scan >= SCAN_RUNS_S or not self.tails or self._rescan:
+            self._last_scan, self._rescan = now, False
             self._scan_runs()
         busy = False
         for run_id in self._order():

@@ -191,6 +191,7 @@ async def settle(pilot, app, timeout: float = 5.0) -> None:
     while time.monotonic() < deadline:
         if app.watcher.idle_passes >= start_idle + 2 and app.profile is not None:
             break
+        app.watcher.poke()  # a pass now, not at the next safety poll (notifications wake it otherwise)
         await pilot.pause(0.02)
     for _ in range(3):
         others = [w for w in app.workers if w.group != "watch"]
