@@ -4,6 +4,7 @@ evals.jsonl records, the CLI table and compare, and the refusals."""
 from __future__ import annotations
 
 import json
+import os
 import math
 import subprocess
 import sys
@@ -280,3 +281,33 @@ def test_science_distractors_match_the_answer_in_length_and_frequency(words, see
     gap = sorted(abs(math.log(counts[w]) - math.log(counts[word])) for w in pool)
     limit = gap[min(len(gap), science_probe.NEAREST) - 1]
     assert all(abs(math.log(counts[w]) - math.log(counts[word])) <= limit for w in got)
+
+
+def test_eval_device_auto_and_refusals(workspace):
+    from rich.console import Console
+
+    from fcwork.commands.eval import eval_device
+
+    console = Console(file=open(os.devnull, "w"))
+    has_cuda, has_mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    assert eval_device(workspace, "cpu", console) == "cpu"
+    assert eval_device(workspace, "auto", console) == ("cuda" if has_cuda else "mps" if has_mps else "cpu")
+    if not has_cuda:
+        with pytest.raises(FcError, match=r"^--device cuda: this machine has no CUDA device \(expected auto, cpu"):
+            eval_device(workspace, "cuda", console)
+
+
+def test_eval_device_auto_leaves_a_training_accelerator_alone(workspace, monkeypatch):
+    from rich.console import Console
+
+    from engine.queue import StageQueue
+    from fcwork.commands.eval import eval_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend there is a GPU
+    console = Console(file=open(os.devnull, "w"))
+    assert eval_device(workspace, "auto", console) == "cuda"
+    q = StageQueue(workspace)
+    entry = q.add("default", "base")
+    q.update(entry.id, state="running")
+    assert eval_device(workspace, "auto", console) == "cpu"
+    assert eval_device(workspace, "cuda", console) == "cuda"  # asked for explicitly

@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run id (a folder under runs/) or path; `compare` first to compare")
     p.add_argument("--step", type=int, help="checkpoint step (default: the latest); with compare, that step's eval")
     p.add_argument("--show", action="store_true", help="show the latest stored eval instead of evaluating again")
-    p.add_argument("--device", default="cpu", help="torch device to evaluate on (default cpu)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="where to evaluate (default auto: CUDA or MPS when present and no stage of this workspace "
+                        "is training, else cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--docs", type=int, help="held-out documents per domain for bits per byte (default 16)")
     p.add_argument("--tokens", type=int, help="held-out tokens per domain at most (default 8192)")
@@ -84,8 +86,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from engine.evaluate import eval_run
 
         limits = _limits(args)
-        with console.status(f"evaluating {run_dir.name} on {args.device}..."):
-            rec = eval_run(run_dir, args.step, limits, device=args.device, threads=args.threads)
+        device = eval_device(ws, args.device, console)
+        with console.status(f"evaluating {run_dir.name} on {device}..."):
+            rec = eval_run(run_dir, args.step, limits, device=device, threads=args.threads)
     show_record(console, rec)
     return 0
 
@@ -94,6 +97,33 @@ def probe_summary(probes: dict) -> str:
     """Probe scores on one line, e.g. "chess: legal next move 0.250, code: body compiles 0.500"."""
     return ", ".join(f"{label} {probes[p][m]:.3f}" for p, m, label in PROBE_ROWS
                      if isinstance(probes.get(p, {}).get(m), (int, float)))
+
+
+def eval_device(ws: Workspace, want: str, console: Console) -> str:
+    """The device for `--device want`: auto takes the accelerator unless a queued stage is training
+    on it (an eval beside a training run could take the memory it needs); cpu otherwise."""
+    import torch
+
+    has = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if want != "auto":
+        if not has[want]:
+            raise FcError(f"--device {want}: this machine has no {want.upper()} device (expected auto, cpu"
+                          + "".join(f", {d}" for d in ("cuda", "mps") if has[d]) + ")")
+        return want
+    accel = next((d for d in ("cuda", "mps") if has[d]), None)
+    if accel is None:
+        return "cpu"
+    from engine.queue import StageQueue
+
+    try:
+        busy = [e for e in StageQueue(ws).read() if e.state == "running"]
+    except FcError:
+        busy = []
+    if busy:
+        console.print(f"evaluating on cpu: stage {busy[0].stage} (entry {busy[0].id}) is training "
+                      f"(--device {accel} to use it anyway)")
+        return "cpu"
+    return accel
 
 
 def _stored(run_dir, step: int | None) -> dict:
