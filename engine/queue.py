@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import tomli_w
 
 from engine.atomic import atomic_write_text
-from engine.errors import QueueError
+from engine.errors import FcError, QueueError
 from engine.workspace import Workspace
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -271,19 +271,55 @@ class StageQueue:
 
     def claim_next(self) -> tuple[QueueEntry, bool] | None:
         """The entry the supervisor should work on, and whether it was orphaned: one left
-        running by a supervisor that died, else the first queued one, now marked running."""
+        running by a supervisor that died, else the first queued one that is not waiting for
+        the stage it starts from (see `waiting_for`), now marked running."""
         with self.edit() as entries:
             for entry in entries:
                 if entry.state == "running":
                     return entry, True
             for entry in entries:
-                if entry.state == "queued":
-                    entry.state, entry.pid, entry.message = "running", 0, "starting"
-                    return entry, False
+                if entry.state != "queued":
+                    continue
+                dep = self.waiting_for(entry, entries)
+                if dep is not None:
+                    entry.message = waiting_message(dep)
+                    continue
+                entry.state, entry.pid, entry.message = "running", 0, "starting"
+                return entry, False
         return None
 
-    def has_queued(self) -> bool:
-        return any(e.state in ("queued", "running") for e in self.read())
+    def has_work(self, entries: list[QueueEntry] | None = None) -> bool:
+        """Whether the supervisor has something to run: an entry running, or queued and not waiting."""
+        entries = self.read() if entries is None else entries
+        return any(e.state == "running" or (e.state == "queued" and self.waiting_for(e, entries) is None)
+                   for e in entries)
+
+    def waiting_for(self, entry: QueueEntry, entries: list[QueueEntry]) -> QueueEntry | None:
+        """The entry of the stage that `entry`'s stage starts from (init_from, same profile) that it
+        must wait for: one queued or running, or the latest such entry when it was cancelled or
+        failed (its dependant should not start from an older run, nor fail for want of one).
+        None when it may start; an entry whose run exists already never waits."""
+        if entry.run_id:
+            return None
+        try:
+            init_from = self.ws.load_profile(entry.profile).stage(entry.stage).init_from
+        except FcError:
+            return None  # the supervisor fails the entry with that error when it claims it
+        if not init_from:
+            return None
+        deps = [e for e in entries if e.id != entry.id and e.profile == entry.profile and e.stage == init_from]
+        active = [e for e in deps if e.state in ("queued", "running")]
+        if active:
+            return active[0]
+        latest = max(deps, key=lambda e: e.id, default=None)
+        return latest if latest is not None and latest.state in RESUMABLE_STATES else None
+
+
+def waiting_message(dep: QueueEntry) -> str:
+    """What a held entry says about the entry it waits for."""
+    if dep.state in RESUMABLE_STATES:
+        return f"waiting for {dep.stage} (#{dep.id}, {dep.state}): resume #{dep.id}, or remove this entry"
+    return f"waiting for {dep.stage} (#{dep.id}) to finish"
 
 
 def profile_key(ws: Workspace, profile: str) -> str:

@@ -301,7 +301,7 @@ class Supervisor:
                 # supervisor and its `start` spawns a new one: nothing is stranded.
                 with self.queue.locked():
                     try:
-                        pending = any(e.state in ("queued", "running") for e in self.queue.read())
+                        pending = self.queue.has_work()
                     except QueueError:
                         pending = False
                     if not pending:

@@ -110,7 +110,7 @@ def follow_run(run_dir: Path, done: Callable[[], bool], console: Console | None 
 
 def follow_queue(ws, ids: list[int], console: Console | None = None) -> dict[int, RunTail]:
     """Show the given queue entries (one bar each) until none is queued or running."""
-    from engine.queue import StageQueue
+    from engine.queue import StageQueue, waiting_message
 
     console = console or Console(stderr=True)
     queue = StageQueue(ws)
@@ -119,7 +119,8 @@ def follow_queue(ws, ids: list[int], console: Console | None = None) -> dict[int
     reported: set[int] = set()
     with _progress(console) as progress:
         while True:
-            entries = {e.id: e for e in queue.read() if e.id in ids}
+            everything = queue.read()
+            entries = {e.id: e for e in everything if e.id in ids}
             for eid in ids:
                 entry = entries.get(eid)
                 if entry is None:
@@ -143,7 +144,26 @@ def follow_queue(ws, ids: list[int], console: Console | None = None) -> dict[int
                     progress.console.print(f"[{colour}]{entry.stage}: {entry.state}[/] {entry.message}")
             if all(entries.get(i) is None or entries[i].state in ("done", "failed", "cancelled") for i in ids):
                 return tails
+            held = _held(queue, [e for e in entries.values() if e.state in ("queued", "running")], everything)
+            if held:
+                for entry, dep in held:
+                    progress.console.print(f"[yellow]{entry.stage}: not started[/] {waiting_message(dep)}")
+                return tails
             time.sleep(REFRESH_S)
+
+
+def _held(queue, unfinished: list, everything: list) -> list[tuple]:
+    """[(entry, the cancelled or failed entry it waits for)] when every unfinished entry waits on
+    one (nothing runs them until the user resumes it), else []."""
+    from engine.queue import RESUMABLE_STATES
+
+    held = []
+    for entry in unfinished:
+        dep = queue.waiting_for(entry, everything) if entry.state == "queued" else None
+        if dep is None or dep.state not in RESUMABLE_STATES:
+            return []
+        held.append((entry, dep))
+    return held
 
 
 def _fmt_mix(mix: dict) -> str:

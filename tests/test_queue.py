@@ -174,3 +174,54 @@ def test_cli_queue(workspace):
     workspace.queue_path.write_text("[[entries]]\nid = 'x'\nprofile = 'default'\nstage = 'base'\nstate = 'queued'\n")
     r = fcwork(ws, "queue", "list")
     assert r.returncode == 2 and "entries[0].id: expected a positive integer, got 'x'" in r.stderr
+
+
+def test_a_stage_waits_for_the_stage_it_starts_from(workspace):
+    """default's anneal has init_from = "base": it is not claimed while base's entry is queued or
+    running, nor after base was cancelled or failed (it says which entry to resume); it may start
+    once base is done, or when no entry of base is in the queue at all."""
+    q = StageQueue(workspace)
+    q.add("default", "anneal")  # #1, before its base on purpose
+    q.add("default", "base")    # #2
+    first, orphaned = q.claim_next()
+    assert (first.id, first.stage, orphaned) == (2, "base", False)  # anneal was skipped: base is queued
+    assert q.get(1).message == "waiting for base (#2) to finish"
+    assert q.claim_next()[0].id == 2  # running: handed back as an orphan, anneal still waits
+    q.update(2, state="cancelled", message="cancelled at step 40")
+    assert q.claim_next() is None and not q.has_work()  # the supervisor may go idle
+    assert q.get(1).message == "waiting for base (#2, cancelled): resume #2, or remove this entry"
+    assert q.get(1).state == "queued"
+    q.resume(2)
+    assert q.has_work() and q.claim_next()[0].id == 2
+    q.update(2, state="done")
+    assert q.claim_next()[0].id == 1  # base is done: anneal starts
+    q.update(1, state="done")
+
+    q.add("default", "base")    # #3: a newer base entry fails; a new anneal waits for it, not the old done one
+    q.update(3, state="failed", message="crashed")
+    q.add("default", "anneal")  # #4
+    assert q.claim_next() is None and q.get(4).message.startswith("waiting for base (#3, failed)")
+    q.remove(3)
+    assert q.claim_next()[0].id == 4  # the latest base entry (#2) is done
+
+
+def test_an_entry_with_its_run_created_never_waits(workspace):
+    q = StageQueue(workspace)
+    q.add_many("default", ["base", "anneal"])
+    q.update(1, state="cancelled")
+    q.update(2, state="cancelled", run_id="20261126-000000-anneal")  # it had started: init weights are in its run
+    q.resume(2)
+    assert q.claim_next()[0].id == 2
+
+
+def test_follow_stops_when_every_unfinished_entry_waits_on_a_cancelled_one(workspace):
+    from fcwork.live import _held
+
+    q = StageQueue(workspace)
+    q.add_many("default", ["base", "anneal"])
+    everything = q.read()
+    assert _held(q, everything, everything) == []  # base may run: keep following
+    q.update(1, state="cancelled")
+    everything = q.read()
+    unfinished = [e for e in everything if e.state in ("queued", "running")]
+    assert [(e.id, dep.id) for e, dep in _held(q, unfinished, everything)] == [(2, 1)]

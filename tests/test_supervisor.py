@@ -290,3 +290,34 @@ def test_cli_train_ctrl_c_stops_cleanly(tiny_ws):
     assert statuses(run_dir)[-2:] == ["stopping", "stopped"]
     assert _wait_checkpoint(run_dir, after=ckpt - 1, timeout=1) >= ckpt
     assert trainer_pid(run_dir) is None
+
+
+@needs_trainer
+def test_cancelled_stage_holds_the_stage_that_starts_from_it(tiny_ws):
+    """Cancel a stage while the next one (init_from it) is queued: the next one waits instead of
+    failing for want of a finished run, the supervisor goes idle and exits, and resuming the first
+    runs both, the second from the first's final checkpoint."""
+    from tests.queue_fixtures import _COMMON
+
+    ws = tiny_ws
+    (ws.profiles_dir / "tiny.toml").write_text(
+        tiny_profile(("medium",)) + f'\n[[stages]]\nname = "after"\n{_COMMON}init_from = "medium"\n'
+        'max_steps = 6\ncheckpoint_every = 6\neval_every = 0\n')
+    q = StageQueue(ws)
+    a, b = q.add_many("tiny", ["medium", "after"])
+    ensure_supervisor(ws, idle_s=IDLE)
+    _wait_checkpoint(_run_dir(ws, a.id))
+    q.cancel(a.id)
+    assert _wait_state(ws, a.id, ("cancelled", "done", "failed"), timeout=60).state == "cancelled"
+    _wait_supervisor_exit(ws, timeout=30)  # nothing it may run: idle, then gone
+    held = _entry(ws, b.id)
+    assert (held.state, held.run_id) == ("queued", ""), held
+    assert held.message == f"waiting for medium (#{a.id}, cancelled): resume #{a.id}, or remove this entry"
+    r = fcwork(ws.root, "queue", "resume", str(a.id), "--start")
+    assert r.returncode == 0, r.stderr
+    done = _wait_state(ws, b.id, ("done", "failed"), timeout=180)
+    first = _entry(ws, a.id)
+    assert (done.state, first.state) == ("done", "done"), (done, first)
+    init = tomllib.loads((ws.runs_dir / done.run_id / "stage.toml").read_text())["paths"]["init_from"]
+    assert Path(init).is_relative_to(ws.runs_dir / first.run_id)
+    _wait_supervisor_exit(ws, timeout=30)
