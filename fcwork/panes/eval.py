@@ -20,6 +20,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Label, Static
 
 from engine.evaluate import EVALS_FILE, read_evals
+from fcwork.commands.eval import PROBE_ROWS
 from fcwork.panes.base import Pane
 from fcwork.widgets.modals import PickManyScreen
 
@@ -150,13 +151,17 @@ class EvalPane(Pane):
         for i, (r, _) in enumerate(shown):
             table.add_column(r, key=f"c{i}")
         table.add_row("step", *[str(rec.get("step", "-")) for _, rec in shown], key="step")
+        table.add_row("weights", *[f"ckpt {str(rec['checkpoint_sha256'])[:8]}" if rec.get("checkpoint_sha256")
+                                   else "in training" for _, rec in shown], key="weights")
         table.add_row("bpb all", *[fmt_num(m.get("bpb")) for m in ms], key="bpb")
         for d in dict.fromkeys(d for m in ms for d in (m.get("domain_bpb") or {})):
             table.add_row(f"bpb {d}", *[fmt_num((m.get("domain_bpb") or {}).get(d)) for m in ms], key=f"bpb/{d}")
-        probes = dict.fromkeys((p, k) for m in ms for p, v in (m.get("probes") or {}).items() for k in v if k != "n")
-        for p, k in probes:
-            table.add_row(f"{p} {k}", *[fmt_num(((m.get("probes") or {}).get(p) or {}).get(k)) for m in ms],
-                          key=f"probe/{p}/{k}")
+        labels = {(p, k): label for p, k, label in PROBE_ROWS}
+        probes = dict.fromkeys((p, k) for m in ms for p, v in (m.get("probes") or {}).items() for k in v
+                               if k not in ("n", "chance"))
+        for p, k in sorted(probes, key=lambda pk: list(labels).index(pk) if pk in labels else len(labels)):
+            table.add_row(labels.get((p, k), f"{p} {k}"),
+                          *[fmt_num(((m.get("probes") or {}).get(p) or {}).get(k)) for m in ms], key=f"probe/{p}/{k}")
         run, rec = shown[0]
         text = [f"Samples of {run} at step {rec.get('step', '-')}"]
         for domain, items in (rec.get("samples") or {}).items():

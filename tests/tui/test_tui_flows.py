@@ -506,7 +506,9 @@ async def test_eval_pane_shows_harness_records_and_runs_eval(tmp_path):
         table = app.query_one("#harness", DataTable)
         assert [str(c.label) for c in table.columns.values()] == ["eval harness", RUN_DONE]
         assert [str(c) for c in table.get_row("bpb/code")] == ["bpb code", "1.234"]
-        assert [str(c) for c in table.get_row("probe/code/compile")] == ["code compile", "0.625"]
+        assert [str(c) for c in table.get_row("probe/code/compile")] == ["code: body compiles", "0.625"]
+        assert [str(c) for c in table.get_row("weights")][1].startswith("ckpt ")
+        assert table.size.height == table.row_count + 1  # every row shows (the box scrolls, not the table)
         assert "return a + b" in str(app.query_one("#eval-samples").render())
         await pilot.press("e")  # the first run (the live one) has no checkpoint: the child fails, a notification says so
         await wait_for(pilot, lambda: any("fcwork eval" in n for n in notifications(app)), timeout=60,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tui_fixtures import make_app, make_workspace, settle
+from tui_fixtures import make_app, make_workspace, settle, write_harness_evals
 
 PANES = {"manifest": "f1", "tokenizer": "f2", "queue": "f3", "metrics": "f4", "eval": "f5"}
 SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
@@ -18,6 +18,8 @@ SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
 @pytest.mark.parametrize("pane", PANES)
 def test_pane_snapshot(snap_compare, tmp_path, pane, size):
     ws = make_workspace(tmp_path / "ws")
+    if pane == "eval":
+        write_harness_evals(ws)
     app = make_app(ws)
 
     async def run_before(pilot) -> None:

@@ -244,3 +244,23 @@ async def key_latency(app, key: str, done, timeout: float = 5.0) -> float:
             raise AssertionError(f"key {key} not handled within {timeout} s")
         await asyncio.sleep(0.001)
     return time.perf_counter() - t0
+
+
+def write_harness_evals(ws: Workspace) -> None:
+    """evals.jsonl records for the snapshot of the Eval pane: a checkpoint eval of the finished run
+    and an in-training one of the live run, every probe scored, one sample each."""
+    from engine.evaluate import DomainScore, EvalLimits, EvalReport, append_eval, record
+    from engine.probes import ProbeResult
+
+    ln2 = 0.6931471805599453
+    for run, step, ckpt, sha, scale in ((RUN_DONE, 300, "ckpt/step-300", "ab" * 32, 1.0), (RUN_LIVE, 120, "", "", 1.2)):
+        domains = {d: DomainScore(4, 1000, 3000, 3000 * ln2 * bpb * scale)
+                   for d, bpb in (("science", 1.9), ("code", 1.4), ("chess", 1.1), ("data", 1.2), ("chat", 1.6))}
+        probes = {"chess": ProbeResult("chess", 1, {"legal": 0.75 / scale, "match": 0.25 / scale}, 16),
+                  "code": ProbeResult("code", 1, {"compile": 0.5 / scale}, 8),
+                  "data": ProbeResult("data", 1, {"exact": 0.125 / scale}, 8),
+                  "science": ProbeResult("science", 2, {"accuracy": 0.5625 / scale, "chance": 0.25}, 16)}
+        samples = {"code": [{"prompt": "def add(a, b):", "completion": "\n    return a + b\n", "reason": "eos"}],
+                   "chess": [{"prompt": "1. e4 e5 2.", "completion": " Nf3 Nc6 3. Bb5", "reason": "length"}]}
+        report = EvalReport(domains, probes, samples, seconds=3.5)
+        append_eval(ws.runs_dir / run, record(report, run, step, ckpt, sha, EvalLimits(), "cpu"))
