@@ -100,11 +100,13 @@ def generate(
     cfg: SamplingConfig = GREEDY,
     stop_ids: Sequence[int] = (EOS_ID,),
     stop: Callable[[list[int]], bool] | None = None,
+    on_token: Callable[[int], None] | None = None,
 ) -> Generation:
     """Up to cfg.max_new_tokens tokens after `prompt`, with the KV cache.
 
     Ends at a token in `stop_ids` (not included) or when `stop(new_tokens)` says so (included).
-    A prompt longer than the context allows is cut from the left.
+    `on_token` sees each kept token as it comes (for streaming). A prompt longer than the
+    context allows is cut from the left.
     """
     cfg.check()
     ids = _fit_prompt(model, prompt, cfg.max_new_tokens)
@@ -125,6 +127,8 @@ def generate(
                 reason = "eos"
                 break
             out.append(nxt)
+            if on_token is not None:
+                on_token(nxt)
             if stop is not None and stop(out):
                 reason = "stop"
                 break
@@ -172,3 +176,31 @@ def generate_recompute(
     finally:
         model.train(was_training)
     return Generation(seq[len(ids):], reason, len(ids))
+
+
+class TextStream:
+    """Turns generated token ids into the text they add, piece by piece, for printing as they come.
+
+    The whole output is decoded each time and the new suffix returned; a suffix ending in a
+    replacement character (half of a multi-byte character) waits for the next token.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self.decode = decode
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd") or not text.startswith(self.shown):
+            return ""
+        new, self.shown = text[len(self.shown):], text
+        return new
+
+    def flush(self) -> str:
+        """What is left once generation ended (a trailing partial character included)."""
+        text = self.decode(self.ids)
+        new = text[len(self.shown):] if text.startswith(self.shown) else ""
+        self.shown = text
+        return new

@@ -10,7 +10,7 @@ from typing import Sequence
 from engine.errors import FcError
 
 # Each module in fcwork.commands registers one group of subcommands.
-COMMAND_MODULES = ("profile", "data", "tokenizer", "model", "train", "queue", "runs", "eval", "export")
+COMMAND_MODULES = ("profile", "data", "tokenizer", "model", "train", "queue", "runs", "eval", "generate", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -311,3 +311,31 @@ def test_eval_device_auto_leaves_a_training_accelerator_alone(workspace, monkeyp
     q.update(entry.id, state="running")
     assert eval_device(workspace, "auto", console) == "cpu"
     assert eval_device(workspace, "cuda", console) == "cuda"  # asked for explicitly
+
+
+def test_cli_generate_streams_greedy_text_and_refuses_bad_input(eval_workspace):
+    from engine.chat_template import chat_prompt
+    from engine.generate import SamplingConfig, generate
+    from engine.tokenizer import EOS_ID
+
+    root, run = eval_workspace.ws.root, eval_workspace.run
+    tok = _tokenizer(eval_workspace)
+    model = load_run_model(run)
+    want = tok.decode(generate(model, [EOS_ID, *tok.encode("def add(")], SamplingConfig(12), stop_ids=(EOS_ID,)).tokens)
+    done = _fcwork(root, "generate", run.name, "def add(", "-n", "12", "-t", "0", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == want + ("" if want.endswith("\n") else "\n")
+    assert "tok/s" in done.stderr and "prompt tokens" in done.stderr
+    piped = subprocess.run([sys.executable, "-m", "fcwork.cli", "generate", run.name, "-", "-n", "12", "-t", "0",
+                            "--workspace", str(root)], cwd=REPO, input="def add(", capture_output=True, text=True,
+                           timeout=300)
+    assert piped.returncode == 0 and piped.stdout == done.stdout, piped.stderr
+    chat = _fcwork(root, "generate", run.name, "--chat", "hi", "-n", "40", "-t", "0")
+    end = tok.encode("<|end|>")
+    full = generate(model, [EOS_ID, *tok.encode(chat_prompt("hi"))], SamplingConfig(40), stop_ids=(EOS_ID, *end))
+    assert chat.returncode == 0 and chat.stdout.rstrip("\n") == tok.decode(full.tokens).rstrip("\n"), chat.stderr
+    for args, message in ((("x", "-t", "-1"), "temperature: expected a number >= 0, got -1.0"),
+                          (("x", "--system", "s"), "--system: expected together with --chat"),
+                          (("x", "--step", "7"), "no checkpoint at step 7")):
+        bad = _fcwork(root, "generate", run.name, *args)
+        assert bad.returncode == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.errors import ModelError
 from engine.generate import (
@@ -118,3 +120,35 @@ def test_long_prompts_are_cut_and_context_ends_generation(model):
     assert generate(model, [3], SamplingConfig(max_new_tokens=0)).tokens == []
     with pytest.raises(ModelError, match="prompt: expected at least one token"):
         generate(model, [], GREEDY)
+
+
+@given(st.lists(st.integers(0, 255), max_size=60))
+def test_text_stream_pieces_add_up_to_the_decoded_text(byte_ids):
+    """Ids as UTF-8 bytes (so characters split across tokens): the printed pieces never show half
+    a character while more may come, and with the flush they are exactly the decoded text."""
+    from engine.generate import TextStream
+
+    decode = lambda ids: bytes(ids).decode("utf-8", errors="replace")  # noqa: E731
+    stream = TextStream(decode)
+    pieces = [stream.add(i) for i in byte_ids]
+    assert all(not p.endswith("\ufffd") for p in pieces)
+    assert "".join(pieces) + stream.flush() == decode(byte_ids)
+
+
+def test_on_token_sees_each_kept_token_in_order(model):
+    seen = []
+    out = generate(model, [5, 6, 7], SamplingConfig(12, 0.9, 20, 0.9, 4), stop_ids=(3,), on_token=seen.append)
+    assert seen == out.tokens and 3 not in seen
+
+
+def test_chat_prompt_is_the_layout_the_chat_source_trains_on():
+    import random
+
+    from engine.builtin.chat import conversation
+    from engine.chat_template import chat_prompt
+
+    doc = conversation(random.Random(5))
+    asked = chat_prompt("What is 2+2?")
+    assert asked == "<|user|>\nWhat is 2+2?\n<|end|>\n<|assistant|>\n"
+    assert doc.startswith(("<|system|>\n", "<|user|>\n")) and "\n<|end|>\n<|assistant|>\n" in doc
+    assert chat_prompt("q", system="Be brief.") == "<|system|>\nBe brief.\n<|end|>\n" + chat_prompt("q")

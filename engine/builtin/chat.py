@@ -19,8 +19,8 @@ import chess
 from engine.builtin.data_tables import draw_table
 from engine.builtin.openings import OPENINGS
 from engine.builtin.science_prose import worked_problem
+from engine.chat_template import ASSISTANT, SYSTEM, USER, turn
 
-SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 SYSTEM_PROMPTS = (
     "You are a helpful assistant.",
     "You are FusterCluck, a small assistant that knows science, Python, chess and data analysis.",
@@ -222,15 +222,15 @@ def conversation(rng: random.Random) -> str:
     """One chat document: an optional system turn, then one to three user/assistant exchanges."""
     parts = []
     if rng.random() < 0.6:
-        parts.append(f"{SYSTEM}\n{rng.choice(SYSTEM_PROMPTS)}\n{END}")
+        parts.append(turn(SYSTEM, rng.choice(SYSTEM_PROMPTS)))
     topic = TOPICS[rng.randrange(len(TOPICS))]
     turns = rng.choice((1, 1, 1, 2, 2, 3))
     for i in range(turns):
         for question, answer in topic(rng):
             if i:
                 question = f"{rng.choice(FOLLOW_UPS)} {question}"
-            parts.append(f"{USER}\n{question}\n{END}")
-            parts.append(f"{ASSISTANT}\n{answer}\n{END}")
+            parts.append(turn(USER, question))
+            parts.append(turn(ASSISTANT, answer))
     return "\n".join(parts) + "\n"
 
 

@@ -1,0 +1,93 @@
+"""`fcwork generate RUN [PROMPT]`: continue a prompt (or answer it, with --chat) with a run's
+checkpoint, streaming the text as it is generated."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from rich.console import Console
+
+from engine.errors import FcError
+from engine.workspace import Workspace
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate", help="continue a prompt with a run's checkpoint (KV cache, streamed)",
+        description="Prints the continuation as it is generated; a summary line (tokens, tokens/s, why it "
+                    "stopped) goes to stderr. A prompt of '-' is read from stdin.",
+    )
+    p.add_argument("run", help="run id (a folder under runs/) or path")
+    p.add_argument("prompt", help="text to continue, or - to read it from stdin")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt as a user turn and stop at the end of the assistant's turn")
+    p.add_argument("--system", default="", help="with --chat: a system turn first")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=128, help="at most this many tokens (default 128)")
+    p.add_argument("-t", "--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="sample from the k most likely (0: all; default 40)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus cut (1: none; default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="where to run (default auto: as for fcwork eval)")
+    p.set_defaults(func=cmd_generate)
+
+
+def read_prompt(arg: str) -> str:
+    """The prompt argument, or stdin for '-' (refusing an interactive terminal with nothing typed)."""
+    if arg != "-":
+        return arg
+    if sys.stdin.isatty():
+        raise FcError("prompt: '-' reads stdin, which is a terminal here (e.g. echo 'def f(' | fcwork generate RUN -)")
+    return sys.stdin.read()
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from engine.chat_template import END, chat_prompt
+    from engine.generate import SamplingConfig, TextStream, generate
+    from engine.run_model import find_checkpoint, load_model
+    from engine.tokenizer import EOS_ID, Tokenizer
+    from fcwork.commands.eval import eval_device
+    from fcwork.commands.train import resolve_run
+
+    ws = Workspace.open(args.workspace)
+    run_dir = resolve_run(ws, args.run)
+    text = read_prompt(args.prompt)
+    if args.system and not args.chat:
+        raise FcError("--system: expected together with --chat")
+    cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    cfg.check()
+    err = Console(stderr=True)
+    device = eval_device(ws, args.device, err)
+    ckpt = find_checkpoint(run_dir, args.step)
+    tok = Tokenizer.load(ckpt.spec.tokenizer)
+    if tok.vocab_size != ckpt.spec.model.vocab_size:
+        raise FcError(f"{ckpt.spec.tokenizer}: {tok.vocab_size} pieces, but the run's model has vocab_size "
+                      f"{ckpt.spec.model.vocab_size}")
+    model = load_model(ckpt, device)
+    prompt = chat_prompt(text, args.system) if args.chat else text
+    ids = [EOS_ID, *tok.encode(prompt)]  # EOS: the document boundary the model saw before every text
+    stop_ids = [EOS_ID]
+    if args.chat:
+        stop_ids += [i for i in tok.encode(END) if tok.decode([i]) == END]
+    stream = TextStream(tok.decode)
+
+    def show(token: int) -> None:
+        sys.stdout.write(stream.add(token))
+        sys.stdout.flush()
+
+    start = time.perf_counter()
+    out = generate(model, ids, cfg, stop_ids=stop_ids, on_token=show)
+    seconds = time.perf_counter() - start
+    sys.stdout.write(stream.flush() + ("\n" if not stream.shown.endswith("\n") else ""))
+    sys.stdout.flush()
+    why = {"eos": "end of text", "length": "--max-new-tokens", "context": "the model's context is full"}.get(
+        out.reason, out.reason)
+    if args.chat and out.reason == "eos":
+        why = "end of turn"
+    err.print(f"[dim]{ckpt.spec.run_id} step {ckpt.step} on {device}: {len(out.tokens)} tokens in {seconds:.2f} s "
+              f"({len(out.tokens) / max(seconds, 1e-9):.1f} tok/s), {out.prompt_tokens} prompt tokens; "
+              f"stopped at {why}[/]", highlight=False)
+    return 0
