@@ -108,8 +108,9 @@ def follow_run(run_dir: Path, done: Callable[[], bool], console: Console | None 
             time.sleep(REFRESH_S)
 
 
-def follow_queue(ws, ids: list[int], console: Console | None = None) -> dict[int, RunTail]:
-    """Show the given queue entries (one bar each) until none is queued or running."""
+def follow_queue(ws, ids: list[int], console: Console | None = None,
+                 stop: Callable[[], bool] = lambda: False) -> dict[int, RunTail]:
+    """Show the given queue entries (one bar each) until none is queued or running, or `stop()`."""
     from engine.queue import StageQueue, waiting_message
 
     console = console or Console(stderr=True)
@@ -142,7 +143,8 @@ def follow_queue(ws, ids: list[int], console: Console | None = None) -> dict[int
                     reported.add(eid)
                     colour = {"done": "green", "failed": "red"}.get(entry.state, "yellow")
                     progress.console.print(f"[{colour}]{entry.stage}: {entry.state}[/] {entry.message}")
-            if all(entries.get(i) is None or entries[i].state in ("done", "failed", "cancelled") for i in ids):
+            if stop() or all(entries.get(i) is None or entries[i].state in ("done", "failed", "cancelled")
+                             for i in ids):
                 return tails
             held = _held(queue, [e for e in entries.values() if e.state in ("queued", "running")], everything)
             if held:

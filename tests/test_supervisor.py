@@ -321,3 +321,26 @@ def test_cancelled_stage_holds_the_stage_that_starts_from_it(tiny_ws):
     init = tomllib.loads((ws.runs_dir / done.run_id / "stage.toml").read_text())["paths"]["init_from"]
     assert Path(init).is_relative_to(ws.runs_dir / first.run_id)
     _wait_supervisor_exit(ws, timeout=30)
+
+
+@needs_trainer
+def test_cli_run_ctrl_c_detaches_and_the_stage_trains_on(tiny_ws):
+    """Ctrl-C on `fcwork run` stops following, not training: exit 130, the entry still runs."""
+    ws = tiny_ws
+    (ws.profiles_dir / "tiny.toml").write_text(tiny_profile(("long",)))
+    proc = subprocess.Popen([sys.executable, "-m", "fcwork.cli", "--workspace", str(ws.root), "run", "tiny"],
+                            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_dir = wait_for(lambda: next(iter(ws.runs_dir.iterdir()), None), 60, "the run folder")
+        _wait_checkpoint(run_dir)
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "detached; the stages keep training" in err, err[-2000:]
+    (entry,) = StageQueue(ws).read()
+    assert entry.state == "running" and trainer_pid(run_dir) is not None
+    StageQueue(ws).cancel(entry.id)
+    assert _wait_state(ws, entry.id, ("cancelled", "failed"), timeout=60).state == "cancelled"
+    _wait_supervisor_exit(ws, timeout=30)

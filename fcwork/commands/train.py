@@ -53,6 +53,29 @@ def resolve_run(ws: Workspace, run: str) -> Path:
 
 # -- fcwork train ---------------------------------------------------------------------
 
+class _Interrupts:
+    """Counts Ctrl-C presses while in use (`with interrupts:`) instead of raising KeyboardInterrupt,
+    which could land inside the live display's locks; the follow loops look at `count`."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.count += 1
+
+    def __enter__(self) -> "_Interrupts":
+        self.count = 0
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+interrupts = _Interrupts()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.runs import create_run
     from engine.supervisor import spawn_trainer
@@ -65,14 +88,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     console.print(f"run {run_dir.name}: {prof.name} / {args.stage} (log: {run_dir / 'trainer.log'})")
     proc = spawn_trainer(run_dir)
-    interrupts = 0
-    tail = None
-    while tail is None:
-        try:
-            tail = follow_run(run_dir, lambda: proc.poll() is not None, console, label=args.stage)
-        except KeyboardInterrupt:
-            interrupts += 1
-            if interrupts == 1:
+    handled = 0
+
+    def check() -> bool:
+        """Act on Ctrl-C presses since the last look; True once the trainer has exited."""
+        nonlocal handled
+        while handled < interrupts.count:
+            handled += 1
+            if handled == 1:
                 from engine.control import write_control
 
                 write_control(run_dir, stop=True)
@@ -81,6 +104,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGTERM)
                 console.print("sent SIGTERM to the trainer")
+        return proc.poll() is not None
+
+    with interrupts:
+        tail = follow_run(run_dir, check, console, label=args.stage)
     rc = proc.wait()
     state = tail.state or "?"
     console.print(f"run {run_dir.name}: {state} at step {tail.step}/{tail.max_steps} (exit {rc})")
@@ -124,9 +151,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.detach:
         console.print("detached: follow with `fcwork queue list` or the TUI")
         return 0
-    try:
-        follow_queue(ws, ids, console)
-    except KeyboardInterrupt:
+    with interrupts:
+        follow_queue(ws, ids, console, stop=lambda: interrupts.count > 0)
+    if interrupts.count:
         console.print("detached; the stages keep training (`fcwork queue list`)")
         return 130
     entries = [e for e in queue.read() if e.id in ids]
