@@ -61,12 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def spawn(job: str, workspace: str | os.PathLike, profile: str) -> subprocess.Popen:
-    """Start a job child: stdin closed, stdout piped (JSON lines), stderr to a temp file for crash text."""
+def child_env() -> dict[str, str]:
+    """The environment of a child that imports this checkout's packages and writes unbuffered."""
     env = dict(os.environ)
     paths = [str(_REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def spawn(job: str, workspace: str | os.PathLike, profile: str) -> subprocess.Popen:
+    """Start a job child: stdin closed, stdout piped (JSON lines), stderr to a temp file for crash text."""
+    env = child_env()
     err = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fcwork.jobs", job, str(workspace), profile],

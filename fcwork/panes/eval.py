@@ -8,10 +8,8 @@ runs the harness on the first run in a `fcwork eval` subprocess (torch stays out
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from textual.app import ComposeResult
@@ -22,6 +20,8 @@ from textual.widgets import DataTable, Label, Static
 from engine.evaluate import EVALS_FILE, read_evals
 from fcwork.commands.eval import PROBE_ROWS
 from fcwork.panes.base import Pane
+from fcwork.jobs import child_env
+from fcwork.widgets.generate_screen import GenerateScreen
 from fcwork.widgets.modals import PickManyScreen
 
 REDRAW_S = 1.0
@@ -46,6 +46,7 @@ class EvalPane(Pane):
         Binding("r", "choose_runs", "Runs"),
         Binding("h", "history", "Step history"),
         Binding("e", "run_eval", "Evaluate run"),
+        Binding("g", "generate", "Try the model"),
     ]
 
     def __init__(self, *a: Any, **kw: Any) -> None:
@@ -109,13 +110,23 @@ class EvalPane(Pane):
         self.run_worker(lambda: self._evaluate(run), name=f"eval {run}", group="eval", thread=True, exclusive=True,
                         exit_on_error=False)
 
+    def action_generate(self) -> None:
+        """Prompt the first picked run's latest checkpoint (else the newest run's that has one) and
+        watch its answer stream in."""
+        run = self.run_ids[0] if self.run_ids else None
+        if run is None:
+            with self.store.lock:
+                newest = sorted(self.store.runs, reverse=True)
+            run = next((r for r in newest if any((self.ws.runs_dir / r / "ckpt").glob("step-*"))), None)
+        if run is None:
+            self.notify("no run with a checkpoint to try yet", severity="warning")
+            return
+        self.app.push_screen(GenerateScreen(self.ws.root, run))
+
     def _evaluate(self, run: str) -> None:
         """Thread worker: `fcwork eval RUN` in a child process; a failure raises (the app notifies)."""
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         proc = subprocess.run([sys.executable, "-m", "fcwork.cli", "--workspace", str(self.ws.root), "eval", run],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env())
         if proc.returncode:
             lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit status {proc.returncode}"]
             raise RuntimeError(f"fcwork eval {run}: {lines[-1]}")

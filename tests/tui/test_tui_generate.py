@@ -1,0 +1,75 @@
+"""The Eval pane's `g`: a prompt typed in the app streams a real checkpoint's continuation from a
+`fcwork generate` child, the same text the CLI prints; a damaged checkpoint's one-line error shows."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from textual.widgets import Input, Log
+
+from tests.eval_fixtures import clone_run, eval_workspace  # noqa: F401  (fixture, used by name)
+from tui_fixtures import REPO_ROOT, make_app, settle, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_try_the_model_streams_what_the_cli_prints(eval_workspace, tmp_path):  # noqa: F811
+    ws = eval_workspace.ws
+    run = clone_run(eval_workspace.run, ws.runs_dir / "29990101-000000-try")  # the newest: the pane's first run
+    try:
+        await _try_it(ws, run)
+    finally:
+        shutil.rmtree(run)
+
+
+async def _try_it(ws, run) -> None:
+    cli = subprocess.run([sys.executable, "-m", "fcwork.cli", "--workspace", str(ws.root), "generate", run.name,
+                          "def add(", "-n", "200"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    app = make_app(ws, profile="evalfx")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, app)
+        await pilot.press("f5")
+        await settle(pilot, app)
+        await pilot.press("g")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "GenerateScreen",
+                       what=f"the generate screen; focus {app.focused}, notes {[n.message for n in app._notifications]}")
+        screen = app.screen
+        screen.query_one("#gen-prompt", Input).value = "def add("
+        await pilot.press("enter")
+        status = screen.query_one("#gen-status")
+        await wait_for(pilot, lambda: "tok/s" in str(status.render()) or "error" in str(status.render()),
+                       timeout=120, what="the generation to end")
+        assert "stopped at" in str(status.render()), str(status.render())
+        text = "\n".join(screen.query_one("#gen-output", Log).lines)
+        assert text.rstrip("\n") == ("def add(" + cli.stdout).rstrip("\n")
+        await pilot.press("ctrl+t")
+        assert "chat" in str(screen.query_one("#gen-mode").render()).split(":")[0]
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ != "GenerateScreen", what="the screen to close")
+
+
+async def test_try_a_damaged_checkpoint_shows_the_error(eval_workspace, tmp_path):  # noqa: F811
+    ws = eval_workspace.ws
+    bare = clone_run(eval_workspace.run, ws.runs_dir / "29990102-000000-bare")
+    for weights in (bare / "ckpt").glob("step-*/model.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    try:
+        app = make_app(ws, profile="evalfx")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("f5")
+            await settle(pilot, app)
+            await pilot.press("g")
+            await wait_for(pilot, lambda: app.screen.__class__.__name__ == "GenerateScreen", what="the screen")
+            screen = app.screen
+            screen.query_one("#gen-prompt", Input).value = "x"
+            await pilot.press("enter")
+            status = screen.query_one("#gen-status")
+            await wait_for(pilot, lambda: "not a readable safetensors file" in str(status.render()), timeout=120,
+                           what=f"the child's one-line error; status: {status.render()}")
+    finally:
+        shutil.rmtree(bare)
