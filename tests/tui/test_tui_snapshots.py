@@ -42,3 +42,19 @@ def test_dialog_snapshot(snap_compare, tmp_path):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+def test_generate_screen_snapshot(snap_compare, tmp_path):
+    from fcwork.widgets.generate_screen import GenerateScreen
+
+    ws = make_workspace(tmp_path / "ws")
+    app = make_app(ws)
+
+    async def run_before(pilot) -> None:
+        await settle(pilot, app)
+        await pilot.press("f5")
+        await app.push_screen(GenerateScreen(ws.root, "20250101-100000-base"))
+        await pilot.press("d", "e", "f", "space", "f")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
