@@ -80,9 +80,12 @@ class EvalPane(Pane):
             self._drawn = None
 
     def _default_runs(self) -> list[str]:
+        """The newest runs with an eval: the trainer's (events) or the harness's (evals.jsonl)."""
         with self.store.lock:
-            with_evals = [r for r in sorted(self.store.runs, reverse=True) if self.store.runs[r].evals]
-        return with_evals[:DEFAULT_RUNS]
+            newest = sorted(self.store.runs, reverse=True)
+            with_evals = [r for r in newest if self.store.runs[r].evals]
+        harness = [r for r in newest if r not in with_evals and (self.ws.runs_dir / r / EVALS_FILE).exists()]
+        return sorted(with_evals + harness, reverse=True)[:DEFAULT_RUNS]
 
     def action_choose_runs(self) -> None:
         with self.store.lock:

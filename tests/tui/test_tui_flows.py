@@ -578,3 +578,23 @@ async def test_manifest_build_data_failure_is_a_notification(tmp_path):
         await wait_for(pilot, lambda: not pane.preparing, what="preparing state reset")
         assert "failed" in pane.data_status and errors[-1] in pane.data_status, (errors, pane.data_status)
         assert app.is_running
+
+
+async def test_eval_pane_lists_a_run_evaluated_only_by_the_harness(tmp_path):
+    """A run whose trainer never evaluated (eval_every = 0) but which `fcwork eval` scored is shown."""
+    from textual.widgets import DataTable
+
+    from tui_fixtures import write_harness_evals
+
+    ws = make_workspace(tmp_path / "ws")
+    quiet = "20250103-090000-base"
+    make_run(ws, quiet, run_events(40, mix_at=None)[:30])  # status and steps only, no eval event
+    write_harness_evals(ws)
+    (ws.runs_dir / RUN_DONE / "evals.jsonl").rename(ws.runs_dir / quiet / "evals.jsonl")
+    app = make_app(ws)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, app)
+        await pilot.press("f5")
+        await settle(pilot, app)
+        table = app.query_one("#harness", DataTable)
+        assert quiet in [str(c.label) for c in table.columns.values()]
