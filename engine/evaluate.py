@@ -166,9 +166,29 @@ class ModelLM:
 
         cfg = sampling or GREEDY
         cfg = SamplingConfig(max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)
-        test = (lambda ids: stop(self.tok.decode(ids))) if stop else None
-        out = generate(self.model, [self.eos, *self.encode(prompt)], cfg, stop_ids=(self.eos,), stop=test)
+        out = generate(self.model, [self.eos, *self.encode(prompt)], cfg, stop_ids=(self.eos,),
+                       stop=self._stop_test(stop))
         return Completion(self.tok.decode(out.tokens), out.reason)
+
+    def complete_many(self, prompts: Sequence[str], max_new_tokens: int,
+                      stops: Sequence[Callable[[str], bool] | None], sampling=None) -> list[Completion]:
+        """`complete` for each prompt, `batch` at a time through one batched generation (the same
+        tokens as one by one); with `sampling`, prompt i is sampled with seed sampling.seed + i."""
+        from engine.generate import GREEDY, SamplingConfig, generate_batch
+
+        base = sampling or GREEDY
+        out: list[Completion] = []
+        for start in range(0, len(prompts), self.batch):
+            chunk = range(start, min(start + self.batch, len(prompts)))
+            cfg = SamplingConfig(max_new_tokens, base.temperature, base.top_k, base.top_p, base.seed + start)
+            tests = [self._stop_test(stops[i]) for i in chunk]
+            gens = generate_batch(self.model, [[self.eos, *self.encode(prompts[i])] for i in chunk], cfg,
+                                  stop_ids=(self.eos,), stops=tests)
+            out += [Completion(self.tok.decode(g.tokens), g.reason) for g in gens]
+        return out
+
+    def _stop_test(self, stop: Callable[[str], bool] | None) -> Callable[[list[int]], bool] | None:
+        return (lambda ids: stop(self.tok.decode(ids))) if stop else None
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Sum of log-probabilities of each continuation's tokens after EOS + context (context cut from the left)."""
@@ -263,18 +283,19 @@ def sample_generations(lm: ModelLM, heldout: dict[str, list[str]], limits: EvalL
     """Per domain, continuations of the opening of held-out documents (temperature 0.8, top-k 40, top-p 0.95)."""
     from engine.generate import SamplingConfig
 
-    out: dict[str, list[dict]] = {}
+    prompts, owners = [], []
     for domain, docs in heldout.items():
-        items = []
-        for k, text in enumerate(docs[: limits.samples]):
+        for text in docs[: limits.samples]:
             prompt = text[:160]
             if len(text) > 160 and " " in prompt[80:]:
                 prompt = prompt[: prompt.rindex(" ")]
-            cfg = SamplingConfig(limits.sample_tokens, 0.8, 40, 0.95, limits.seed + k)
-            done = lm.complete(prompt, limits.sample_tokens, sampling=cfg)
-            items.append({"prompt": prompt, "completion": done.text, "reason": done.reason})
-        if items:
-            out[domain] = items
+            prompts.append(prompt)
+            owners.append(domain)
+    cfg = SamplingConfig(limits.sample_tokens, 0.8, 40, 0.95, limits.seed)
+    done = lm.complete_many(prompts, limits.sample_tokens, [None] * len(prompts), sampling=cfg)
+    out: dict[str, list[dict]] = {}
+    for domain, prompt, d in zip(owners, prompts, done):
+        out.setdefault(domain, []).append({"prompt": prompt, "completion": d.text, "reason": d.reason})
     return out
 
 

@@ -145,6 +145,69 @@ def generate(
 
 
 @torch.no_grad()
+def generate_batch(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig = GREEDY,
+    stop_ids: Sequence[int] = (EOS_ID,),
+    stops: Sequence[Callable[[list[int]], bool] | None] | None = None,
+) -> list[Generation]:
+    """`generate` for several prompts in one pass per step: the same tokens as one at a time.
+
+    Prompts are left-padded to one length and the padding hidden from attention (KVCache.valid);
+    row i samples with its own generator seeded cfg.seed + i. A row that ended is fed EOS and its
+    output ignored until every row has ended.
+    """
+    cfg.check()
+    if not prompts:
+        return []
+    stops = list(stops) if stops is not None else [None] * len(prompts)
+    fitted = [_fit_prompt(model, p, cfg.max_new_tokens) for p in prompts]
+    B, width = len(fitted), max(len(p) for p in fitted)
+    param = next(model.parameters())
+    max_len = min(width + cfg.max_new_tokens, model.cfg.max_seq_len)
+    cache = KVCache.empty(model.cfg, B, max_len, device=param.device, dtype=param.dtype)
+    cache.valid = torch.zeros(B, max_len, dtype=torch.bool, device=param.device)
+    rows = torch.full((B, width), EOS_ID, dtype=torch.long)
+    for i, p in enumerate(fitted):
+        rows[i, width - len(p):] = torch.tensor(p)
+        cache.valid[i, width - len(p):width] = True
+    cache.valid[:, width:] = True
+    gens = [torch.Generator(device=param.device).manual_seed(cfg.seed + i) for i in range(B)] \
+        if cfg.temperature > 0 else [None] * B
+    outs: list[list[int]] = [[] for _ in range(B)]
+    reasons: list[str | None] = [None] * B
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(rows.to(param.device), cache=cache, start_pos=0)[:, -1]
+        pos = width
+        for step in range(cfg.max_new_tokens):
+            nxt = [int(sample_next(logits[i:i + 1], cfg, gens[i])[0]) if reasons[i] is None else EOS_ID
+                   for i in range(B)]
+            for i, t in enumerate(nxt):
+                if reasons[i] is not None:
+                    continue
+                if t in stop_ids:
+                    reasons[i] = "eos"
+                    continue
+                outs[i].append(t)
+                if stops[i] is not None and stops[i](outs[i]):
+                    reasons[i] = "stop"
+                elif step == cfg.max_new_tokens - 1:
+                    reasons[i] = "length"
+                elif pos >= max_len:
+                    reasons[i] = "context"
+            if all(r is not None for r in reasons):
+                break
+            logits = model(torch.tensor([nxt], device=param.device).T, cache=cache, start_pos=pos)[:, -1]
+            pos += 1
+    finally:
+        model.train(was_training)
+    return [Generation(o, r or "length", len(p)) for o, r, p in zip(outs, reasons, fitted)]
+
+
+@torch.no_grad()
 def generate_recompute(
     model: Transformer, prompt: Sequence[int], cfg: SamplingConfig = GREEDY, stop_ids: Sequence[int] = (EOS_ID,),
 ) -> Generation:

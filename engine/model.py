@@ -57,6 +57,10 @@ class KVCache:
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    # [B, max_len] bool: which positions hold real tokens (None: all). Batched generation left-pads
+    # prompts to one length; padded keys are hidden from every query (RoPE is relative, so the
+    # shifted positions of a padded row give it the attention it would have alone).
+    valid: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int | None = None, device=None, dtype=None) -> "KVCache":
@@ -96,7 +100,10 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.index, k, v, start_pos)
-        mask, causal = _attention_mask(T, k.shape[2], x.device)
+        if cache is not None and cache.valid is not None:
+            mask, causal = _padded_mask(T, k.shape[2], cache.valid), False
+        else:
+            mask, causal = _attention_mask(T, k.shape[2], x.device)
         gqa = {}
         if self.n_kv_heads != self.n_heads and _NATIVE_GQA:
             gqa = {"enable_gqa": True}
@@ -114,6 +121,15 @@ def _attention_mask(T: int, L: int, device) -> tuple[torch.Tensor | None, bool]:
         return None, False
     past = L - T
     return torch.arange(T, device=device)[:, None] + past >= torch.arange(L, device=device)[None, :], False
+
+
+def _padded_mask(T: int, L: int, valid: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, L] for T new queries over L keys: causal, real keys only, and each query's own key
+    (a padded query then attends to itself alone, so no row is empty and no NaN appears)."""
+    past = L - T
+    q = torch.arange(T, device=valid.device)[:, None] + past
+    k = torch.arange(L, device=valid.device)[None, :]
+    return (q >= k) & (valid[:, None, None, :L] | (q == k))
 
 
 class MLP(nn.Module):

@@ -339,3 +339,18 @@ def test_cli_generate_streams_greedy_text_and_refuses_bad_input(eval_workspace):
                           (("x", "--step", "7"), "no checkpoint at step 7")):
         bad = _fcwork(root, "generate", run.name, *args)
         assert bad.returncode == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_complete_many_is_complete_for_each_prompt(eval_workspace):
+    """The probes' batched completions are the one-by-one ones: same text and reason, stops per prompt."""
+    from engine.generate import SamplingConfig
+
+    lm = ModelLM(load_run_model(eval_workspace.run), _tokenizer(eval_workspace), batch=3)
+    prompts = ["1. e4 e5 2. Nf3", "def mean(xs):\n    ", "| a | b |\n|---|---|\n| 1 | 2 |\nmax of a:", "The", "x = ["]
+    stops = [lambda t: " " in t.strip(), None, lambda t: "\n" in t, None, lambda t: "]" in t]
+    many = lm.complete_many(prompts, 12, stops)
+    assert many == [lm.complete(p, 12, stop=s) for p, s in zip(prompts, stops)]
+    cfg = SamplingConfig(10, 0.8, 40, 0.95, 7)
+    sampled = lm.complete_many(prompts, 10, [None] * len(prompts), sampling=cfg)
+    assert sampled == [lm.complete(p, 10, sampling=SamplingConfig(10, 0.8, 40, 0.95, 7 + i))
+                       for i, p in enumerate(prompts)]

@@ -152,3 +152,23 @@ def test_chat_prompt_is_the_layout_the_chat_source_trains_on():
     assert asked == "<|user|>\nWhat is 2+2?\n<|end|>\n<|assistant|>\n"
     assert doc.startswith(("<|system|>\n", "<|user|>\n")) and "\n<|end|>\n<|assistant|>\n" in doc
     assert chat_prompt("q", system="Be brief.") == "<|system|>\nBe brief.\n<|end|>\n" + chat_prompt("q")
+
+
+def test_batched_generation_gives_each_prompt_its_own_tokens(model):
+    """Prompts of different lengths generated together (left-padded, padding masked) give the tokens
+    each gives alone: greedy, and sampled (row i seeded cfg.seed + i), with per-row stops and ends."""
+    from engine.generate import generate_batch
+
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 97, (n,), generator=g).tolist() for n in (1, 7, 3, 20)]
+    for cfg in (SamplingConfig(16), SamplingConfig(16, 0.9, 30, 0.9, 5)):
+        stops = [None, lambda out: len(out) >= 5, None, lambda out: 11 in out]
+        together = generate_batch(model, prompts, cfg, stop_ids=(2,), stops=stops)
+        for i, (p, got) in enumerate(zip(prompts, together)):
+            alone_cfg = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed + i)
+            alone = generate(model, p, alone_cfg, stop_ids=(2,), stop=stops[i])
+            assert (got.tokens, got.reason, got.prompt_tokens) == (alone.tokens, alone.reason, alone.prompt_tokens), i
+    long = [list(range(3, 3 + CFG.max_seq_len + 5)), [4, 5]]  # cut from the left to fit, as alone
+    for p, got in zip(long, generate_batch(model, long, SamplingConfig(8), stop_ids=())):
+        assert got.tokens == generate(model, p, SamplingConfig(8), stop_ids=()).tokens
+    assert generate_batch(model, [], SamplingConfig(4)) == []

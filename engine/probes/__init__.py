@@ -28,6 +28,11 @@ class LanguageModel(Protocol):
         """Greedy continuation of `prompt` (ends at EOS, at `stop(text so far)`, or after max_new_tokens)."""
         ...
 
+    def complete_many(self, prompts: Sequence[str], max_new_tokens: int,
+                      stops: Sequence[Callable[[str], bool] | None]) -> list[Completion]:
+        """`complete` for each prompt (with its own stop test), run together where the model can."""
+        ...
+
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Sum of log-probabilities of each continuation's tokens after its context."""
         ...

@@ -114,8 +114,9 @@ def run(lm: LanguageModel, texts: Sequence[str], limit: int, seed: int) -> Probe
     items = build_items(texts, limit, seed)
     legal = match = 0
     examples = []
-    for item in items:
-        completion = lm.complete(item.prompt, MAX_NEW_TOKENS, stop=_move_written).text
+    outs = lm.complete_many([item.prompt for item in items], MAX_NEW_TOKENS, [_move_written] * len(items))
+    for item, out in zip(items, outs):
+        completion = out.text
         verdict = check(item, completion)
         legal += verdict["legal"]
         match += verdict["match"]

@@ -112,8 +112,8 @@ def run(lm: LanguageModel, texts: Sequence[str], limit: int, seed: int) -> Probe
     items = build_items(texts, limit, seed)
     ok = 0
     examples = []
-    for item in items:
-        out = lm.complete(item.prompt, MAX_NEW_TOKENS, stop=_dedented(item))
+    outs = lm.complete_many([item.prompt for item in items], MAX_NEW_TOKENS, [_dedented(item) for item in items])
+    for item, out in zip(items, outs):
         completion, finished = out.text, out.reason in ("eos", "stop")
         verdict = check(item, completion, finished)
         ok += verdict["compiles"]

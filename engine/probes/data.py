@@ -191,8 +191,9 @@ def run(lm: LanguageModel, texts: Sequence[str], limit: int, seed: int) -> Probe
     items = build_items(texts, limit, seed)
     exact = 0
     examples = []
-    for item in items:
-        completion = lm.complete(item.prompt, MAX_NEW_TOKENS, stop=_line_done).text
+    outs = lm.complete_many([item.prompt for item in items], MAX_NEW_TOKENS, [_line_done] * len(items))
+    for item, out in zip(items, outs):
+        completion = out.text
         verdict = check(item, completion)
         exact += verdict["exact"]
         if len(examples) < EXAMPLES_KEPT:
