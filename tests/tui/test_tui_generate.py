@@ -16,6 +16,20 @@ from tui_fixtures import REPO_ROOT, make_app, settle, wait_for
 pytestmark = pytest.mark.anyio
 
 
+async def _prompt(pilot, app, prompt: str):
+    """Open the Eval pane's generate screen and submit `prompt`; returns the screen."""
+    await settle(pilot, app)
+    await pilot.press("f5")
+    await settle(pilot, app)
+    await pilot.press("g")
+    await wait_for(pilot, lambda: app.screen.__class__.__name__ == "GenerateScreen",
+                   what=f"the generate screen; notifications {[n.message for n in app._notifications]}")
+    screen = app.screen
+    screen.query_one("#gen-prompt", Input).value = prompt
+    await pilot.press("enter")
+    return screen
+
+
 async def test_try_the_model_streams_what_the_cli_prints(eval_workspace, tmp_path):  # noqa: F811
     ws = eval_workspace.ws
     run = clone_run(eval_workspace.run, ws.runs_dir / "29990101-000000-try")  # the newest: the pane's first run
@@ -31,15 +45,7 @@ async def _try_it(ws, run) -> None:
     assert cli.returncode == 0, cli.stderr
     app = make_app(ws, profile="evalfx")
     async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot, app)
-        await pilot.press("f5")
-        await settle(pilot, app)
-        await pilot.press("g")
-        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "GenerateScreen",
-                       what=f"the generate screen; focus {app.focused}, notes {[n.message for n in app._notifications]}")
-        screen = app.screen
-        screen.query_one("#gen-prompt", Input).value = "def add("
-        await pilot.press("enter")
+        screen = await _prompt(pilot, app, "def add(")
         status = screen.query_one("#gen-status")
         await wait_for(pilot, lambda: "tok/s" in str(status.render()) or "error" in str(status.render()),
                        timeout=120, what="the generation to end")
@@ -60,14 +66,7 @@ async def test_try_a_damaged_checkpoint_shows_the_error(eval_workspace, tmp_path
     try:
         app = make_app(ws, profile="evalfx")
         async with app.run_test(size=(120, 40)) as pilot:
-            await settle(pilot, app)
-            await pilot.press("f5")
-            await settle(pilot, app)
-            await pilot.press("g")
-            await wait_for(pilot, lambda: app.screen.__class__.__name__ == "GenerateScreen", what="the screen")
-            screen = app.screen
-            screen.query_one("#gen-prompt", Input).value = "x"
-            await pilot.press("enter")
+            screen = await _prompt(pilot, app, "x")
             status = screen.query_one("#gen-status")
             await wait_for(pilot, lambda: "not a readable safetensors file" in str(status.render()), timeout=120,
                            what=f"the child's one-line error; status: {status.render()}")
