@@ -3,7 +3,8 @@
 The first table is the trainer's own `eval` events: for each picked run, its latest evaluation,
 one column per run. The second is the eval harness's latest runs/<id>/evals.jsonl record of each run
 (bits per byte per domain, probe scores), with its sample generations for the first run below; `e`
-runs the harness on the first run in a `fcwork eval` subprocess (torch stays out of the app).
+runs the harness on the first run, `g` prompts its model, `x` exports it, each through a `fcwork`
+child process (torch stays out of the app).
 """
 
 from __future__ import annotations
@@ -22,9 +23,18 @@ from fcwork.commands.eval import PROBE_ROWS
 from fcwork.panes.base import Pane
 from fcwork.jobs import child_env
 from fcwork.widgets.generate_screen import GenerateScreen
-from fcwork.widgets.modals import PickManyScreen
+from fcwork.widgets.modals import PickManyScreen, PickScreen
 
 REDRAW_S = 1.0
+EXPORT_CHOICES = [
+    ("hf f32: transformers (config.json, model.safetensors, tokenizer)", ("hf", "f32")),
+    ("hf bf16", ("hf", "bf16")),
+    ("gguf f16: llama.cpp", ("gguf", "f16")),
+    ("gguf q8 (Q8_0)", ("gguf", "q8")),
+    ("gguf f32", ("gguf", "f32")),
+    ("mlx f32: mlx-lm on the Mac", ("mlx", "f32")),
+    ("mlx q8 (mlx-lm's converter; needs mlx)", ("mlx", "q8")),
+]
 DEFAULT_RUNS = 3
 
 
@@ -47,6 +57,7 @@ class EvalPane(Pane):
         Binding("h", "history", "Step history"),
         Binding("e", "run_eval", "Evaluate run"),
         Binding("g", "generate", "Try the model"),
+        Binding("x", "export", "Export"),
     ]
 
     def __init__(self, *a: Any, **kw: Any) -> None:
@@ -113,18 +124,46 @@ class EvalPane(Pane):
         self.run_worker(lambda: self._evaluate(run), name=f"eval {run}", group="eval", thread=True, exclusive=True,
                         exit_on_error=False)
 
-    def action_generate(self) -> None:
-        """Prompt the first picked run's latest checkpoint (else the newest run's that has one) and
-        watch its answer stream in."""
+    def _checkpointed_run(self, what: str) -> str | None:
+        """The first picked run, else the newest run with a checkpoint (None, with a warning, if none)."""
         run = self.run_ids[0] if self.run_ids else None
         if run is None:
             with self.store.lock:
                 newest = sorted(self.store.runs, reverse=True)
             run = next((r for r in newest if any((self.ws.runs_dir / r / "ckpt").glob("step-*"))), None)
         if run is None:
-            self.notify("no run with a checkpoint to try yet", severity="warning")
+            self.notify(f"no run with a checkpoint to {what} yet", severity="warning")
+        return run
+
+    def action_generate(self) -> None:
+        """Prompt a run's latest checkpoint and watch its answer stream in."""
+        run = self._checkpointed_run("try")
+        if run is not None:
+            self.app.push_screen(GenerateScreen(self.ws.root, run))
+
+    def action_export(self) -> None:
+        """Export a run's latest checkpoint in a format picked from a list, in a `fcwork export` child."""
+        run = self._checkpointed_run("export")
+        if run is None:
             return
-        self.app.push_screen(GenerateScreen(self.ws.root, run))
+
+        def picked(choice: tuple[str, str] | None) -> None:
+            if choice is not None:
+                self.notify(f"exporting {run} as {choice[0]} {choice[1]}")
+                self.run_worker(lambda: self._export(run, *choice), name=f"export {run}", group="export",
+                                thread=True, exclusive=True, exit_on_error=False)
+
+        self.app.push_screen(PickScreen(f"Export {run} (latest checkpoint) as", EXPORT_CHOICES), picked)
+
+    def _export(self, run: str, fmt: str, dtype: str) -> None:
+        """Thread worker: `fcwork export`; the folder it wrote, or its one-line error, becomes a notification."""
+        proc = subprocess.run([sys.executable, "-m", "fcwork.cli", "--workspace", str(self.ws.root), "export", run,
+                               "--format", fmt, "--dtype", dtype], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, env={**child_env(), "COLUMNS": "400"})
+        lines = (proc.stderr if proc.returncode else proc.stdout).strip().splitlines()
+        if proc.returncode:
+            raise RuntimeError(f"fcwork export {run}: {lines[-1] if lines else f'exit status {proc.returncode}'}")
+        self.app.call_from_thread(self.notify, next((ln for ln in lines if ln.startswith("exported")), "exported"))
 
     def _evaluate(self, run: str) -> None:
         """Thread worker: `fcwork eval RUN` in a child process; a failure raises (the app notifies)."""

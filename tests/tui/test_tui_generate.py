@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from textual.widgets import Input, Log
@@ -72,3 +73,28 @@ async def test_try_a_damaged_checkpoint_shows_the_error(eval_workspace, tmp_path
                            what=f"the child's one-line error; status: {status.render()}")
     finally:
         shutil.rmtree(bare)
+
+
+async def test_export_from_the_eval_pane(eval_workspace, tmp_path):  # noqa: F811
+    """x picks a format; a `fcwork export` child writes it and the notification names the folder."""
+    from tui_fixtures import notifications
+
+    ws = eval_workspace.ws
+    run = clone_run(eval_workspace.run, ws.runs_dir / "29990103-000000-export")
+    try:
+        app = make_app(ws, profile="evalfx")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("f5")
+            await settle(pilot, app)
+            await pilot.press("x")
+            await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PickScreen", what="the format list")
+            await pilot.press("down", "down", "down", "down", "enter")  # gguf f32
+            await wait_for(pilot, lambda: any(n.startswith("exported ") for n in notifications(app)), timeout=120,
+                           what=f"the export; notifications {notifications(app)}")
+        done = next(n for n in notifications(app) if n.startswith("exported "))
+        assert " as gguf f32 to " in done
+        folder = Path(done.rsplit(" to ", 1)[1])
+        assert folder.parent == run / "exports" and (folder / "model.gguf").stat().st_size > 0
+    finally:
+        shutil.rmtree(run)
