@@ -119,7 +119,7 @@ def generate(
     out: list[int] = []
     reason = "length"
     try:
-        logits = model(torch.tensor([ids], device=param.device), cache=cache, start_pos=0)[:, -1]
+        logits = model(torch.tensor([ids], device=param.device), cache=cache, start_pos=0, last_only=True)[:, -1]
         pos = len(ids)  # where the next fed token goes
         for i in range(cfg.max_new_tokens):
             nxt = int(sample_next(logits, cfg, gen)[0])
@@ -180,7 +180,7 @@ def generate_batch(
     was_training = model.training
     model.eval()
     try:
-        logits = model(rows.to(param.device), cache=cache, start_pos=0)[:, -1]
+        logits = model(rows.to(param.device), cache=cache, start_pos=0, last_only=True)[:, -1]
         pos = width
         for step in range(cfg.max_new_tokens):
             nxt = [int(sample_next(logits[i:i + 1], cfg, gens[i])[0]) if reasons[i] is None else EOS_ID

@@ -255,8 +255,10 @@ class Transformer(nn.Module):
         """Parameters counted once (a tied lm head shares the embedding's)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        """Logits [B, T, vocab] for tokens [B, T] at positions start_pos.. (a cache holds the earlier ones)."""
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits [B, T, vocab] for tokens [B, T] at positions start_pos.. (a cache holds the earlier ones);
+        with `last_only`, [B, 1, vocab] for the last position alone (a prompt's prefill needs no more)."""
         T = tokens.shape[1]
         limit, what = self.cfg.max_seq_len, "max_seq_len"
         if cache is not None and cache.max_len < limit:
@@ -272,6 +274,8 @@ class Transformer(nn.Module):
                 h = checkpoint(layer, h, cos, sin, use_reentrant=False)
             else:
                 h = layer(h, cos, sin, cache, start_pos)
+        if last_only:
+            h = h[:, -1:]
         return self.lm_head(self.norm(h))
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

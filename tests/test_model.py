@@ -187,6 +187,10 @@ def test_kv_cache_decoding_matches_full_forward():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     with pytest.raises(ModelError, match="expected at most 32 positions"):
         model(x[:, :1], cache, 32)
+    with torch.no_grad():
+        last = model(x[:, :8], KVCache.empty(cfg, batch=2, max_len=32), 0, last_only=True)
+    assert last.shape == (2, 1, cfg.vocab_size)
+    torch.testing.assert_close(last, full[:, 7:8], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("vocab", [8000, 50000])

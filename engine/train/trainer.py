@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,8 @@ class Trainer:
                                                 spec.model.vocab_size, st.seq_len, st.eval_batches * st.micro_batch)
             self.eval_bytes = window_bytes(self.eval_windows, spec.tokenizer) if self.eval_windows else None
             if st.eval_probes:
-                self.probe_limits = EvalLimits.during_training()
+                # Rows per forward as in a training micro batch: the memory the stage already budgets for.
+                self.probe_limits = replace(EvalLimits.during_training(), batch=min(8, st.micro_batch))
                 self.probe_text = load_heldout(spec.shards, spec.domains, probe_docs(self.probe_limits))
                 self.probe_tokenizer = Tokenizer.load(spec.tokenizer) if self.probe_text else None
         self.tokens_per_step = st.micro_batch * st.grad_accum * st.seq_len
