@@ -80,6 +80,8 @@ class GenerateScreen(ModalScreen[None]):
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env={**child_env(), "COLUMNS": "200"})
         self.proc = proc
+        if not self.is_attached:
+            proc.terminate()  # closed before the child started
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         assert proc.stdout is not None and proc.stderr is not None
         first = True
@@ -99,12 +101,15 @@ class GenerateScreen(ModalScreen[None]):
             self.app.call_from_thread(self._status, lines[-1] if lines else f"fcwork generate exited with {code}")
 
     def _append(self, text: str, first: bool) -> None:
+        if not self.is_attached:
+            return  # closed while the child was still writing
         if first:
             self._status("generating...")
         self.query_one("#gen-output", Log).write(text)
 
     def _status(self, text: str) -> None:
-        self.query_one("#gen-status", Static).update(text)
+        if self.is_attached:
+            self.query_one("#gen-status", Static).update(text)
 
     def action_close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

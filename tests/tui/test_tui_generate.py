@@ -12,7 +12,7 @@ import pytest
 from textual.widgets import Input, Log
 
 from tests.eval_fixtures import clone_run, eval_workspace  # noqa: F401  (fixture, used by name)
-from tui_fixtures import REPO_ROOT, make_app, settle, wait_for
+from tui_fixtures import REPO_ROOT, make_app, notifications, settle, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -55,8 +55,14 @@ async def _try_it(ws, run) -> None:
         assert text.rstrip("\n") == ("def add(" + cli.stdout).rstrip("\n")
         await pilot.press("ctrl+t")
         assert "chat" in str(screen.query_one("#gen-mode").render()).split(":")[0]
+        screen.query_one("#gen-prompt", Input).value = "What is 2+2?"
+        await pilot.press("enter")  # then close at once: the child is stopped, nothing fails
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen.__class__.__name__ != "GenerateScreen", what="the screen to close")
+        await wait_for(pilot, lambda: screen.proc is not None and screen.proc.poll() is not None, timeout=30,
+                       what="the child to end")
+        await pilot.pause(0.3)
+        assert app.is_running and not [n for n in notifications(app) if "fail" in n.lower() or "error" in n.lower()]
 
 
 async def test_try_a_damaged_checkpoint_shows_the_error(eval_workspace, tmp_path):  # noqa: F811
@@ -77,8 +83,6 @@ async def test_try_a_damaged_checkpoint_shows_the_error(eval_workspace, tmp_path
 
 async def test_export_from_the_eval_pane(eval_workspace, tmp_path):  # noqa: F811
     """x picks a format; a `fcwork export` child writes it and the notification names the folder."""
-    from tui_fixtures import notifications
-
     ws = eval_workspace.ws
     run = clone_run(eval_workspace.run, ws.runs_dir / "29990103-000000-export")
     try:
