@@ -29,6 +29,7 @@ MAX_ACKS = 256
 NOTABLE = ("status", "mix", "error", "checkpoint", "eval")  # events the app reacts to besides redraws
 # How EventWriter (compact) and json.dumps (default separators) begin a step event's line.
 STEP_PREFIXES = (b'{"type":"step"', b'{"type": "step"')
+RATE_WINDOW = 64  # step events the ETA's rate is measured over
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mem_bytes", "mfu")
 
 
@@ -107,6 +108,7 @@ class RunHistory:
     evals: deque = field(default_factory=lambda: deque(maxlen=MAX_EVALS))
     errors: deque = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
     acks: "OrderedDict[int, int]" = field(default_factory=OrderedDict)     # control request_id -> first step
+    recent: deque = field(default_factory=lambda: deque(maxlen=RATE_WINDOW))  # (time, step) of recent step events
     step_stride: int = 1   # every step_stride-th step event is kept as a point (doubles as series fill)
     steps_seen: int = 0
     checkpoints: int = 0
@@ -153,6 +155,11 @@ class RunHistory:
             keep = self.take_step() if keep is None else keep
             self.step = step
             self.last = ev
+            t = _number(ev.get("time"))
+            if t is not None:
+                if self.recent and step <= self.recent[-1][1]:
+                    self.recent.clear()  # replayed steps after a resume: the rate starts again
+                self.recent.append((t, step))
             for key in SCALARS:
                 v = _number(ev.get(key))
                 if v is not None:
@@ -170,6 +177,8 @@ class RunHistory:
             if self.state in ("", "starting"):
                 self.state = "running"
         elif kind == "status":
+            if ev.get("state") == "starting":
+                self.recent.clear()  # a new trainer process: time spent while none ran is not training
             self.state = str(ev.get("state") or self.state)
             if step is not None:
                 self.step = step
@@ -216,9 +225,17 @@ class RunHistory:
         return list(seen)
 
     def eta_seconds(self) -> float | None:
-        """Time left from the latest tokens/s and the tokens still to train."""
+        """Time left: the steps still to train at the wall-clock step rate of the recent step events
+        (evals and checkpoints included, noise averaged out); from the latest tokens/s until there are
+        two of them."""
+        if not self.max_steps or self.state not in ("running", "starting"):
+            return None
+        if len(self.recent) >= 2:
+            (t0, s0), (t1, s1) = self.recent[0], self.recent[-1]
+            if t1 > t0 and s1 > s0:
+                return max(0, self.max_steps - self.step) * (t1 - t0) / (s1 - s0)
         tps = _number(self.last.get("tokens_per_s"))
-        if not tps or not self.max_steps or self.state not in ("running", "starting"):
+        if not tps:
             return None
         per_step = self.tokens_per_step
         tokens, step = _number(self.last.get("tokens")), self.last.get("step")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from fcwork.tail import EventTail, RunHistory, RunStore, Series
-from tui_fixtures import REPO_ROOT, run_events, step_event, write_events
+from tui_fixtures import REPO_ROOT, T0, run_events, step_event, write_events
 
 
 def test_history_keeps_whole_span_in_bounded_memory():
@@ -118,3 +118,20 @@ def test_step_event_fixture_is_what_the_trainer_writes():
     assert set(ev) >= {"type", "time", "step", "tokens", "loss", "domain_loss", "lr", "grad_norm", "tokens_per_s",
                        "step_time", "mem_bytes", "mix"}
     assert Path(REPO_ROOT, "fcwork", "app.tcss").exists()
+
+
+def test_eta_follows_the_wall_clock_step_rate_not_the_noisy_tokens_per_s():
+    """Steps every 2 s while tokens/s jumps around (and an eval pause is in the time): the ETA is the
+    remaining steps at the measured rate; a new trainer process (status starting) starts it again."""
+    h = RunHistory("r")
+    h.ingest({"type": "status", "state": "running", "step": 0, "max_steps": 100, "time": T0})
+    for step in range(1, 41):
+        ev = step_event(step, t=T0 + 2.0 * step)
+        ev["tokens_per_s"] = 8192.0 * (3.0 if step % 2 else 0.5)  # what a busy machine reports
+        h.ingest(ev)
+    assert h.eta_seconds() == (100 - 40) * 2.0
+    h.ingest({"type": "status", "state": "starting", "step": 40, "max_steps": 100, "time": T0 + 5000})
+    h.ingest(step_event(41, t=T0 + 5010))
+    assert len(h.recent) == 1  # the hour with no trainer is not part of the rate
+    h.ingest(step_event(42, t=T0 + 5011))
+    assert h.eta_seconds() == (100 - 42) * 1.0
