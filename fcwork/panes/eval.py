@@ -24,6 +24,7 @@ from fcwork.panes.base import Pane
 from fcwork.jobs import child_env
 from fcwork.widgets.generate_screen import GenerateScreen
 from fcwork.widgets.modals import PickManyScreen, PickScreen
+from fcwork.widgets.row_table import RowTable
 
 REDRAW_S = 1.0
 EXPORT_CHOICES = [
@@ -71,10 +72,10 @@ class EvalPane(Pane):
     def compose(self) -> ComposeResult:
         yield Label("Held-out loss per domain (bits per byte in brackets)", markup=False, id="eval-title",
                     classes="pane-title")
-        yield DataTable(id="evals", cursor_type="row", zebra_stripes=True)
+        yield RowTable(id="evals")
         yield Static("", markup=False, id="eval-status")
         with VerticalScroll(id="harness-box"):
-            yield DataTable(id="harness", cursor_type="row", zebra_stripes=True)
+            yield RowTable(id="harness")
             yield Static("", markup=False, id="eval-samples")
 
     def on_mount(self) -> None:

@@ -25,6 +25,7 @@ from engine.errors import FcError, ProfileError
 from fcwork.panes.base import Pane
 from fcwork.widgets.bars import Bar
 from fcwork.widgets.colors import theme_color
+from fcwork.widgets.row_table import RowTable
 
 
 SOURCES_S = 2.0  # how often the shown pane re-checks its sources on disk
@@ -152,7 +153,7 @@ class ManifestPane(Pane):
 
     def compose(self) -> ComposeResult:
         yield Label("Sources", markup=False, id="sources-title", classes="pane-title")
-        table = DataTable(id="sources", cursor_type="row", zebra_stripes=True)
+        table = RowTable(id="sources")
         table.add_columns("source", "domain", "format", "status", "size", "tokens")
         yield table
         yield Static("", markup=False, id="data-status")

@@ -22,6 +22,7 @@ from fcwork.messages import ShowRun
 from fcwork.panes.base import Pane
 from fcwork.widgets.colors import theme_color
 from fcwork.widgets.modals import ConfirmScreen, PickScreen
+from fcwork.widgets.row_table import RowTable
 
 REDRAW_S = 1.0
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -121,7 +122,7 @@ class QueuePane(Pane):
 
     def compose(self) -> ComposeResult:
         yield Label("Queue", markup=False, id="queue-title", classes="pane-title")
-        table = DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
+        table = RowTable(id="queue-table")
         table.add_column("#", key="id")
         table.add_column("stage", key="stage")
         table.add_column("state", key="state")

@@ -21,6 +21,7 @@ from textual.worker import get_current_worker
 from engine.errors import TokenizerError
 from fcwork.panes.base import Pane
 from fcwork.widgets.colors import theme_color
+from fcwork.widgets.row_table import RowTable
 
 MAX_SHOWN_PIECES = 400
 
@@ -72,7 +73,7 @@ class TokenizerPane(Pane):
     def compose(self) -> ComposeResult:
         yield Label("Tokenizer", markup=False, id="tok-title", classes="pane-title")
         yield Static("", markup=False, id="tok-info")
-        table = DataTable(id="tok-domains", cursor_type="row", zebra_stripes=True)
+        table = RowTable(id="tok-domains")
         table.add_columns("domain", "sample chars", "tokens/char", "chars/token")
         yield table
         yield Static("", markup=False, id="tok-progress-label")

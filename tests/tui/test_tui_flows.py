@@ -598,3 +598,20 @@ async def test_eval_pane_lists_a_run_evaluated_only_by_the_harness(tmp_path):
         await settle(pilot, app)
         table = app.query_one("#harness", DataTable)
         assert quiet in [str(c.label) for c in table.columns.values()]
+
+
+async def test_home_and_end_go_to_the_first_and_last_row(tmp_path):
+    from textual.widgets import DataTable
+
+    ws = make_workspace(tmp_path / "ws")
+    app = make_app(ws)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, app)
+        await pilot.press("f3")
+        await settle(pilot, app)
+        table = app.query_one("#queue-table", DataTable)
+        table.focus()
+        await pilot.press("end")
+        assert table.cursor_row == table.row_count - 1 > 0
+        await pilot.press("home")
+        assert table.cursor_row == 0
