@@ -183,8 +183,12 @@ def generate_batch(
         logits = model(rows.to(param.device), cache=cache, start_pos=0, last_only=True)[:, -1]
         pos = width
         for step in range(cfg.max_new_tokens):
-            nxt = [int(sample_next(logits[i:i + 1], cfg, gens[i])[0]) if reasons[i] is None else EOS_ID
-                   for i in range(B)]
+            if cfg.temperature == 0:
+                picked = logits.argmax(dim=-1).tolist()
+            else:
+                picked = [int(sample_next(logits[i:i + 1], cfg, gens[i])[0]) if reasons[i] is None else EOS_ID
+                          for i in range(B)]
+            nxt = [t if reasons[i] is None else EOS_ID for i, t in enumerate(picked)]
             for i, t in enumerate(nxt):
                 if reasons[i] is not None:
                     continue
