@@ -171,6 +171,52 @@ def test_probes_run_on_a_real_model_and_score_in_range(eval_workspace):
     assert lm.score([("1. e4", " e5 2. Nf3"), ("1. e4", " e5 2. Nf3")]) == pytest.approx([full, full], rel=1e-6)
 
 
+class OracleLM:
+    """A stand-in for a perfect model: it continues a prompt with what follows it in the held-out
+    text (character by character, honouring the probe's stop test) and scores a continuation 0 when
+    the text goes on that way, else -1. Through the probes' own run() it must score 1.0."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def _after(self, prompt):
+        for t in self.texts:
+            i = t.find(prompt)
+            if i >= 0:
+                return t[i + len(prompt):]
+        return ""
+
+    def complete_many(self, prompts, max_new_tokens, stops, sampling=None):
+        from engine.probes import Completion
+
+        out = []
+        for prompt, stop in zip(prompts, stops):
+            text = ""
+            for ch in self._after(prompt)[:4000]:
+                text += ch
+                if stop is not None and stop(text):
+                    break
+            out.append(Completion(text, "stop"))
+        return out
+
+    def complete(self, prompt, max_new_tokens, stop=None, sampling=None):
+        return self.complete_many([prompt], max_new_tokens, [stop])[0]
+
+    def score(self, pairs):
+        return [0.0 if any(c + k in t for t in self.texts) else -1.0 for c, k in pairs]
+
+
+def test_a_perfect_model_scores_one_on_the_probes(eval_workspace):
+    """The probes' whole path (items from held-out text, prompts, stop tests, checks) gives full
+    marks to a model that knows the text. (The data probe asks questions the text does not contain,
+    so it has no oracle here: its answers are checked against Python above.)"""
+    heldout = load_heldout(eval_workspace.run.parent.parent / "data" / "evalfx" / "tok", ["chess", "code", "science"], 20)
+    for mod, metric in ((chess_probe, "legal"), (chess_probe, "match"), (code_probe, "compile"),
+                        (science_probe, "accuracy")):
+        res = mod.run(OracleLM(heldout[mod.DOMAIN]), heldout[mod.DOMAIN], 6, seed=0)
+        assert res.n > 0 and res.metrics[metric] == 1.0, (mod.NAME, res.metrics, res.examples[:1])
+
+
 # -- runs, evals.jsonl, CLI ----------------------------------------------------------------------------
 
 def test_eval_run_appends_a_record_with_metrics_probes_and_samples(eval_workspace, tmp_path):
