@@ -295,6 +295,11 @@ def test_cli_eval_shows_a_table_and_compare_puts_runs_side_by_side(eval_workspac
     assert bad.returncode == 2 and "no checkpoint at step 3" in bad.stderr and bad.stderr.count("\n") == 1
     none = _fcwork(root, "eval", "compare", a.name, "--step", "999")
     assert none.returncode == 2 and "no eval at step 999" in none.stderr
+    for args, message in ((("--items", "-3"), "--items: expected a non-negative integer, got -3"),
+                          (("--sample-tokens", "-1"), "--sample-tokens: expected a non-negative integer, got -1"),
+                          (("--probes", "chess,poetry"), "--probes: 'poetry' is not a probe")):
+        bad = _fcwork(root, "eval", a.name, *args)
+        assert bad.returncode == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
 
 
 def test_eval_line_shows_loss_bpb_and_probe_scores():

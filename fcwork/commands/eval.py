@@ -52,6 +52,10 @@ def _limits(args: argparse.Namespace):
     from engine.probes import PROBES
 
     limits = EvalLimits()
+    for arg in ("docs", "tokens", "items", "samples", "sample_tokens", "seed"):
+        value = getattr(args, arg)
+        if value is not None and value < 0:
+            raise FcError(f"--{arg.replace('_', '-')}: expected a non-negative integer, got {value}")
     for arg, name in (("docs", "bpb_docs"), ("tokens", "bpb_tokens"), ("samples", "samples"),
                       ("sample_tokens", "sample_tokens"), ("seed", "seed")):
         value = getattr(args, arg)
@@ -62,6 +66,9 @@ def _limits(args: argparse.Namespace):
             setattr(limits, name, args.items)
     if args.probes is not None:
         names = () if args.probes.strip() in ("", "none") else tuple(p.strip() for p in args.probes.split(","))
+        unknown = [n for n in names if n not in PROBES]
+        if unknown:
+            raise FcError(f"--probes: {unknown[0]!r} is not a probe (expected some of {', '.join(PROBES)}, or none)")
         limits.probes = names
     limits.check()
     return limits
