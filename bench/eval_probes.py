@@ -22,8 +22,7 @@ import torch  # noqa: E402
 
 from engine.evaluate import EvalLimits, ModelLM, load_heldout, probe_docs, sample_generations  # noqa: E402
 from engine.probes import PROBES, probe_module  # noqa: E402
-from engine.run_model import find_checkpoint, load_model  # noqa: E402
-from engine.tokenizer import Tokenizer  # noqa: E402
+from engine.run_model import find_checkpoint, load_model, load_tokenizer  # noqa: E402
 
 
 def main() -> int:
@@ -35,7 +34,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     ckpt = find_checkpoint(args.run_dir)
     model = load_model(ckpt, args.device)
-    tok = Tokenizer.load(ckpt.spec.tokenizer)
+    tok = load_tokenizer(ckpt)
     limits = EvalLimits()
     heldout = load_heldout(ckpt.spec.shards, ckpt.spec.domains, probe_docs(limits))
 

@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from engine.evaluate import load_heldout  # noqa: E402
 from engine.export import export_run  # noqa: E402
 from engine.generate import SamplingConfig, generate  # noqa: E402
-from engine.run_model import find_checkpoint, load_model  # noqa: E402
-from engine.tokenizer import EOS_ID, Tokenizer  # noqa: E402
+from engine.run_model import find_checkpoint, load_model, load_tokenizer  # noqa: E402
+from engine.tokenizer import EOS_ID  # noqa: E402
 
 
 def main() -> int:
@@ -40,7 +40,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     ckpt = find_checkpoint(args.run_dir)
-    tok = Tokenizer.load(ckpt.spec.tokenizer)
+    tok = load_tokenizer(ckpt)
     model = load_model(ckpt, "cpu")
     heldout = load_heldout(ckpt.spec.shards, ckpt.spec.domains, 4)
     prompts = {d: [EOS_ID, *tok.encode(docs[0][: args.prompt_chars])] for d, docs in heldout.items()}

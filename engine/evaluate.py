@@ -382,16 +382,12 @@ def eval_run(run_dir: str | os.PathLike, step: int | None = None, limits: EvalLi
 
     `threads` sets torch's CPU threads (one is fastest for tiny models on a busy machine).
     """
-    from engine.run_model import find_checkpoint, load_model
-    from engine.tokenizer import Tokenizer
+    from engine.run_model import find_checkpoint, load_model, load_tokenizer
 
     limits = limits or EvalLimits()
     limits.check()
     ckpt = find_checkpoint(run_dir, step)
-    tok = Tokenizer.load(ckpt.spec.tokenizer)
-    if tok.vocab_size != ckpt.spec.model.vocab_size:
-        raise RunError(f"{ckpt.spec.tokenizer}: {tok.vocab_size} pieces, but the run's model has vocab_size "
-                       f"{ckpt.spec.model.vocab_size}")
+    tok = load_tokenizer(ckpt)
     heldout = load_heldout(ckpt.spec.shards, ckpt.spec.domains, probe_docs(limits))
     if not heldout:
         raise RunError(f"{heldout_dir(ckpt.spec.shards)}: no held-out text for any of the run's domains "

@@ -183,12 +183,9 @@ def generate_batch(
         logits = model(rows.to(param.device), cache=cache, start_pos=0, last_only=True)[:, -1]
         pos = width
         for step in range(cfg.max_new_tokens):
-            if cfg.temperature == 0:
-                picked = logits.argmax(dim=-1).tolist()
-            else:
-                picked = [int(sample_next(logits[i:i + 1], cfg, gens[i])[0]) if reasons[i] is None else EOS_ID
-                          for i in range(B)]
-            nxt = [t if reasons[i] is None else EOS_ID for i, t in enumerate(picked)]
+            greedy = logits.argmax(dim=-1).tolist() if cfg.temperature == 0 else None
+            nxt = [EOS_ID if reasons[i] is not None else greedy[i] if greedy is not None
+                   else int(sample_next(logits[i:i + 1], cfg, gens[i])[0]) for i in range(B)]
             for i, t in enumerate(nxt):
                 if reasons[i] is not None:
                     continue

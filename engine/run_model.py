@@ -155,6 +155,17 @@ def read_tensors(ckpt: RunCheckpoint) -> tuple[dict[str, Any], dict[str, Any]]:
     return {k: v.to(torch.float32) for k, v in decoder.items()}, vision
 
 
+def load_tokenizer(ckpt: RunCheckpoint):
+    """The run's tokenizer, refused when its vocabulary does not fit the checkpoint's model."""
+    from engine.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(ckpt.spec.tokenizer)
+    if tok.vocab_size != ckpt.spec.model.vocab_size:
+        raise RunError(f"{ckpt.spec.tokenizer}: {tok.vocab_size} pieces, but the run's model has vocab_size "
+                       f"{ckpt.spec.model.vocab_size}")
+    return tok
+
+
 def load_model(ckpt: RunCheckpoint, device: str = "cpu"):
     """The run's Transformer with the checkpoint's weights, in eval mode (float32)."""
     import torch

@@ -15,11 +15,9 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
-from pathlib import Path
 from typing import Callable, Iterator
 
 JOBS = ("tokenizer", "data")
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _emit(obj: dict) -> None:
@@ -61,17 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def child_env() -> dict[str, str]:
-    """The environment of a child that imports this checkout's packages and writes unbuffered."""
-    env = dict(os.environ)
-    paths = [str(_REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def spawn(job: str, workspace: str | os.PathLike, profile: str) -> subprocess.Popen:
     """Start a job child: stdin closed, stdout piped (JSON lines), stderr to a temp file for crash text."""
+    from engine.supervisor import child_env
+
     env = child_env()
     err = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(

@@ -47,8 +47,8 @@ def read_prompt(arg: str) -> str:
 def cmd_generate(args: argparse.Namespace) -> int:
     from engine.chat_template import END, chat_prompt
     from engine.generate import SamplingConfig, TextStream, generate
-    from engine.run_model import find_checkpoint, load_model
-    from engine.tokenizer import EOS_ID, Tokenizer
+    from engine.run_model import find_checkpoint, load_model, load_tokenizer
+    from engine.tokenizer import EOS_ID
     from fcwork.commands.eval import eval_device
     from fcwork.commands.train import resolve_run
 
@@ -62,10 +62,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     device = eval_device(ws, args.device, err)
     ckpt = find_checkpoint(run_dir, args.step)
-    tok = Tokenizer.load(ckpt.spec.tokenizer)
-    if tok.vocab_size != ckpt.spec.model.vocab_size:
-        raise FcError(f"{ckpt.spec.tokenizer}: {tok.vocab_size} pieces, but the run's model has vocab_size "
-                      f"{ckpt.spec.model.vocab_size}")
+    tok = load_tokenizer(ckpt)
     model = load_model(ckpt, device)
     prompt = chat_prompt(text, args.system) if args.chat else text
     ids = [EOS_ID, *tok.encode(prompt)]  # EOS: the document boundary the model saw before every text

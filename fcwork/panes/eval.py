@@ -19,9 +19,9 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Label, Static
 
 from engine.evaluate import EVALS_FILE, read_evals
+from engine.supervisor import child_env
 from fcwork.commands.eval import PROBE_ROWS
 from fcwork.panes.base import Pane
-from fcwork.jobs import child_env
 from fcwork.widgets.generate_screen import GenerateScreen
 from fcwork.widgets.modals import PickManyScreen, PickScreen
 from fcwork.widgets.row_table import RowTable
