@@ -17,7 +17,8 @@ from engine.queue import StageQueue
 from fcwork.panes.queue import QueuePane
 from fcwork.widgets.modals import ConfirmScreen, PickManyScreen, PickScreen
 from tui_fixtures import (REPO_ROOT, RUN_DONE, RUN_LIVE, empty_workspace, make_app, make_run, make_workspace,
-                          key_latency, notifications, run_events, settle, step_event, wait_for, write_events)
+                          key_latency, notifications, run_events, settle, show_pane, step_event, wait_for,
+                          write_events)
 
 pytestmark = pytest.mark.anyio  # anyio's pytest plugin runs the async tests on asyncio
 
@@ -234,9 +235,7 @@ async def test_queue_add_move_remove_with_confirm(tmp_path):
     app = make_app(ws)
     q = StageQueue(ws)
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot, app)
-        await pilot.press("f3")
-        await settle(pilot, app)
+        await show_pane(pilot, app, "f3")
         pane: QueuePane = app.panes["queue"]
         await pilot.press("a")
         assert isinstance(app.screen, PickScreen)
@@ -266,9 +265,7 @@ async def test_queue_cancel_resume_and_errors_become_notifications(tmp_path):
     app = make_app(ws)
     q = StageQueue(ws)
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot, app)
-        await pilot.press("f3")
-        await settle(pilot, app)
+        await show_pane(pilot, app, "f3")
         table = app.query_one("#queue-table", DataTable)
         table.move_cursor(row=2)
         await pilot.press("c")
@@ -311,9 +308,7 @@ async def test_metrics_choose_run_and_views(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     app = make_app(ws)
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot, app)
-        await pilot.press("f4")
-        await settle(pilot, app)
+        await show_pane(pilot, app, "f4")
         metrics = app.panes["metrics"]
         assert metrics.run_id == RUN_LIVE and metrics.follow
         await pilot.press("r")
@@ -334,9 +329,7 @@ async def test_eval_runs_side_by_side_and_pick(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     app = make_app(ws)
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot, app)
-        await pilot.press("f5")
-        await settle(pilot, app)
+        await show_pane(pilot, app, "f5")
         table = app.query_one("#evals", DataTable)
         assert [str(c.label) for c in table.columns.values()] == ["domain", RUN_LIVE, RUN_DONE]
         assert [str(c) for c in table.get_row("step")] == ["step", "100", "300"]
@@ -500,9 +493,7 @@ async def test_eval_pane_shows_harness_records_and_runs_eval(tmp_path):
     append_eval(ws.runs_dir / RUN_DONE, record(report, RUN_DONE, 300, "ckpt/step-300", "ab" * 32, EvalLimits(), "cpu"))
     app = make_app(ws)
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot, app)
-        await pilot.press("f5")
-        await settle(pilot, app)
+        await show_pane(pilot, app, "f5")
         table = app.query_one("#harness", DataTable)
         assert [str(c.label) for c in table.columns.values()] == ["eval harness", RUN_DONE]
         assert [str(c) for c in table.get_row("bpb/code")] == ["bpb code", "1.234"]
@@ -593,9 +584,7 @@ async def test_eval_pane_lists_a_run_evaluated_only_by_the_harness(tmp_path):
     (ws.runs_dir / RUN_DONE / "evals.jsonl").rename(ws.runs_dir / quiet / "evals.jsonl")
     app = make_app(ws)
     async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot, app)
-        await pilot.press("f5")
-        await settle(pilot, app)
+        await show_pane(pilot, app, "f5")
         table = app.query_one("#harness", DataTable)
         assert quiet in [str(c.label) for c in table.columns.values()]
 
@@ -606,9 +595,7 @@ async def test_home_and_end_go_to_the_first_and_last_row(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     app = make_app(ws)
     async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot, app)
-        await pilot.press("f3")
-        await settle(pilot, app)
+        await show_pane(pilot, app, "f3")
         table = app.query_one("#queue-table", DataTable)
         table.focus()
         await pilot.press("end")

@@ -12,16 +12,14 @@ import pytest
 from textual.widgets import Input, Log
 
 from tests.eval_fixtures import clone_run, eval_workspace  # noqa: F401  (fixture, used by name)
-from tui_fixtures import REPO_ROOT, make_app, notifications, settle, wait_for
+from tui_fixtures import REPO_ROOT, make_app, notifications, show_pane, wait_for
 
 pytestmark = pytest.mark.anyio
 
 
 async def _prompt(pilot, app, prompt: str):
     """Open the Eval pane's generate screen and submit `prompt`; returns the screen."""
-    await settle(pilot, app)
-    await pilot.press("f5")
-    await settle(pilot, app)
+    await show_pane(pilot, app, "f5")
     await pilot.press("g")
     await wait_for(pilot, lambda: app.screen.__class__.__name__ == "GenerateScreen",
                    what=f"the generate screen; notifications {[n.message for n in app._notifications]}")
@@ -88,9 +86,7 @@ async def test_export_from_the_eval_pane(eval_workspace, tmp_path):  # noqa: F81
     try:
         app = make_app(ws, profile="evalfx")
         async with app.run_test(size=(120, 40)) as pilot:
-            await settle(pilot, app)
-            await pilot.press("f5")
-            await settle(pilot, app)
+            await show_pane(pilot, app, "f5")
             await pilot.press("x")
             await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PickScreen", what="the format list")
             await pilot.press("down", "down", "down", "down", "enter")  # gguf f32

@@ -212,6 +212,13 @@ def make_app(ws: Workspace, profile: str = "default"):
     return FcworkApp(ws.root, profile=profile, poll_s=0.05, cursor_blink=False)
 
 
+async def show_pane(pilot, app, key: str) -> None:
+    """Settle, press a pane's key (f1-f5), and settle again: the pane is built and caught up."""
+    await settle(pilot, app)
+    await pilot.press(key)
+    await settle(pilot, app)
+
+
 async def wait_for(pilot, cond, timeout: float = 10.0, what: str = "condition") -> None:
     """Pump the app until `cond()` holds (instead of sleeping a fixed time)."""
     import time
