@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import chess  # noqa: E402
 import chess.pgn  # noqa: E402
 
-from engine.builtin import BUILTIN_SOURCES, iter_builtin  # noqa: E402
-from engine.corpus import domain_quotas  # noqa: E402
+from engine.data.builtin import BUILTIN_SOURCES, iter_builtin  # noqa: E402
+from engine.data.corpus import domain_quotas  # noqa: E402
 from engine.profile import SourceConfig, load_profile  # noqa: E402
-from engine.sources import SourceStats, iter_source  # noqa: E402
+from engine.data.sources import SourceStats, iter_source  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from engine.model import Transformer  # noqa: E402
-from engine.model_config import PRESETS  # noqa: E402
+from engine.model.decoder import Transformer  # noqa: E402
+from engine.model.config import PRESETS  # noqa: E402
 from engine.train import checkpoint as ckpt  # noqa: E402
 
 

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from engine.evaluate import EvalLimits, ModelLM, load_heldout, probe_docs, sample_generations  # noqa: E402
-from engine.probes import PROBES, probe_module  # noqa: E402
-from engine.run_model import find_checkpoint, load_model, load_tokenizer  # noqa: E402
+from engine.eval.harness import EvalLimits, ModelLM, load_heldout, probe_docs, sample_generations  # noqa: E402
+from engine.eval.probes import PROBES, probe_module  # noqa: E402
+from engine.eval.run_model import find_checkpoint, load_model, load_tokenizer  # noqa: E402
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Eval throughput: held-out tokens scored per second by the eval harness against the training
 forward pass alone on the same number of tokens.
 
-The harness path (engine.evaluate.score_domains) reads documents as text, encodes them with
+The harness path (engine.eval.harness.score_domains) reads documents as text, encodes them with
 SentencePiece, cuts windows after an EOS, pads batches and sums the per-token NLL. The baseline
 is the trainer's forward (train mode, autograd on, `model.loss`) on full [batch, window] rows of
 the same token count; a no-grad forward is printed too. A tokenizer (vocab 8000) is trained on
@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from engine.builtin import iter_builtin  # noqa: E402
-from engine.evaluate import EvalLimits, ModelLM, score_domains  # noqa: E402
-from engine.model import Transformer  # noqa: E402
-from engine.model_config import PRESETS  # noqa: E402
-from engine.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from engine.data.builtin import iter_builtin  # noqa: E402
+from engine.eval.harness import EvalLimits, ModelLM, score_domains  # noqa: E402
+from engine.model.decoder import Transformer  # noqa: E402
+from engine.model.config import PRESETS  # noqa: E402
+from engine.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 SOURCES = {"code": "python-stdlib", "science": "science-docs", "chess": "chess-games", "data": "data-notebooks",
            "chat": "chat"}

@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.evaluate import load_heldout  # noqa: E402
+from engine.eval.harness import load_heldout  # noqa: E402
 from engine.export import export_run  # noqa: E402
-from engine.generate import SamplingConfig, generate  # noqa: E402
-from engine.run_model import find_checkpoint, load_model, load_tokenizer  # noqa: E402
-from engine.tokenizer import EOS_ID  # noqa: E402
+from engine.model.generate import SamplingConfig, generate  # noqa: E402
+from engine.eval.run_model import find_checkpoint, load_model, load_tokenizer  # noqa: E402
+from engine.data.tokenizer import EOS_ID  # noqa: E402
 
 
 def main() -> int:

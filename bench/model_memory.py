@@ -1,4 +1,4 @@
-"""Peak training memory measured on CUDA against engine.model_info.memory_estimate (the figure the queue shows).
+"""Peak training memory measured on CUDA against engine.model.info.memory_estimate (the figure the queue shows).
 
 For each case: build the model, run AdamW steps with bf16 autocast (fp32 on cpu), read
 torch.cuda.max_memory_allocated over a step after the first, and print it beside the
@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from engine.model import Transformer  # noqa: E402
-from engine.model_config import PRESETS  # noqa: E402
-from engine.model_info import memory_estimate  # noqa: E402
+from engine.model.decoder import Transformer  # noqa: E402
+from engine.model.config import PRESETS  # noqa: E402
+from engine.model.info import memory_estimate  # noqa: E402
 
 CASES = (  # preset, vocab, seq_len, micro_batch, activation checkpointing
     ("tiny", 8000, 256, 16, False),

@@ -1,4 +1,4 @@
-"""Pretokenization throughput: `engine.pretokenize` (process pool, and workers=1 in-process) against
+"""Pretokenization throughput: `engine.data.pretokenize` (process pool, and workers=1 in-process) against
 the natural single-process loop (`sp.encode(doc)` per document, written with `write_shard`).
 
 All three encode the same corpus (~15 MB of Python stdlib source and English prose, made
@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from engine.pretokenize import default_workers, pretokenize  # noqa: E402
-from engine.shards import open_shard, write_shard  # noqa: E402
-from engine.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from engine.data.pretokenize import default_workers, pretokenize  # noqa: E402
+from engine.data.shards import open_shard, write_shard  # noqa: E402
+from engine.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 DOMAINS = ["code", "prose"]
 CACHE = Path(__file__).resolve().parent / "out" / "pretokenize"
@@ -90,7 +90,7 @@ def threads_reference(raw: Path, out: Path, model: Path, tok: Tokenizer, threads
     """For comparison only: one process, SentencePiece's own threads over ~1 MB batches of documents."""
     import sentencepiece as spm
 
-    from engine.shards import ShardWriter
+    from engine.data.shards import ShardWriter
 
     sp = spm.SentencePieceProcessor(model_file=str(model))
     for d in DOMAINS:

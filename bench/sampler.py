@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from engine.sampler import MixSchedule, Sampler  # noqa: E402
-from engine.shards import open_shard, write_shard  # noqa: E402
+from engine.data.sampler import MixSchedule, Sampler  # noqa: E402
+from engine.data.shards import open_shard, write_shard  # noqa: E402
 
 MIX = {"science": 0.3, "code": 0.3, "chess": 0.15, "data": 0.2, "chat": 0.05}
 BATCH = 32

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from engine.hf_names import hf_config_dict, state_dict_to_hf  # noqa: E402
-from engine.model import Transformer  # noqa: E402
-from engine.model_config import PRESETS  # noqa: E402
+from engine.model.hf_names import hf_config_dict, state_dict_to_hf  # noqa: E402
+from engine.model.decoder import Transformer  # noqa: E402
+from engine.model.config import PRESETS  # noqa: E402
 
 
 def build(args: argparse.Namespace):

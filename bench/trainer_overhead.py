@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from engine.events import EventWriter  # noqa: E402
-from engine.model_config import PRESETS  # noqa: E402
+from engine.jobs.events import EventWriter  # noqa: E402
+from engine.model.config import PRESETS  # noqa: E402
 from engine.train.trainer import Trainer  # noqa: E402
 from tests.train_fixtures import build_train_workspace, make_run  # noqa: E402
 

@@ -16,7 +16,7 @@ import tomli_w
 
 from engine.atomic import atomic_write_text
 from engine.errors import ProfileError
-from engine.model_config import PRESETS, ModelConfig
+from engine.model.config import PRESETS, ModelConfig
 
 SOURCE_FORMATS = ("text", "jsonl", "parquet", "webdataset")
 BUILTIN_PREFIX = "builtin:"

@@ -27,7 +27,7 @@ def _emit(obj: dict) -> None:
 
 def run_job(job: str, workspace: str, profile: str) -> dict:
     """Run one job in this process; returns its result as plain data."""
-    from engine import pipeline
+    from engine.data import pipeline
     from engine.workspace import Workspace
 
     ws = Workspace.open(workspace)
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def spawn(job: str, workspace: str | os.PathLike, profile: str) -> subprocess.Popen:
     """Start a job child: stdin closed, stdout piped (JSON lines), stderr to a temp file for crash text."""
-    from engine.supervisor import child_env
+    from engine.jobs.supervisor import child_env
 
     env = child_env()
     err = tempfile.TemporaryFile(mode="w+")

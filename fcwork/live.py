@@ -39,7 +39,7 @@ class RunTail:
 
     def poll(self) -> list[dict]:
         """Read what was appended since the last poll; returns the new events."""
-        from engine.events import read_events
+        from engine.jobs.events import read_events
 
         path = self.run_dir / "events.jsonl"
         if not path.exists():
@@ -111,7 +111,7 @@ def follow_run(run_dir: Path, done: Callable[[], bool], console: Console | None 
 def follow_queue(ws, ids: list[int], console: Console | None = None,
                  stop: Callable[[], bool] = lambda: False) -> dict[int, RunTail]:
     """Show the given queue entries (one bar each) until none is queued or running, or `stop()`."""
-    from engine.queue import StageQueue, waiting_message
+    from engine.jobs.queue import StageQueue, waiting_message
 
     console = console or Console(stderr=True)
     queue = StageQueue(ws)
@@ -157,7 +157,7 @@ def follow_queue(ws, ids: list[int], console: Console | None = None,
 def _held(queue, unfinished: list, everything: list) -> list[tuple]:
     """[(entry, the cancelled or failed entry it waits for)] when every unfinished entry waits on
     one (nothing runs them until the user resumes it), else []."""
-    from engine.queue import RESUMABLE_STATES
+    from engine.jobs.queue import RESUMABLE_STATES
 
     held = []
     for entry in unfinished:

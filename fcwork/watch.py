@@ -172,7 +172,7 @@ class WorkspaceWatcher:
         if stamp is None:
             self.post(QueueChanged([]))
             return
-        from engine.queue import StageQueue
+        from engine.jobs.queue import StageQueue
 
         try:
             self.post(QueueChanged(StageQueue(self.ws).read()))
@@ -192,7 +192,7 @@ class WorkspaceWatcher:
             self.post(ProfileChanged(name, None, str(exc)))
 
     def _scan_runs(self) -> None:
-        from engine.runs import list_runs
+        from engine.jobs.runs import list_runs
 
         try:
             found = [p.name for p in reversed(list_runs(self.ws))]

@@ -3,7 +3,7 @@ real shards and run folders in the trainer's layout, holding randomly initialise
 
 Built once per test session from the built-in sources (chess PGN, data notebooks, stdlib code,
 science docs, chat): ~200 KB of text, a 600-piece tokenizer, training and held-out shards, and
-runs made by `engine.runs.create_run` with a checkpoint `ckpt/step-<N>/` (model.safetensors +
+runs made by `engine.jobs.runs.create_run` with a checkpoint `ckpt/step-<N>/` (model.safetensors +
 state.json) written the way the trainer writes it. Weights are drawn with a large spread so
 attention is sharp and a wrong Q/K layout changes the logits a lot.
 """
@@ -75,7 +75,7 @@ class EvalWorkspace:
 
 
 def _corpus() -> dict[str, list[str]]:
-    from engine.builtin import iter_builtin
+    from engine.data.builtin import iter_builtin
 
     return {d: list(iter_builtin(src, 3, CHARS[d])) for d, src in DOMAINS.items()}
 
@@ -85,8 +85,8 @@ def write_checkpoint(run_dir: Path, step: int = STEP, seed: int = 0, extra: dict
     import torch
     from safetensors.torch import save_file
 
-    from engine.model import Transformer
-    from engine.runs import load_run_spec
+    from engine.model.decoder import Transformer
+    from engine.jobs.runs import load_run_spec
 
     spec = load_run_spec(run_dir)
     torch.manual_seed(seed)
@@ -116,9 +116,9 @@ def write_checkpoint(run_dir: Path, step: int = STEP, seed: int = 0, extra: dict
 @pytest.fixture(scope="session")
 def eval_workspace(tmp_path_factory) -> EvalWorkspace:
     from engine.profile import loads_profile
-    from engine.runs import create_run
-    from engine.shards import write_shard
-    from engine.tokenizer import Tokenizer, train_tokenizer
+    from engine.jobs.runs import create_run
+    from engine.data.shards import write_shard
+    from engine.data.tokenizer import Tokenizer, train_tokenizer
     from engine.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("evalws") / "ws")
@@ -163,7 +163,7 @@ def clone_run(run_dir: Path, dest: Path, tokenizer: Path | None = None) -> Path:
 
 def load_run_model(run_dir: Path, step: int | None = None):
     """Our Transformer with the run's checkpoint weights (float32, eval mode)."""
-    from engine.run_model import find_checkpoint, load_model
+    from engine.eval.run_model import find_checkpoint, load_model
 
     return load_model(find_checkpoint(run_dir, step))
 

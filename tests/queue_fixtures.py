@@ -109,7 +109,7 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str,
 
 def events(run_dir: Path) -> list[dict]:
     """All events of a run (parsed with the engine's reader)."""
-    from engine.events import read_events
+    from engine.jobs.events import read_events
 
     path = Path(run_dir) / "events.jsonl"
     return read_events(path, 0)[0] if path.exists() else []
@@ -136,7 +136,7 @@ def pid_alive(pid: int) -> bool:
 
 def kill_workspace_processes(root: Path) -> None:
     """SIGKILL the supervisor and trainers still holding locks in a test workspace (ours only)."""
-    from engine.supervisor import holder_pid
+    from engine.jobs.supervisor import holder_pid
 
     locks = [root / "supervisor.lock", *sorted((root / "runs").glob("*/trainer.lock"))]
     for lock in locks:
@@ -153,7 +153,7 @@ def tiny_template(tmp_path_factory) -> Path:
     """A workspace with the tiny profile's corpus, tokenizer and shards, built once per session."""
     if not _have_trainer():
         pytest.skip("engine.train (the trainer) has not landed yet")
-    from engine.pipeline import prepare_data
+    from engine.data.pipeline import prepare_data
     from engine.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("tiny-template") / "ws")

@@ -21,16 +21,16 @@ import chess
 import chess.pgn
 import pytest
 
-from engine.builtin import BUILTIN_SOURCES, iter_builtin
-from engine.builtin.chat import conversation
-from engine.builtin.chess_games import Engine, Player, play_game
-from engine.builtin.data_notebooks import build_notebook
-from engine.builtin.openings import OPENINGS
-from engine.builtin.science_prose import TEMPLATES
-from engine.builtin.stdlib_code import generate as stdlib_generate, stdlib_files
+from engine.data.builtin import BUILTIN_SOURCES, iter_builtin
+from engine.data.builtin.chat import conversation
+from engine.data.builtin.chess_games import Engine, Player, play_game
+from engine.data.builtin.data_notebooks import build_notebook
+from engine.data.builtin.openings import OPENINGS
+from engine.data.builtin.science_prose import TEMPLATES
+from engine.data.builtin.stdlib_code import generate as stdlib_generate, stdlib_files
 from engine.errors import DataError
 from engine.profile import SPECIAL_SYMBOLS, SourceConfig
-from engine.sources import SourceStats, iter_source
+from engine.data.sources import SourceStats, iter_source
 
 REPO = Path(__file__).resolve().parent.parent
 NAMES = ["python-stdlib", "science-docs", "chess-games", "data-notebooks", "chat"]
@@ -50,8 +50,8 @@ def test_registry_names_the_five_sources_of_the_default_profile():
 
 
 def test_registry_imports_no_generator_module_until_used():
-    code = ("import sys, engine.builtin; "
-            "print(sorted(m for m in ('chess', 'numpy', 'torch', 'textual', 'engine.builtin.chess_games') "
+    code = ("import sys, engine.data.builtin; "
+            "print(sorted(m for m in ('chess', 'numpy', 'torch', 'textual', 'engine.data.builtin.chess_games') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -89,7 +89,7 @@ def test_same_seed_same_docs_other_seed_other_docs(name):
 
 def test_science_docs_are_the_same_in_a_fresh_process():
     """Module imports and attribute walks must not depend on what the process imported before."""
-    code = ("import hashlib, sys; from engine.builtin import iter_builtin; "
+    code = ("import hashlib, sys; from engine.data.builtin import iter_builtin; "
             "h = hashlib.sha256(); [h.update(d.encode()) for d in iter_builtin('science-docs', 5, 60000)]; "
             "print(h.hexdigest())")
     fresh = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
@@ -157,7 +157,7 @@ def test_worked_problems_run_for_many_seeds(template):
 
 
 def test_worked_problem_numbers_check_out():
-    from engine.builtin.science_prose import elastic_collision, euclid
+    from engine.data.builtin.science_prose import elastic_collision, euclid
 
     for seed in range(20):
         text = euclid(random.Random(seed)).solution

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.shards import open_shard
-from engine.tokenizer import Tokenizer
+from engine.data.shards import open_shard
+from engine.data.tokenizer import Tokenizer
 from tests.conftest import REPO
 
 STDLIB = Path(json.__file__).parent.parent

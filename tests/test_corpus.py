@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.corpus import build_corpus, domain_quotas, read_manifest
+from engine.data.corpus import build_corpus, domain_quotas, read_manifest
 from engine.errors import DataError
 from engine.profile import loads_profile
 

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 import torch.nn.functional as F
 
 from engine.errors import FcError, RunError, TokenizerError
-from engine.evaluate import EvalLimits, ModelLM, eval_run, evaluate_model, load_heldout, read_evals
-from engine.probes import chess as chess_probe
-from engine.probes import code as code_probe
-from engine.probes import data as data_probe
-from engine.probes import science as science_probe
-from engine.run_model import sha256_file
+from engine.eval.harness import EvalLimits, ModelLM, eval_run, evaluate_model, load_heldout, read_evals
+from engine.eval.probes import chess as chess_probe
+from engine.eval.probes import code as code_probe
+from engine.eval.probes import data as data_probe
+from engine.eval.probes import science as science_probe
+from engine.eval.run_model import sha256_file
 from tests.conftest import REPO
 from tests.eval_fixtures import clone_run, eval_workspace, load_run_model, one_torch_thread  # noqa: F401
 
@@ -38,7 +38,7 @@ GAME = """[Event "Probe"]
 
 
 def _tokenizer(ew):
-    from engine.tokenizer import Tokenizer
+    from engine.data.tokenizer import Tokenizer
 
     return Tokenizer.load(ew.tokenizer_path)
 
@@ -117,7 +117,7 @@ def test_data_answers_equal_what_python_prints_for_the_notebook_cells():
     import io
     import re
 
-    from engine.builtin import iter_builtin
+    from engine.data.builtin import iter_builtin
 
     docs = [d for _, d in zip(range(30), iter_builtin("data-notebooks", 5, 10**7))]
     items = data_probe.build_items(docs, 30, seed=0)
@@ -187,7 +187,7 @@ class OracleLM:
         return ""
 
     def complete_many(self, prompts, max_new_tokens, stops, sampling=None):
-        from engine.probes import Completion
+        from engine.eval.probes import Completion
 
         out = []
         for prompt, stop in zip(prompts, stops):
@@ -240,8 +240,8 @@ def test_eval_run_appends_a_record_with_metrics_probes_and_samples(eval_workspac
 
 
 def test_trainer_hook_evaluates_a_model_in_memory(eval_workspace, tmp_path):
-    from engine.evaluate import evaluate_for_run
-    from engine.runs import load_run_spec
+    from engine.eval.harness import evaluate_for_run
+    from engine.jobs.runs import load_run_spec
 
     run = clone_run(eval_workspace.run, tmp_path / "run")
     model = load_run_model(run).train()
@@ -351,7 +351,7 @@ def test_eval_device_auto_and_refusals(workspace):
 def test_eval_device_auto_leaves_a_training_accelerator_alone(workspace, monkeypatch):
     from rich.console import Console
 
-    from engine.queue import StageQueue
+    from engine.jobs.queue import StageQueue
     from fcwork.commands.eval import eval_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend there is a GPU
@@ -365,9 +365,9 @@ def test_eval_device_auto_leaves_a_training_accelerator_alone(workspace, monkeyp
 
 
 def test_cli_generate_streams_greedy_text_and_refuses_bad_input(eval_workspace):
-    from engine.chat_template import chat_prompt
-    from engine.generate import SamplingConfig, generate
-    from engine.tokenizer import EOS_ID
+    from engine.data.chat_template import chat_prompt
+    from engine.model.generate import SamplingConfig, generate
+    from engine.data.tokenizer import EOS_ID
 
     root, run = eval_workspace.ws.root, eval_workspace.run
     tok = _tokenizer(eval_workspace)
@@ -394,7 +394,7 @@ def test_cli_generate_streams_greedy_text_and_refuses_bad_input(eval_workspace):
 
 def test_complete_many_is_complete_for_each_prompt(eval_workspace):
     """The probes' batched completions are the one-by-one ones: same text and reason, stops per prompt."""
-    from engine.generate import SamplingConfig
+    from engine.model.generate import SamplingConfig
 
     lm = ModelLM(load_run_model(eval_workspace.run), _tokenizer(eval_workspace), batch=3)
     prompts = ["1. e4 e5 2. Nf3", "def mean(xs):\n    ", "| a | b |\n|---|---|\n| 1 | 2 |\nmax of a:", "The", "x = ["]

@@ -41,7 +41,7 @@ def our_logits(run_dir: Path, ids: torch.Tensor) -> torch.Tensor:
 
 
 def our_ids(tokenizer_path: Path, text: str) -> list[int]:
-    from engine.tokenizer import Tokenizer
+    from engine.data.tokenizer import Tokenizer
 
     return Tokenizer.load(tokenizer_path).encode(text)
 

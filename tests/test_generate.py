@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.errors import ModelError
-from engine.generate import (
+from engine.model.generate import (
     GREEDY,
     SamplingConfig,
     generate,
@@ -17,8 +17,8 @@ from engine.generate import (
     top_k_filter,
     top_p_filter,
 )
-from engine.model import Transformer
-from engine.model_config import ModelConfig
+from engine.model.decoder import Transformer
+from engine.model.config import ModelConfig
 from tests.eval_fixtures import one_torch_thread  # noqa: E402,F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -126,7 +126,7 @@ def test_long_prompts_are_cut_and_context_ends_generation(model):
 def test_text_stream_pieces_add_up_to_the_decoded_text(byte_ids):
     """Ids as UTF-8 bytes (so characters split across tokens): the printed pieces never show half
     a character while more may come, and with the flush they are exactly the decoded text."""
-    from engine.generate import TextStream
+    from engine.model.generate import TextStream
 
     decode = lambda ids: bytes(ids).decode("utf-8", errors="replace")  # noqa: E731
     stream = TextStream(decode)
@@ -144,8 +144,8 @@ def test_on_token_sees_each_kept_token_in_order(model):
 def test_chat_prompt_is_the_layout_the_chat_source_trains_on():
     import random
 
-    from engine.builtin.chat import conversation
-    from engine.chat_template import chat_prompt
+    from engine.data.builtin.chat import conversation
+    from engine.data.chat_template import chat_prompt
 
     doc = conversation(random.Random(5))
     asked = chat_prompt("What is 2+2?")
@@ -157,7 +157,7 @@ def test_chat_prompt_is_the_layout_the_chat_source_trains_on():
 def test_batched_generation_gives_each_prompt_its_own_tokens(model):
     """Prompts of different lengths generated together (left-padded, padding masked) give the tokens
     each gives alone: greedy, and sampled (row i seeded cfg.seed + i), with per-row stops and ends."""
-    from engine.generate import generate_batch
+    from engine.model.generate import generate_batch
 
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 97, (n,), generator=g).tolist() for n in (1, 7, 3, 20)]

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import ModelError
-from engine.hf_names import hf_config_dict, hf_to_state_dict, state_dict_to_hf
-from engine.model import KVCache, Transformer
-from engine.model_config import PRESETS, ModelConfig
-from engine.model_info import memory_estimate, param_breakdown, vision_params
+from engine.model.hf_names import hf_config_dict, hf_to_state_dict, state_dict_to_hf
+from engine.model.decoder import KVCache, Transformer
+from engine.model.config import PRESETS, ModelConfig
+from engine.model.info import memory_estimate, param_breakdown, vision_params
 from tests.conftest import REPO
 
 SMALL = ModelConfig(dim=64, n_layers=2, n_heads=8, n_kv_heads=2, ffn_dim=160, vocab_size=300, max_seq_len=64)
@@ -72,7 +72,7 @@ def test_causal_masking_future_token_does_not_change_earlier_logits():
 
 def _reference_attention(attn, x, cos, sin):
     """Grouped-query attention written out: k/v heads repeated, explicit causal softmax."""
-    from engine.model import apply_rope
+    from engine.model.decoder import apply_rope
 
     B, T, _ = x.shape
     q = apply_rope(attn.q_proj(x).view(B, T, attn.n_heads, -1), cos, sin).transpose(1, 2)
@@ -129,7 +129,7 @@ def test_loss_none_equals_manual_cross_entropy():
 
 
 def test_cross_entropy_gradient_equals_torch_and_gradcheck():
-    from engine.model import _CrossEntropy, cross_entropy
+    from engine.model.decoder import _CrossEntropy, cross_entropy
 
     torch.manual_seed(0)
     logits = torch.randn(12, 40, requires_grad=True)

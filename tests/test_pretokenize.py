@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import DataError
-from engine.pretokenize import pretokenize
-from engine.shards import HEADER_SIZE, open_shard
-from engine.tokenizer import Tokenizer, file_hash, train_tokenizer
+from engine.data.pretokenize import pretokenize
+from engine.data.shards import HEADER_SIZE, open_shard
+from engine.data.tokenizer import Tokenizer, file_hash, train_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 DOMAINS = ["code", "science"]

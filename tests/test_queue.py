@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from engine.errors import ProfileError, QueueError
-from engine.queue import StageQueue, parse_queue
+from engine.jobs.queue import StageQueue, parse_queue
 from tests.conftest import REPO
 from tests.queue_fixtures import fcwork
 
@@ -85,7 +85,7 @@ def test_claim_next_prefers_orphaned_running(workspace):
 
 ADDER = textwrap.dedent("""
     import sys
-    from engine.queue import StageQueue
+    from engine.jobs.queue import StageQueue
     from engine.workspace import Workspace
     q = StageQueue(Workspace(__import__("pathlib").Path(sys.argv[1])))
     for i in range(int(sys.argv[2])):

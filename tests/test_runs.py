@@ -8,8 +8,8 @@ import tomllib
 import pytest
 
 from engine.errors import DataError, RunError, TokenizerError
-from engine.events import EventWriter, read_events, tail_events
-from engine.runs import (
+from engine.jobs.events import EventWriter, read_events, tail_events
+from engine.jobs.runs import (
     create_run, latest_checkpoint, list_runs, load_run_spec, read_run, run_domains,
 )
 from tests.train_fixtures import TRAIN_DOMAINS, finish_run_by_hand, train_workspace  # noqa: F401

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import DataError
-from engine.sampler import MixSchedule, Sampler, hash_indices
-from engine.shards import open_shard, write_shard
+from engine.data.sampler import MixSchedule, Sampler, hash_indices
+from engine.data.shards import open_shard, write_shard
 
 REPO = Path(__file__).resolve().parent.parent
 HASH = hashlib.sha256(b"sampler tests").hexdigest()
@@ -298,6 +298,6 @@ def test_epochs(shards):
 
 
 def test_no_torch_import():
-    code = "import sys, engine.sampler, engine.shards, engine.pretokenize; print('torch' in sys.modules)"
+    code = "import sys, engine.data.sampler, engine.data.shards, engine.data.pretokenize; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

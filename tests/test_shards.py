@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import engine.shards as shards_mod
+import engine.data.shards as shards_mod
 from engine.errors import DataError, ShardError
-from engine.shards import HEADER_SIZE, ShardWriter, open_shard, token_dtype, write_shard
+from engine.data.shards import HEADER_SIZE, ShardWriter, open_shard, token_dtype, write_shard
 
 HASH = hashlib.sha256(b"tokenizer A").hexdigest()
 OTHER = hashlib.sha256(b"tokenizer B").hexdigest()

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.profile import SourceConfig
-from engine.sources import SourceStats, iter_source
+from engine.data.sources import SourceStats, iter_source
 
 
 def read(src: SourceConfig, tmp_path, **kw):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import TokenizerError
-from engine.tokenizer import EOS_ID, Tokenizer, balanced_sample, file_hash, train_tokenizer
+from engine.data.tokenizer import EOS_ID, Tokenizer, balanced_sample, file_hash, train_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 

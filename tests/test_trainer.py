@@ -60,7 +60,7 @@ def test_run_reports_status_steps_evals_and_checkpoints(finished_run):
 def test_each_eval_runs_the_probes_into_evals_jsonl(finished_run):
     """eval_probes (on by default): every eval also runs the harness on the weights in memory; its
     record lands in evals.jsonl (no checkpoint fields) and its probe scores ride on the eval event."""
-    from engine.evaluate import EvalLimits, read_evals
+    from engine.eval.harness import EvalLimits, read_evals
 
     evals = events_of(finished_run, "eval")
     recs = read_evals(finished_run)
@@ -153,7 +153,7 @@ def test_a_crash_exits_1_with_the_traceback_in_the_log(train_workspace):
 
 
 def test_init_from_loads_the_earlier_stage(train_workspace, finished_run):
-    from engine.runs import create_run
+    from engine.jobs.runs import create_run
 
     # finished_run is a finished "short" run: "follow" starts from its final weights.
     run = create_run(train_workspace.ws, train_workspace.profile, "follow")
@@ -170,7 +170,7 @@ def test_init_from_loads_the_earlier_stage(train_workspace, finished_run):
 
 
 def test_init_from_refuses_another_tokenizer_or_shape(train_workspace, finished_run, tmp_path):
-    from engine.runs import create_run
+    from engine.jobs.runs import create_run
 
     init = tmp_path / "init"
     shutil.copytree(finished_run / "ckpt" / "step-12", init)
@@ -243,8 +243,8 @@ def test_peak_flops_table_and_device_choice():
 def test_checkpoint_round_trip_with_tied_embeddings(tmp_path):
     import torch
 
-    from engine.model import Transformer
-    from engine.model_config import ModelConfig
+    from engine.model.decoder import Transformer
+    from engine.model.config import ModelConfig
     from engine.train import checkpoint as ckpt
 
     cfg = ModelConfig(dim=16, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=32, vocab_size=50, max_seq_len=16,

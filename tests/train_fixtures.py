@@ -149,8 +149,8 @@ def train_workspace(tmp_path_factory) -> TrainWorkspace:
 def build_train_workspace(root: Path) -> TrainWorkspace:
     """Corpus, a real SentencePiece tokenizer and real shards (training and held-out) in `root`."""
     from engine.profile import loads_profile
-    from engine.shards import write_shard
-    from engine.tokenizer import Tokenizer, train_tokenizer
+    from engine.data.shards import write_shard
+    from engine.data.tokenizer import Tokenizer, train_tokenizer
     from engine.workspace import Workspace
 
     ws = Workspace(root)
@@ -185,7 +185,7 @@ def build_train_workspace(root: Path) -> TrainWorkspace:
 
 def make_run(tw: TrainWorkspace, stage: str = "short", **overrides: Any) -> Path:
     """create_run for a stage of the fixture profile, then `overrides` written into [stage]."""
-    from engine.runs import create_run
+    from engine.jobs.runs import create_run
 
     run_dir = create_run(tw.ws, tw.profile, stage)
     if overrides:
@@ -198,7 +198,7 @@ def make_run(tw: TrainWorkspace, stage: str = "short", **overrides: Any) -> Path
 
 def finish_run_by_hand(run_dir: Path, steps: tuple[int, ...], state: str = "finished", tokenizer_hash: str = "") -> None:
     """Give a run checkpoint folders and a final status without training (for run-listing tests)."""
-    from engine.events import EventWriter
+    from engine.jobs.events import EventWriter
 
     for step in steps:
         ckpt = run_dir / "ckpt" / f"step-{step}"
@@ -266,7 +266,7 @@ def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 
 def events_of(run_dir: Path, kind: str | None = None) -> list[dict]:
-    from engine.events import read_events
+    from engine.jobs.events import read_events
 
     events, _ = read_events(run_dir / "events.jsonl")
     return [e for e in events if kind is None or e["type"] == kind]

@@ -30,7 +30,7 @@ def export_run(
 ) -> ExportResult:
     """Export checkpoint `step` (the latest when None) of a run; returns what was written where."""
     from engine.export.common import write_manifest, write_vision
-    from engine.run_model import find_checkpoint, read_tensors
+    from engine.eval.run_model import find_checkpoint, read_tensors
 
     check_options(fmt, dtype)
     if fmt == "hf" and dtype == "q8":

@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.atomic import atomic_write_text
 from engine.errors import FcError
-from engine.run_model import RunCheckpoint
+from engine.eval.run_model import RunCheckpoint
 
 FORMATS = ("hf", "gguf", "mlx")
 DTYPES = ("f32", "f16", "bf16", "q8")

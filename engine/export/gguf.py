@@ -24,9 +24,9 @@ from engine.errors import FcError
 from engine.export.common import ExportError
 from engine.export.hf_tokenizer import SPACE, check_convertible
 from engine.export.spm_model import CONTROL, USER_DEFINED, SpmModel, read_spm_model
-from engine.hf_names import state_dict_to_hf
-from engine.run_model import RunCheckpoint
-from engine.tokenizer import BOS_ID, EOS_ID, UNK_ID
+from engine.model.hf_names import state_dict_to_hf
+from engine.eval.run_model import RunCheckpoint
+from engine.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
 GGUF_FILE = "model.gguf"
 END_OF_TURN = "<|end|>"

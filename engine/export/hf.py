@@ -14,9 +14,9 @@ from typing import Any
 from engine.atomic import atomic_write_text
 from engine.export.common import HF_DTYPE, ExportError, torch_dtype
 from engine.export.hf_tokenizer import write_hf_tokenizer
-from engine.hf_names import hf_config_dict, state_dict_to_hf
-from engine.run_model import RunCheckpoint
-from engine.tokenizer import BOS_ID, EOS_ID
+from engine.model.hf_names import hf_config_dict, state_dict_to_hf
+from engine.eval.run_model import RunCheckpoint
+from engine.data.tokenizer import BOS_ID, EOS_ID
 
 
 def hf_tensors(decoder: dict[str, Any], dtype: str, tied: bool) -> dict[str, Any]:

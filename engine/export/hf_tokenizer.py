@@ -20,7 +20,7 @@ from typing import Any
 from engine.atomic import atomic_write_text
 from engine.errors import TokenizerError
 from engine.export.spm_model import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, SpmModel, read_spm_model
-from engine.tokenizer import BOS_ID, EOS_ID
+from engine.data.tokenizer import BOS_ID, EOS_ID
 
 SPACE = "\u2581"
 # Whatever transformers version loads the export, take tokenizer.json as written.

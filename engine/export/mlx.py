@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.export.common import ExportError
 from engine.export.hf import write_hf_folder
-from engine.run_model import RunCheckpoint
+from engine.eval.run_model import RunCheckpoint
 
 Q_BITS = 8
 Q_GROUP = 64

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.atomic import atomic_write_text
 from engine.errors import ModelError, RunError
-from engine.runs import CKPT_PREFIX, CKPT_STATE, checkpoints
+from engine.jobs.runs import CKPT_PREFIX, CKPT_STATE, checkpoints
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optim.pt"

@@ -1,6 +1,6 @@
 """The trainer's data: training shards per domain behind the sampler, and fixed held-out windows.
 
-Training batches come from engine.sampler, a pure function of (seed, sequence index, mix in force),
+Training batches come from engine.data.sampler, a pure function of (seed, sequence index, mix in force),
 so a resumed run draws exactly what the uninterrupted run would have. Held-out windows are
 evenly spaced over each domain's held-out shard: the same windows at every eval.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import DataError
-from engine.shards import open_shard
+from engine.data.shards import open_shard
 
 
 def open_training_shards(shard_dir: Path, domains: list[str], tokenizer_hash: str, vocab_size: int) -> dict:
@@ -51,7 +51,7 @@ def heldout_windows(
 def window_bytes(windows: dict[str, np.ndarray], tokenizer_path: Path) -> dict[str, int] | None:
     """UTF-8 bytes of each domain's target tokens (for bits per byte); None if the tokenizer won't load."""
     from engine.errors import TokenizerError
-    from engine.tokenizer import Tokenizer
+    from engine.data.tokenizer import Tokenizer
 
     try:
         tok = Tokenizer.load(tokenizer_path)

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from engine.errors import DataError, FcError, RunError
-from engine.evaluate import EvalLimits, evaluate_for_run, load_heldout, probe_docs
-from engine.events import EVENTS_FILE, EventWriter, read_events
-from engine.runs import CKPT_DIR, CKPT_PREFIX, RunSpec, checkpoints, load_run_spec
-from engine.sampler import MixSchedule, Sampler
-from engine.tokenizer import Tokenizer
+from engine.eval.harness import EvalLimits, evaluate_for_run, load_heldout, probe_docs
+from engine.jobs.events import EVENTS_FILE, EventWriter, read_events
+from engine.jobs.runs import CKPT_DIR, CKPT_PREFIX, RunSpec, checkpoints, load_run_spec
+from engine.data.sampler import MixSchedule, Sampler
+from engine.data.tokenizer import Tokenizer
 from engine.train import checkpoint as ckpt
 from engine.train.data import heldout_windows, open_training_shards, window_bytes
 from engine.train.device import DeviceInfo, eager, pick_device
@@ -109,7 +109,7 @@ class Trainer:
 
     def build_model(self) -> None:
         """The model (seeded), its optimizer, and the FLOPs per token that MFU is measured against."""
-        from engine.model import Transformer
+        from engine.model.decoder import Transformer
 
         cfg, st = self.spec.model, self.spec.stage
         torch.manual_seed(st.seed)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from engine.control import CONTROL_FILE, ControlRequest, parse_control
+from engine.jobs.control import CONTROL_FILE, ControlRequest, parse_control
 from engine.errors import ControlError
 
 log = logging.getLogger("fcwork.trainer")

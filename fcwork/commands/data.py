@@ -7,9 +7,9 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from engine import pipeline
-from engine.corpus import CorpusSummary, read_manifest
-from engine.sources import describe_source
+from engine.data import pipeline
+from engine.data.corpus import CorpusSummary, read_manifest
+from engine.data.sources import describe_source
 from engine.workspace import Workspace
 from fcwork.progress import rich_progress
 

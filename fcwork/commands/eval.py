@@ -48,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _limits(args: argparse.Namespace):
-    from engine.evaluate import EvalLimits
-    from engine.probes import PROBES
+    from engine.eval.harness import EvalLimits
+    from engine.eval.probes import PROBES
 
     limits = EvalLimits()
     for arg in ("docs", "tokens", "items", "samples", "sample_tokens", "seed"):
@@ -90,7 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.show:
         rec = _stored(run_dir, args.step)
     else:
-        from engine.evaluate import eval_run
+        from engine.eval.harness import eval_run
 
         limits = _limits(args)
         device = eval_device(ws, args.device, console)
@@ -120,7 +120,7 @@ def eval_device(ws: Workspace, want: str, console: Console) -> str:
     accel = next((d for d in ("cuda", "mps") if has[d]), None)
     if accel is None:
         return "cpu"
-    from engine.queue import StageQueue
+    from engine.jobs.queue import StageQueue
 
     try:
         busy = [e for e in StageQueue(ws).read() if e.state == "running"]
@@ -134,7 +134,7 @@ def eval_device(ws: Workspace, want: str, console: Console) -> str:
 
 
 def _stored(run_dir, step: int | None) -> dict:
-    from engine.evaluate import EVALS_FILE, read_evals
+    from engine.eval.harness import EVALS_FILE, read_evals
 
     recs = [r for r in read_evals(run_dir) if step is None or r.get("step") == step]
     if not recs:

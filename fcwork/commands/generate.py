@@ -45,10 +45,10 @@ def read_prompt(arg: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from engine.chat_template import END, chat_prompt
-    from engine.generate import SamplingConfig, TextStream, generate
-    from engine.run_model import find_checkpoint, load_model, load_tokenizer
-    from engine.tokenizer import EOS_ID
+    from engine.data.chat_template import END, chat_prompt
+    from engine.model.generate import SamplingConfig, TextStream, generate
+    from engine.eval.run_model import find_checkpoint, load_model, load_tokenizer
+    from engine.data.tokenizer import EOS_ID
     from fcwork.commands.eval import eval_device
     from fcwork.commands.train import resolve_run
 

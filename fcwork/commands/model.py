@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from engine.model_info import (
+from engine.model.info import (
     DEVICES,
     default_vocab,
     memory_estimate,

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from engine.errors import QueueError
-from engine.queue import StageQueue
+from engine.jobs.queue import StageQueue
 from engine.workspace import Workspace
 
 STATE_STYLE = {"queued": "cyan", "running": "bold blue", "done": "green", "failed": "red", "cancelled": "yellow"}
@@ -54,7 +54,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _maybe_start(q: StageQueue, start: bool) -> int:
-    from engine.supervisor import supervisor_pid
+    from engine.jobs.supervisor import supervisor_pid
 
     if start:
         print(f"supervisor running (pid {q.start()}); log: {q.ws.root / 'supervisor.log'}")
@@ -67,7 +67,7 @@ def entry_progress(q: StageQueue, run_id: str) -> str:
     """`step/total` of an entry's run ("-" before it has one)."""
     if not run_id:
         return "-"
-    from engine.runs import read_run
+    from engine.jobs.runs import read_run
     from fcwork.live import stage_max_steps
 
     run_dir = q.ws.runs_dir / run_id
@@ -85,7 +85,7 @@ def _get(obj, key, default=None):
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from engine.supervisor import supervisor_pid
+    from engine.jobs.supervisor import supervisor_pid
 
     q = _queue(args)
     entries = q.read()

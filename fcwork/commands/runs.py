@@ -42,7 +42,7 @@ def _frozen(run_dir: Path) -> dict:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from engine.runs import list_runs, read_run
+    from engine.jobs.runs import list_runs, read_run
 
     ws = Workspace.open(args.workspace)
     table = Table(Column("run", overflow="fold"), "profile", "stage", "state", "step/total", "loss",
@@ -69,7 +69,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from engine.runs import latest_checkpoint, read_run
+    from engine.jobs.runs import latest_checkpoint, read_run
 
     ws = Workspace.open(args.workspace)
     run_dir = resolve_run(ws, args.run)

@@ -7,9 +7,9 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from engine import pipeline
+from engine.data import pipeline
 from engine.errors import TokenizerError
-from engine.tokenizer import Tokenizer, TokenizerReport, read_report
+from engine.data.tokenizer import Tokenizer, TokenizerReport, read_report
 from engine.workspace import Workspace
 from fcwork.progress import rich_progress
 

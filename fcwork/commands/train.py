@@ -77,8 +77,8 @@ interrupts = _Interrupts()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.runs import create_run
-    from engine.supervisor import spawn_trainer
+    from engine.jobs.runs import create_run
+    from engine.jobs.supervisor import spawn_trainer
     from fcwork.live import follow_run
 
     ws = Workspace.open(args.workspace)
@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         while handled < interrupts.count:
             handled += 1
             if handled == 1:
-                from engine.control import write_control
+                from engine.jobs.control import write_control
 
                 write_control(run_dir, stop=True)
                 console.print("stopping: the trainer checkpoints, then exits (Ctrl-C again to send SIGTERM)")
@@ -119,9 +119,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -- fcwork run -----------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.pipeline import prepare_data
-    from engine.queue import StageQueue, profile_key
-    from engine.supervisor import ensure_supervisor
+    from engine.data.pipeline import prepare_data
+    from engine.jobs.queue import StageQueue, profile_key
+    from engine.jobs.supervisor import ensure_supervisor
     from fcwork.live import follow_queue
     from fcwork.progress import rich_progress
 
@@ -163,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def eval_events(run_dir: Path) -> list[dict]:
     """The run's `eval` events, in order."""
-    from engine.events import read_events
+    from engine.jobs.events import read_events
 
     path = Path(run_dir) / "events.jsonl"
     if not path.exists():
@@ -208,10 +208,10 @@ def parse_weights(pairs: list[str], domains: list[str], origin: str) -> dict[str
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
-    from engine.control import write_control
-    from engine.events import read_events
+    from engine.jobs.control import write_control
+    from engine.jobs.events import read_events
     from engine.profile import normalise_mix
-    from engine.supervisor import trainer_pid
+    from engine.jobs.supervisor import trainer_pid
 
     ws = Workspace.open(args.workspace)
     run_dir = resolve_run(ws, args.run)

@@ -18,8 +18,8 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Label, Static
 
-from engine.evaluate import EVALS_FILE, read_evals
-from engine.supervisor import child_env
+from engine.eval.harness import EVALS_FILE, read_evals
+from engine.jobs.supervisor import child_env
 from fcwork.commands.eval import PROBE_ROWS
 from fcwork.panes.base import Pane
 from fcwork.widgets.generate_screen import GenerateScreen

@@ -60,8 +60,8 @@ class SourceRow:
 
 def describe_sources(ws: Any, profile: Any) -> list[SourceRow]:
     """Source rows for a profile: status and size from disk, tokens from the corpus manifest when built."""
-    from engine.corpus import read_manifest
-    from engine.sources import describe_source
+    from engine.data.corpus import read_manifest
+    from engine.data.sources import describe_source
 
     base = profile.path.parent if profile.path else None
     manifest = read_manifest(ws.raw_dir(profile.name)) or {}
@@ -288,7 +288,7 @@ class ManifestPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="manifest-control")
     def send_mix(self, run_id: str, mix: dict[str, float]) -> None:
-        from engine.control import write_control
+        from engine.jobs.control import write_control
 
         request_id = write_control(self.ws.runs_dir / run_id, mix=mix)
         self.post_message(self.MixSent(run_id, request_id, mix))

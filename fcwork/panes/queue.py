@@ -1,5 +1,5 @@
 """Queue pane: the stage queue with each entry's state, progress, ETA, device and memory estimate,
-and the operations on it (add, remove, move, start, cancel, resume), all through engine.queue.
+and the operations on it (add, remove, move, start, cancel, resume), all through engine.jobs.queue.
 
 The table is rebuilt when queue.toml changes (the watcher says so) and its progress columns
 are refreshed from the run store once a second while the pane is shown.
@@ -56,8 +56,8 @@ class EntryInfo:
 
 def entry_info(ws: Any, entry: Any, device: str, profiles: dict) -> EntryInfo:
     """Device and memory estimate of a queued stage (profile and tokenizer vocabulary from disk)."""
-    from engine.model_info import guess_device, memory_estimate
-    from engine.tokenizer import read_report
+    from engine.model.info import guess_device, memory_estimate
+    from engine.data.tokenizer import read_report
 
     key = entry.profile
     if key not in profiles:
@@ -303,7 +303,7 @@ class QueuePane(Pane):
     @work(thread=True, exclusive=True, exit_on_error=False, group="queue-op")
     def run_op(self, op: str, *args: Any) -> None:
         """One queue operation, off the event loop (it takes queue.lock and may spawn the supervisor)."""
-        from engine.queue import StageQueue
+        from engine.jobs.queue import StageQueue
 
         q = StageQueue(self.ws)
         if op == "add":

@@ -105,7 +105,7 @@ class TokenizerPane(Pane):
     def load_report(self, path: str) -> None:
         from pathlib import Path
 
-        from engine.tokenizer import read_report
+        from engine.data.tokenizer import read_report
 
         p = Path(path)
         report = read_report(p.with_suffix(".json")) if p.exists() else None
@@ -199,7 +199,7 @@ class TokenizerPane(Pane):
     def encode(self, text: str) -> None:
         import os
 
-        from engine.tokenizer import Tokenizer
+        from engine.data.tokenizer import Tokenizer
 
         if self.profile is None:
             return

@@ -122,8 +122,8 @@ wait_for_text mix-applied 120 "applied at step [0-9]+"
 # 6. Detach: kill the TUI session; the supervisor and trainer must keep running.
 tmux kill-session -t "$session"
 sleep 3
-if ! pgrep -f engine.supervisor >/dev/null; then
-  echo "e2e FAIL: no engine.supervisor process after closing the TUI" >&2; exit 1
+if ! pgrep -f engine.jobs.supervisor >/dev/null; then
+  echo "e2e FAIL: no engine.jobs.supervisor process after closing the TUI" >&2; exit 1
 fi
 next_file processes-after-detach txt
 pgrep -af -- "$ws" > "$file" || true
@@ -159,10 +159,10 @@ grep -Eq "failed" "$file" && { echo "e2e FAIL: a queue entry failed, see $file" 
 # 9. The trainer stops; the supervisor should go idle and exit by itself (--idle); cleanup kills it otherwise.
 for _ in $(seq 60); do pgrep -f -- "engine.train $ws" >/dev/null || break; sleep 0.5; done
 pgrep -f -- "engine.train $ws" >/dev/null && { echo "e2e FAIL: the trainer still runs after cancel" >&2; exit 1; }
-for _ in $(seq 40); do pgrep -f -- "engine.supervisor $ws" >/dev/null || break; sleep 0.5; done
+for _ in $(seq 40); do pgrep -f -- "engine.jobs.supervisor $ws" >/dev/null || break; sleep 0.5; done
 next_file processes-at-end txt
 pgrep -af -- "$ws" > "$file" || true
-if pgrep -f -- "engine.supervisor $ws" >/dev/null; then
+if pgrep -f -- "engine.jobs.supervisor $ws" >/dev/null; then
   log "note: the supervisor was still running 20s after the queue emptied (cleanup stops it)"
 else
   log "ok: supervisor exited by itself"

@@ -13,7 +13,7 @@ from textual.command import CommandList, CommandPalette
 from textual.widgets import DataTable, Input, TabbedContent
 
 from engine.profile import load_profile
-from engine.queue import StageQueue
+from engine.jobs.queue import StageQueue
 from fcwork.panes.queue import QueuePane
 from fcwork.widgets.modals import ConfirmScreen, PickManyScreen, PickScreen
 from tui_fixtures import (REPO_ROOT, RUN_DONE, RUN_LIVE, empty_workspace, make_app, make_run, make_workspace,
@@ -294,7 +294,7 @@ async def test_queue_start_spawns_the_supervisor(tmp_path):
         await pilot.press("f3", "s")
         await wait_for(pilot, lambda: any(m.startswith("Supervisor running") for m in notifications(app)),
                        what="supervisor")
-    from engine.supervisor import supervisor_pid
+    from engine.jobs.supervisor import supervisor_pid
 
     pid = supervisor_pid(ws)
     if pid:  # an idle supervisor exits by itself; don't leave it behind
@@ -483,8 +483,8 @@ async def test_tokenizer_train_failure_is_a_notification(tmp_path):
 
 async def test_eval_pane_shows_harness_records_and_runs_eval(tmp_path):
     had_torch = "torch" in sys.modules
-    from engine.evaluate import DomainScore, EvalLimits, EvalReport, append_eval, record
-    from engine.probes import ProbeResult
+    from engine.eval.harness import DomainScore, EvalLimits, EvalReport, append_eval, record
+    from engine.eval.probes import ProbeResult
 
     ws = make_workspace(tmp_path / "ws")
     report = EvalReport({"code": DomainScore(2, 100, 400, 400 * 0.6931471805599453 * 1.234)},

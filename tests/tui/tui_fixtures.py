@@ -9,7 +9,7 @@ from pathlib import Path
 
 import tomli_w
 
-from engine.queue import QueueEntry, dumps_queue
+from engine.jobs.queue import QueueEntry, dumps_queue
 from engine.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -256,8 +256,8 @@ async def key_latency(app, key: str, done, timeout: float = 5.0) -> float:
 def write_harness_evals(ws: Workspace) -> None:
     """evals.jsonl records for the snapshot of the Eval pane: a checkpoint eval of the finished run
     and an in-training one of the live run, every probe scored, one sample each."""
-    from engine.evaluate import DomainScore, EvalLimits, EvalReport, append_eval, record
-    from engine.probes import ProbeResult
+    from engine.eval.harness import DomainScore, EvalLimits, EvalReport, append_eval, record
+    from engine.eval.probes import ProbeResult
 
     ln2 = 0.6931471805599453
     for run, step, ckpt, sha, scale in ((RUN_DONE, 300, "ckpt/step-300", "ab" * 32, 1.0), (RUN_LIVE, 120, "", "", 1.2)):

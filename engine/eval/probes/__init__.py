@@ -1,0 +1,74 @@
+"""Domain probes: small tasks built from held-out text whose answers a real library checks.
+
+Each probe module has `NAME`, `DOMAIN` (the corpus domain its items come from), `VERSION`
+(bumped whenever items or scoring change, so results of different versions are not compared
+blindly), `build_items(texts, limit, seed)` and `check(item, completion)` (both pure, no model),
+and `run(lm, texts, limit, seed)`, which asks a language model through the `LanguageModel`
+interface below. No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+
+@dataclass
+class Completion:
+    """Generated text and why it ended: "eos", "stop" (the stop test), "length" or "context"."""
+
+    text: str
+    reason: str
+
+
+class LanguageModel(Protocol):
+    """What a probe needs from a model: greedy completions and continuation log-likelihoods."""
+
+    def complete(self, prompt: str, max_new_tokens: int, stop: Callable[[str], bool] | None = None) -> Completion:
+        """Greedy continuation of `prompt` (ends at EOS, at `stop(text so far)`, or after max_new_tokens)."""
+        ...
+
+    def complete_many(self, prompts: Sequence[str], max_new_tokens: int,
+                      stops: Sequence[Callable[[str], bool] | None]) -> list[Completion]:
+        """`complete` for each prompt (with its own stop test), run together where the model can."""
+        ...
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Sum of log-probabilities of each continuation's tokens after its context."""
+        ...
+
+
+@dataclass
+class ProbeResult:
+    """A probe's scores over its items, with a few examples kept for reading."""
+
+    name: str
+    version: int
+    metrics: dict[str, float]
+    n: int
+    examples: list[dict] = field(default_factory=list)
+
+
+PROBES = ("chess", "code", "data", "science")
+EXAMPLES_KEPT = 3
+
+
+def probe_module(name: str):
+    """The module of probe `name` (chess, code, data, science)."""
+    import importlib
+
+    if name not in PROBES:
+        from engine.errors import FcError
+
+        raise FcError(f"probe {name!r}: expected one of {', '.join(PROBES)}")
+    return importlib.import_module(f"engine.eval.probes.{name}")
+
+
+def versions() -> dict[str, int]:
+    """Every probe's version, as recorded with each eval."""
+    return {name: probe_module(name).VERSION for name in PROBES}
+
+
+def clip(text: str, n: int = 160) -> str:
+    """The last n characters of a prompt (what an example shows)."""
+    return text if len(text) <= n else "…" + text[-n:]

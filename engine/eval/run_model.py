@@ -1,0 +1,182 @@
+"""A run's trained model for eval and export: pick the checkpoint, check the tokenizer, read the weights.
+
+Both refuse a run whose tokenizer file changed since training (its SHA-256 no longer matches
+stage.toml), and only a plain Llama decoder is accepted: every tensor of the checkpoint must be
+one the decoder shape expects, except a vision tower / projector kept under their own prefixes,
+which is handed back separately so an export can write it as its own file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ModelError, RunError, TokenizerError
+from engine.model.config import ModelConfig
+from engine.jobs.runs import CKPT_STATE, RunSpec, checkpoints, load_run_spec
+from engine.data.tokenizer import file_hash
+
+MODEL_FILE = "model.safetensors"
+# Tensors of a vision tower and its projector (a later stage adds them); never part of the decoder.
+VISION_PREFIXES = ("vision.", "vision_tower.", "projector.")
+_LAYER_TENSORS = (
+    "attn_norm.weight", "attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.o_proj.weight",
+    "mlp_norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+)
+
+
+@dataclass
+class RunCheckpoint:
+    """One checkpoint of a run, with what identifies it."""
+
+    spec: RunSpec
+    step: int
+    path: Path        # ckpt/step-<N>/
+    sha256: str       # of model.safetensors
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> Path:
+        return self.path / MODEL_FILE
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_tokenizer(spec: RunSpec) -> None:
+    """Refuse a run whose tokenizer file is gone or differs from the one it trained with."""
+    where = spec.run_dir / "stage.toml"
+    if not spec.tokenizer.exists():
+        raise TokenizerError(
+            f"{spec.tokenizer}: tokenizer of run {spec.run_id} is missing (paths.tokenizer in {where})")
+    now = file_hash(spec.tokenizer)
+    if now != spec.tokenizer_hash:
+        raise TokenizerError(
+            f"{spec.tokenizer}: changed since run {spec.run_id} trained (sha256 {now[:12]}..., {where} says "
+            f"{spec.tokenizer_hash[:12]}...); restore that tokenizer file or retrain"
+        )
+
+
+def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None) -> RunCheckpoint:
+    """The run's checkpoint at `step` (the latest when None), with the run's tokenizer checked."""
+    spec = load_run_spec(run_dir)
+    found = checkpoints(spec.run_dir)
+    if not found:
+        raise RunError(f"{spec.run_dir / 'ckpt'}: run {spec.run_id} has no checkpoint yet")
+    if step is None:
+        step, path = found[-1]
+    else:
+        match = [p for s, p in found if s == step]
+        if not match:
+            have = ", ".join(str(s) for s, _ in found)
+            raise RunError(f"{spec.run_dir / 'ckpt'}: no checkpoint at step {step} (have steps {have})")
+        path = match[0]
+    check_tokenizer(spec)
+    if not (path / MODEL_FILE).exists():
+        raise ModelError(f"{path / MODEL_FILE}: missing")
+    try:
+        state = json.loads((path / CKPT_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path / CKPT_STATE}: unreadable checkpoint state ({exc})") from None
+    theirs = state.get("tokenizer_hash") if isinstance(state, dict) else None
+    if theirs and theirs != spec.tokenizer_hash:
+        raise TokenizerError(
+            f"{path / CKPT_STATE}: tokenizer_hash {theirs[:12]}... differs from the run's "
+            f"{spec.tokenizer_hash[:12]}... (the checkpoint was trained with another tokenizer)"
+        )
+    return RunCheckpoint(spec, step, path, sha256_file(path / MODEL_FILE), state if isinstance(state, dict) else {})
+
+
+def decoder_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors a plain Llama decoder of this shape saves (our names)."""
+    kv = cfg.n_kv_heads * cfg.head_dim
+    layer = {
+        "attn_norm.weight": (cfg.dim,), "attn.q_proj.weight": (cfg.n_heads * cfg.head_dim, cfg.dim),
+        "attn.k_proj.weight": (kv, cfg.dim), "attn.v_proj.weight": (kv, cfg.dim),
+        "attn.o_proj.weight": (cfg.dim, cfg.n_heads * cfg.head_dim), "mlp_norm.weight": (cfg.dim,),
+        "mlp.gate_proj.weight": (cfg.ffn_dim, cfg.dim), "mlp.up_proj.weight": (cfg.ffn_dim, cfg.dim),
+        "mlp.down_proj.weight": (cfg.dim, cfg.ffn_dim),
+    }
+    assert tuple(layer) == _LAYER_TENSORS
+    out: dict[str, tuple[int, ...]] = {"embed.weight": (cfg.vocab_size, cfg.dim)}
+    for i in range(cfg.n_layers):
+        out.update({f"layers.{i}.{k}": v for k, v in layer.items()})
+    out["norm.weight"] = (cfg.dim,)
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = (cfg.vocab_size, cfg.dim)
+    return out
+
+
+def split_decoder(tensors: dict[str, Any], cfg: ModelConfig, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(decoder tensors, vision tensors); ModelError for anything that makes it not a plain Llama decoder."""
+    expected = decoder_shapes(cfg)
+    decoder, vision = {}, {}
+    for name, t in tensors.items():
+        if name.startswith(VISION_PREFIXES):
+            vision[name] = t
+        elif name in expected:
+            if tuple(t.shape) != expected[name]:
+                raise ModelError(
+                    f"{where}: {name}: shape {list(t.shape)} does not match the model's {list(expected[name])}")
+            decoder[name] = t
+        elif name == "lm_head.weight" and cfg.tie_embeddings:
+            continue  # a tied head saved anyway is the embedding
+        else:
+            raise ModelError(
+                f"{where}: {name}: not a tensor of a plain Llama decoder (export takes RMSNorm/RoPE/SwiGLU/GQA "
+                "decoders without biases, plus an optional vision tower under vision./projector.)"
+            )
+    missing = [n for n in expected if n not in decoder]
+    if missing:
+        raise ModelError(f"{where}: {missing[0]}: missing (the checkpoint is of another model shape)")
+    return decoder, vision
+
+
+def read_tensors(ckpt: RunCheckpoint) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(decoder, vision) tensors of a checkpoint, as float32 torch tensors on the CPU."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        raw = load_file(str(ckpt.weights))
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        raise ModelError(f"{ckpt.weights}: not a readable safetensors file ({exc})") from None
+    decoder, vision = split_decoder(raw, ckpt.spec.model, str(ckpt.weights))
+    return {k: v.to(torch.float32) for k, v in decoder.items()}, vision
+
+
+def load_tokenizer(ckpt: RunCheckpoint):
+    """The run's tokenizer, refused when its vocabulary does not fit the checkpoint's model."""
+    from engine.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(ckpt.spec.tokenizer)
+    if tok.vocab_size != ckpt.spec.model.vocab_size:
+        raise RunError(f"{ckpt.spec.tokenizer}: {tok.vocab_size} pieces, but the run's model has vocab_size "
+                       f"{ckpt.spec.model.vocab_size}")
+    return tok
+
+
+def load_model(ckpt: RunCheckpoint, device: str = "cpu"):
+    """The run's Transformer with the checkpoint's weights, in eval mode (float32)."""
+    import torch
+
+    from engine.model.decoder import Transformer
+
+    decoder, _ = read_tensors(ckpt)
+    with torch.device(device):
+        model = Transformer(ckpt.spec.model)
+    missing, unexpected = model.load_state_dict(decoder, strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and ckpt.spec.model.tie_embeddings)]
+    if missing or unexpected:
+        raise ModelError(f"{ckpt.weights}: {(missing or unexpected)[0]}: does not fit the model")
+    return model.eval()

@@ -1,0 +1,177 @@
+"""Parameter counts and training-memory estimates computed from a ModelConfig, without torch.
+
+The queue pane and `fcwork model info` use these to show what a stage will cost on a device
+before anything is built; tests check the counts against the real torch model.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+
+from engine.errors import ModelError
+from engine.model.config import PRESETS, ModelConfig
+
+DEVICES = ("cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """The vision tower (a ViT with a class token) and the 2-layer MLP projector into the decoder's width."""
+
+    image_size: int = 224
+    patch: int = 16
+    width: int = 768
+    depth: int = 12
+    mlp_dim: int = 3072
+    channels: int = 3
+    out_dim: int = 1024
+
+
+# ViT-B/16 at 224 px projected into fc450's 1024-wide decoder: what fc450's vision_params budgets.
+VIT_B16 = VisionShape()
+
+
+def vision_params(v: VisionShape = VIT_B16) -> dict[str, int]:
+    """Parameters of the ViT (patch conv, class token, positions, blocks, final norm) and the projector."""
+    w = v.width
+    patch_embed = v.channels * v.patch * v.patch * w + w
+    positions = ((v.image_size // v.patch) ** 2 + 1) * w
+    block = 2 * (2 * w) + (w * 3 * w + 3 * w) + (w * w + w) + (w * v.mlp_dim + v.mlp_dim) + (v.mlp_dim * w + w)
+    tower = patch_embed + w + positions + v.depth * block + 2 * w
+    projector = (w * v.out_dim + v.out_dim) + (v.out_dim * v.out_dim + v.out_dim)
+    return {"vision_tower": tower, "projector": projector, "total": tower + projector}
+
+
+def _need_vocab(cfg: ModelConfig) -> None:
+    if cfg.vocab_size <= 0:
+        raise ModelError(f"model.vocab_size: expected a positive integer (the tokenizer's), got {cfg.vocab_size}")
+
+
+def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters by component: embedding, attention, mlp, norms, lm_head (0 when tied), decoder, vision, total."""
+    _need_vocab(cfg)
+    d, hd = cfg.dim, cfg.head_dim
+    attention = cfg.n_layers * (d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2)
+    mlp = cfg.n_layers * 3 * d * cfg.ffn_dim
+    norms = (2 * cfg.n_layers + 1) * d
+    embedding = cfg.vocab_size * d
+    lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
+    decoder = embedding + attention + mlp + norms + lm_head
+    return {
+        "embedding": embedding,
+        "attention": attention,
+        "mlp": mlp,
+        "norms": norms,
+        "lm_head": lm_head,
+        "decoder": decoder,
+        "vision": cfg.vision_params,
+        "total": decoder + cfg.vision_params,
+    }
+
+
+def guess_device() -> str:
+    """The device a run here would pick, guessed without importing torch: mps on Apple Silicon, cuda with nvidia-smi."""
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "mps"
+    if shutil.which("nvidia-smi"):
+        return "cuda"
+    return "cpu"
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`auto` is bf16 autocast on cuda and mps, fp32 on cpu."""
+    if precision == "auto":
+        return "fp32" if device == "cpu" else "bf16"
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision: expected 'auto', 'fp32' or 'bf16', got {precision!r}")
+    return precision
+
+
+def activation_bytes_per_token_layer(cfg: ModelConfig, seq_len: int, precision: str, device: str) -> int:
+    """Bytes one block keeps for its backward pass, per token (approximate).
+
+    The residual stream stays float32 (fp32 master weights); with bf16 autocast every linear
+    keeps its own bf16 copy of its input. Saved: both norms' inputs, the linears' inputs
+    (q/k/v share one, gate/up share one), rotated q, k and v, the attention output and its
+    reshaped copy, and the MLP's gate, up, silu(gate) and product. mps's attention keeps the
+    [heads, T, T] scores and probabilities; cuda and cpu use fused kernels that do not.
+    """
+    a = 2 if precision == "bf16" else 4
+    d, kv = cfg.dim, cfg.n_kv_heads * cfg.head_dim
+    norm_inputs = 2 * 4 * d
+    linear_inputs = (3 + 2) * a * d if precision == "bf16" else 2 * 4 * d
+    attention = a * (d + 2 * kv) + a * 2 * d + 4 * cfg.n_heads
+    mlp = a * 4 * cfg.ffn_dim
+    scores = 2 * a * cfg.n_heads * seq_len if device == "mps" else 0
+    return norm_inputs + linear_inputs + attention + mlp + scores
+
+
+def memory_estimate(
+    cfg: ModelConfig,
+    seq_len: int,
+    micro_batch: int,
+    activation_checkpointing: bool = False,
+    precision: str = "auto",
+    device: str = "auto",
+    include_vision: bool = False,
+) -> dict:
+    """Training memory in bytes: fp32 weights, grads, AdamW moments (fp32), activations and logits.
+
+    An upper-bound style estimate for one micro-batch (every term counted at its peak). With
+    activation checkpointing only each block's input is kept, plus one block's activations
+    while it is recomputed. The vision budget counts only with `include_vision`.
+    """
+    _need_vocab(cfg)
+    for name, value in (("seq_len", seq_len), ("micro_batch", micro_batch)):
+        if not isinstance(value, int) or value <= 0:
+            raise ModelError(f"{name}: expected a positive integer, got {value!r}")
+    if seq_len > cfg.max_seq_len:
+        raise ModelError(f"seq_len: expected at most the model's max_seq_len ({cfg.max_seq_len}), got {seq_len}")
+    device = guess_device() if device == "auto" else device
+    if device not in DEVICES:
+        raise ModelError(f"device: expected 'auto', 'cpu', 'cuda' or 'mps', got {device!r}")
+    precision = resolve_precision(precision, device)
+    counts = param_breakdown(cfg)
+    params = counts["total"] if include_vision else counts["decoder"]
+    a = 2 if precision == "bf16" else 4
+    tokens = seq_len * micro_batch
+    per_layer = activation_bytes_per_token_layer(cfg, seq_len, precision, device)
+    if activation_checkpointing:
+        blocks = tokens * (cfg.n_layers * 4 * cfg.dim + per_layer)
+    else:
+        blocks = tokens * cfg.n_layers * per_layer
+    final_norm = tokens * cfg.dim * (4 + a)
+    activations = blocks + final_norm
+    # The logits in the compute dtype (kept for the loss's backward), plus two float32 tensors of
+    # their size at the peak: the upcast and log-softmax in the forward, the softmax-gradient and
+    # its cast in the backward.
+    logits = tokens * cfg.vocab_size * (a + 4 + 4)
+    out = {
+        "device": device,
+        "precision": precision,
+        "params": params,
+        "weights": 4 * params,
+        "grads": 4 * params,
+        "optimizer": 8 * params,
+        "cast_weights": 2 * params if precision == "bf16" else 0,
+        "activations": activations,
+        "logits": logits,
+    }
+    out["total"] = sum(v for k, v in out.items() if k not in ("device", "precision", "params"))
+    return out
+
+
+def default_vocab(preset: str) -> int:
+    """The vocabulary `model info` assumes: the default profile's 8000 for tiny, the plan's 50000 otherwise."""
+    return 8000 if preset == "tiny" else 50000
+
+
+def preset(name: str) -> ModelConfig:
+    """A preset by name, or a one-line error listing the presets."""
+    if name not in PRESETS:
+        raise ModelError(f"model preset {name!r}: unknown (expected one of {', '.join(PRESETS)})")
+    return PRESETS[name]
