@@ -28,7 +28,7 @@ import tomli_w  # noqa: E402
 from engine.data.pipeline import prepare_data  # noqa: E402
 from engine.jobs.queue import StageQueue, dumps_queue  # noqa: E402
 from engine.jobs.runs import create_run  # noqa: E402
-from engine.jobs.supervisor import child_env, ensure_supervisor, supervisor_pid, trainer_command  # noqa: E402
+from engine.jobs.procs import child_env, ensure_supervisor, supervisor_pid, trainer_command  # noqa: E402
 from engine.workspace import Workspace  # noqa: E402
 
 STAGES = ("one", "two")

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from engine.jobs.events import EventWriter  # noqa: E402
+from engine.jobs.rundir import RunDir  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.train.trainer import Trainer  # noqa: E402
 from tests.train_fixtures import build_train_workspace, make_run  # noqa: E402
@@ -92,7 +93,7 @@ def micro_costs(tw) -> tuple[float, float]:
             for _ in range(n):
                 w.write("step", **fields)
             per_event = (time.perf_counter() - t0) / n
-        watcher = ControlWatcher(Path(d), ["code", "science", "chess"])
+        watcher = ControlWatcher(RunDir(d).control_file, ["code", "science", "chess"])
         watcher.poll()
         t0 = time.perf_counter()
         for _ in range(n):

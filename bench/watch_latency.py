@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.workspace import Workspace  # noqa: E402
 from fcwork.messages import QueueChanged  # noqa: E402
-from fcwork.tail import RunStore  # noqa: E402
+from engine.jobs.history import RunStore  # noqa: E402
 from fcwork.watch import POLL_S, WorkspaceWatcher  # noqa: E402
 
 QUEUE = '[[entries]]\nid = {n}\nprofile = "default"\nstage = "base"\nstate = "queued"\nrun_id = ""\nrestarts = 0\n' \

@@ -342,17 +342,25 @@ def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
     raw_stages = data.get("stages", [])
     if not isinstance(raw_stages, list):
         raise fail(f"stages: expected an array of tables ([[stages]]), got {describe_value(raw_stages)}")
-    stages = []
+    stages: list[StageConfig] = []
     for i, raw in enumerate(raw_stages):
-        st = _build(StageConfig, raw, f"stages[{i}]", fail)
-        _check_stage(st, i, [s.name for s in stages], mix, fail)
-        stages.append(st)
+        stages.append(parse_stage(raw, f"stages[{i}]", fail, mix, [s.name for s in stages]))
     return Profile(profile=meta, mix=mix, data=dcfg, tokenizer=tcfg, sources=sources, stages=stages)
 
 
-def _check_stage(st: StageConfig, i: int, earlier: list[str], mix: dict, fail: Callable[[str], ProfileError]) -> None:
-    where = f"stages[{i}]"
-    if st.name in earlier:
+def parse_stage(raw: Any, where: str, fail: Callable[[str], Exception], mix: dict,
+                earlier: list[str] | None = None) -> StageConfig:
+    """One stage table, checked against the profile's `mix` domains; errors name `where` (its key
+    path). `earlier` are the stage names before it, which `init_from` may name; None for a frozen
+    stage, whose `init_from` was resolved to a checkpoint when its run was made."""
+    st = _build(StageConfig, raw, where, fail)
+    _check_stage(st, where, earlier, mix, fail)
+    return st
+
+
+def _check_stage(st: StageConfig, where: str, earlier: list[str] | None, mix: dict,
+                 fail: Callable[[str], ProfileError]) -> None:
+    if earlier is not None and st.name in earlier:
         raise fail(f"{where}.name: expected a unique stage name, got duplicate {describe_value(st.name)}")
     if isinstance(st.model, str):
         if st.model not in PRESETS:
@@ -365,7 +373,7 @@ def _check_stage(st: StageConfig, i: int, earlier: list[str], mix: dict, fail: C
     model = st.model_config()
     if st.seq_len > model.max_seq_len:
         raise fail(f"{where}.seq_len: expected at most the model's max_seq_len ({model.max_seq_len}), got {st.seq_len}")
-    if st.init_from and st.init_from not in earlier:
+    if earlier is not None and st.init_from and st.init_from not in earlier:
         known = ", ".join(earlier) or "none"
         raise fail(f"{where}.init_from: expected the name of an earlier stage ({known}), got {describe_value(st.init_from)}")
     if st.warmup_steps >= st.max_steps and st.max_steps > 1:

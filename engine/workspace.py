@@ -13,6 +13,7 @@ from engine.profile import Profile, load_profile
 SHIPPED_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 DEFAULT_WORKSPACE = Path("~/fcwork").expanduser()
 ENV_VAR = "FCWORK_WORKSPACE"
+QUEUE_FILE = "queue.toml"
 
 
 def resolve_workspace(arg: str | os.PathLike | None = None) -> Path:
@@ -89,4 +90,4 @@ class Workspace:
 
     @property
     def queue_path(self) -> Path:
-        return self.root / "queue.toml"
+        return self.root / QUEUE_FILE

@@ -22,12 +22,13 @@ from textual.widgets import Footer, Label, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.errors import FcError
+from engine.jobs.history import RunStore
+from engine.jobs.protocol import EntryState, Event
 from engine.workspace import Workspace
 from fcwork.messages import (ProfileChanged, QueueChanged, RunNotices, RunsChanged, ShowRun, WatchFailed,
                              WorkerFailed)
 from fcwork.palette import WorkbenchCommands, pane_commands
 from fcwork.panes.base import Pane
-from fcwork.tail import RunStore
 from fcwork.watch import POLL_S, WorkspaceWatcher
 
 # Debugging/benchmark knob: exit right after the first paint (bench/tui_startup.py sets it).
@@ -193,7 +194,7 @@ class FcworkApp(App):
     def running_run(self) -> str | None:
         """The run of the running queue entry, else the newest run whose events say it runs."""
         for e in self.entries or []:
-            if e.state == "running" and e.run_id:
+            if e.state == EntryState.RUNNING and e.run_id:
                 return e.run_id
         running = self.store.running()
         return running[0] if running else None
@@ -235,13 +236,13 @@ class FcworkApp(App):
             pane.run_notices(msg.run_id, msg.events, msg.replay)
         if msg.replay:
             return
-        if any(ev.get("type") == "status" for ev in msg.events):
+        if any(ev.get("type") == Event.STATUS for ev in msg.events):
             running = self.running_run()
             for pane in self.panes.values():
                 if pane.id != "queue":
                     pane.set_queue(self.entries or [], running)
         for ev in msg.events:
-            if ev.get("type") == "error":
+            if ev.get("type") == Event.ERROR:
                 self.notify(f"{msg.run_id}: {ev.get('message', '')}", title=f"{ev.get('source', 'trainer')} error",
                             severity="error", timeout=10)
 

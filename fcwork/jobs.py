@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def spawn(job: str, workspace: str | os.PathLike, profile: str) -> subprocess.Popen:
     """Start a job child: stdin closed, stdout piped (JSON lines), stderr to a temp file for crash text."""
-    from engine.jobs.supervisor import child_env
+    from engine.jobs.procs import child_env
 
     env = child_env()
     err = tempfile.TemporaryFile(mode="w+")

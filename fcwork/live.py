@@ -7,75 +7,24 @@ they show is what a reattaching TUI would replay.
 from __future__ import annotations
 
 import time
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from engine.jobs.history import RunFollower, RunHistory
+from engine.jobs.protocol import EntryState, Event
+from engine.jobs.rundir import RunDir
+
 REFRESH_S = 0.25
 
 
-@dataclass
-class RunTail:
-    """Incremental reader of one run's events: the latest step, status, evals and mixes."""
-
-    run_dir: Path
-    offset: int = 0
-    step: int = 0
-    max_steps: int = 0
-    loss: float | None = None
-    tokens_per_s: float | None = None
-    state: str = ""
-    message: str = ""
-    evals: list[dict] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.run_dir = Path(self.run_dir)
-        self.max_steps = stage_max_steps(self.run_dir)
-
-    def poll(self) -> list[dict]:
-        """Read what was appended since the last poll; returns the new events."""
-        from engine.jobs.events import read_events
-
-        path = self.run_dir / "events.jsonl"
-        if not path.exists():
-            return []
-        events, self.offset = read_events(path, self.offset)
-        for ev in events:
-            kind = ev.get("type")
-            if kind == "step":
-                self.step = int(ev.get("step", self.step))
-                self.loss = ev.get("loss", self.loss)
-                self.tokens_per_s = ev.get("tokens_per_s", self.tokens_per_s)
-            elif kind == "status":
-                self.state = ev.get("state", self.state)
-                self.message = ev.get("message", "") or ""
-                self.max_steps = int(ev.get("max_steps") or self.max_steps)
-                if isinstance(ev.get("step"), int):
-                    self.step = ev["step"]
-            elif kind == "eval":
-                self.evals.append(ev)
-            elif kind == "error":
-                self.errors.append(ev)
-        return events
-
-    def fields(self) -> dict[str, str]:
-        loss = f"loss {self.loss:.3f}" if isinstance(self.loss, (int, float)) else "loss -"
-        tps = f"{self.tokens_per_s:,.0f} tok/s" if isinstance(self.tokens_per_s, (int, float)) else "- tok/s"
-        return {"loss": loss, "tps": tps, "state": self.state or "waiting"}
-
-
-def stage_max_steps(run_dir: Path) -> int:
-    """`[stage] max_steps` of a run's frozen stage.toml (0 when unreadable)."""
-    try:
-        data = tomllib.loads((Path(run_dir) / "stage.toml").read_text(encoding="utf-8"))
-        return int(data.get("stage", {}).get("max_steps", 0))
-    except (OSError, tomllib.TOMLDecodeError, ValueError, TypeError):
-        return 0
+def _fields(h: RunHistory, state: str = "") -> dict[str, str]:
+    """The progress bar's text columns for a run's history."""
+    loss = f"loss {h.loss:.3f}" if h.loss is not None else "loss -"
+    tps = f"{h.tokens_per_s:,.0f} tok/s" if h.tokens_per_s is not None else "- tok/s"
+    return {"loss": loss, "tps": tps, "state": state or h.state or "waiting"}
 
 
 def _progress(console: Console) -> Progress:
@@ -87,35 +36,36 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def follow_run(run_dir: Path, done: Callable[[], bool], console: Console | None = None, label: str = "") -> RunTail:
-    """Show one run's progress until `done()` is true (then read the last events)."""
+def follow_run(run_dir: Path, done: Callable[[], bool], console: Console | None = None, label: str = "") -> RunHistory:
+    """Show one run's progress until `done()` is true (then read the last events); returns its history."""
     console = console or Console(stderr=True)
-    tail = RunTail(Path(run_dir))
+    tail = RunFollower(RunDir(run_dir))
+    h = tail.history
     with _progress(console) as progress:
-        task = progress.add_task(label or tail.run_dir.name, total=tail.max_steps or None, **tail.fields())
+        task = progress.add_task(label or tail.run.id, total=h.max_steps or None, **_fields(h))
         while True:
             finished = done()
             for ev in tail.poll():
-                if ev.get("type") == "error":
+                if ev.get("type") == Event.ERROR:
                     progress.console.print(f"[red]error[/] ({ev.get('source', 'trainer')}): {ev.get('message', '')}")
-                elif ev.get("type") == "eval":
+                elif ev.get("type") == Event.EVAL:
                     progress.console.print(eval_line(ev), highlight=False)
-                elif ev.get("type") == "mix":
+                elif ev.get("type") == Event.MIX:
                     progress.console.print(f"mix from step {ev.get('step')}: {_fmt_mix(ev.get('mix', {}))}")
-            progress.update(task, completed=tail.step, total=tail.max_steps or None, **tail.fields())
+            progress.update(task, completed=h.step, total=h.max_steps or None, **_fields(h))
             if finished:
-                return tail
+                return h
             time.sleep(REFRESH_S)
 
 
 def follow_queue(ws, ids: list[int], console: Console | None = None,
-                 stop: Callable[[], bool] = lambda: False) -> dict[int, RunTail]:
+                 stop: Callable[[], bool] = lambda: False) -> dict[int, RunFollower]:
     """Show the given queue entries (one bar each) until none is queued or running, or `stop()`."""
     from engine.jobs.queue import StageQueue, waiting_message
 
     console = console or Console(stderr=True)
     queue = StageQueue(ws)
-    tails: dict[int, RunTail] = {}
+    tails: dict[int, RunFollower] = {}
     tasks: dict[int, int] = {}
     reported: set[int] = set()
     with _progress(console) as progress:
@@ -130,23 +80,21 @@ def follow_queue(ws, ids: list[int], console: Console | None = None,
                     tasks[eid] = progress.add_task(f"{entry.stage} (#{eid})", total=None, loss="loss -", tps="- tok/s",
                                                    state=entry.state)
                 if entry.run_id and eid not in tails:
-                    tails[eid] = RunTail(ws.runs_dir / entry.run_id)
+                    tails[eid] = RunFollower(RunDir(ws.runs_dir / entry.run_id))
                 tail = tails.get(eid)
                 if tail is not None:
                     tail.poll()
-                    fields = tail.fields()
-                    fields["state"] = entry.state
-                    progress.update(tasks[eid], completed=tail.step, total=tail.max_steps or None, **fields)
+                    h = tail.history
+                    progress.update(tasks[eid], completed=h.step, total=h.max_steps or None, **_fields(h, entry.state))
                 else:
                     progress.update(tasks[eid], state=entry.state)
-                if entry.state in ("done", "failed", "cancelled") and eid not in reported:
+                if entry.state in EntryState.FINAL and eid not in reported:
                     reported.add(eid)
-                    colour = {"done": "green", "failed": "red"}.get(entry.state, "yellow")
+                    colour = {EntryState.DONE: "green", EntryState.FAILED: "red"}.get(entry.state, "yellow")
                     progress.console.print(f"[{colour}]{entry.stage}: {entry.state}[/] {entry.message}")
-            if stop() or all(entries.get(i) is None or entries[i].state in ("done", "failed", "cancelled")
-                             for i in ids):
+            if stop() or all(entries.get(i) is None or entries[i].state in EntryState.FINAL for i in ids):
                 return tails
-            held = _held(queue, [e for e in entries.values() if e.state in ("queued", "running")], everything)
+            held = _held(queue, [e for e in entries.values() if e.state in EntryState.ACTIVE], everything)
             if held:
                 for entry, dep in held:
                     progress.console.print(f"[yellow]{entry.stage}: not started[/] {waiting_message(dep)}")
@@ -157,12 +105,10 @@ def follow_queue(ws, ids: list[int], console: Console | None = None,
 def _held(queue, unfinished: list, everything: list) -> list[tuple]:
     """[(entry, the cancelled or failed entry it waits for)] when every unfinished entry waits on
     one (nothing runs them until the user resumes it), else []."""
-    from engine.jobs.queue import RESUMABLE_STATES
-
     held = []
     for entry in unfinished:
-        dep = queue.waiting_for(entry, everything) if entry.state == "queued" else None
-        if dep is None or dep.state not in RESUMABLE_STATES:
+        dep = queue.waiting_for(entry, everything) if entry.state == EntryState.QUEUED else None
+        if dep is None or dep.state not in EntryState.RESUMABLE:
             return []
         held.append((entry, dep))
     return held

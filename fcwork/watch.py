@@ -18,22 +18,22 @@ from __future__ import annotations
 import os
 import threading
 import time
-import tomllib
 from pathlib import Path
 from typing import Callable
 
 from textual.message import Message
 
 from engine.errors import FcError
-from engine.workspace import Workspace
+from engine.workspace import QUEUE_FILE, Workspace
 from fcwork.messages import ProfileChanged, QueueChanged, RunNotices, RunsChanged, WatchFailed
-from fcwork.tail import EventTail, RunStore
+from engine.jobs.events import EventTail
+from engine.jobs.rundir import FOLLOWED_FILES, STAGE_FILE, RunDir
+from engine.jobs.history import RunStore
 
 POLL_S = 0.25
 SCAN_RUNS_S = 1.0
 FS_SAFETY_POLL_S = 2.0
-STAGE_TOML = "stage.toml"
-FOLLOWED = frozenset({"queue.toml", "events.jsonl", STAGE_TOML})
+FOLLOWED = FOLLOWED_FILES | {QUEUE_FILE}
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -119,7 +119,7 @@ class WorkspaceWatcher:
                 rust_timeout=500, yield_on_timeout=True, raise_interrupt=False,
             ):
                 self.fs_events = True  # the first (possibly empty) batch says notifications flow
-                if any(os.path.dirname(p) in self._runs_dirs or p.endswith(STAGE_TOML) for _, p in changes):
+                if any(os.path.dirname(p) in self._runs_dirs or p.endswith(STAGE_FILE) for _, p in changes):
                     self._rescan = True
                 if changes:
                     self._wake.set()
@@ -192,16 +192,14 @@ class WorkspaceWatcher:
             self.post(ProfileChanged(name, None, str(exc)))
 
     def _scan_runs(self) -> None:
-        from engine.jobs.runs import list_runs
-
         try:
-            found = [p.name for p in reversed(list_runs(self.ws))]
+            found = [run.id for run in reversed(RunDir.all(self.ws))]
         except OSError as exc:
             self._say(f"{self.ws.runs_dir}: cannot list runs ({exc.strerror})")
             return
         for run_id in found:
             if run_id not in self.tails:
-                self.tails[run_id] = EventTail(self.ws.runs_dir / run_id / "events.jsonl")
+                self.tails[run_id] = EventTail(RunDir(self.ws.runs_dir / run_id).events_file)
                 self.caught_up[run_id] = False
             if run_id not in self._meta:
                 self._read_stage(run_id)
@@ -210,33 +208,16 @@ class WorkspaceWatcher:
             self.post(RunsChanged(list(found)))
 
     def _read_stage(self, run_id: str) -> None:
-        """Fill a run's metadata (profile, stage, max steps, starting mix) from its stage.toml."""
-        path = self.ws.runs_dir / run_id / "stage.toml"
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        """Fill a run's metadata (profile, stage, max steps, starting mix) from its frozen stage."""
+        run = RunDir(self.ws.runs_dir / run_id)
+        if not run.stage_file.exists():
             return  # not written yet: the next scan tries again
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            self._meta.add(run_id)
-            self._say(f"{path}: unreadable ({exc})")
-            return
         self._meta.add(run_id)
-        run, stage = data.get("run", {}), data.get("stage", {})
-        with self.store.lock:
-            h = self.store.history(run_id)
-            h.profile = str(run.get("profile", ""))
-            h.stage = str(run.get("stage") or stage.get("name", ""))
-            h.created = str(run.get("created", ""))
-            steps = stage.get("max_steps")
-            if isinstance(steps, int) and not h.max_steps:
-                h.max_steps = steps
-            try:
-                h.tokens_per_step = int(stage["seq_len"]) * int(stage["micro_batch"]) * int(stage.get("grad_accum", 1))
-            except (KeyError, TypeError, ValueError):
-                pass
-            mix = data.get("mix")
-            if isinstance(mix, dict):
-                h.start_mix = {str(k): float(v) for k, v in mix.items() if isinstance(v, (int, float))}
+        try:
+            with self.store.lock:
+                self.store.history(run_id).set_meta(run)
+        except FcError as exc:
+            self._say(str(exc))
 
     def _read_run(self, run_id: str) -> bool:
         tail = self.tails[run_id]

@@ -8,13 +8,21 @@ import threading
 
 import pytest
 
-from engine.jobs.control import CONTROL_FILE, ControlRequest, parse_control, read_control, write_control
+from engine.jobs.control import ControlRequest, parse_control
+from engine.jobs.rundir import CONTROL_FILE, RunDir
+
 from engine.errors import ControlError
 from tests.train_fixtures import (  # noqa: F401
     events_of, kill, log_tail, make_run, start_trainer, train_here, train_workspace, wait_for,
 )
 
 DOMAINS = ["code", "science", "chess"]
+def write_control(run_dir, **request):
+    return RunDir(run_dir).write_control(**request)
+
+
+def read_control(run_dir, domains=None):
+    return RunDir(run_dir).read_control(domains)
 
 
 def test_parse_valid_request():

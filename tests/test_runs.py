@@ -9,9 +9,8 @@ import pytest
 
 from engine.errors import DataError, RunError, TokenizerError
 from engine.jobs.events import EventWriter, read_events, tail_events
-from engine.jobs.runs import (
-    create_run, latest_checkpoint, list_runs, load_run_spec, read_run, run_domains,
-)
+from engine.jobs.rundir import RunDir
+from engine.jobs.runs import create_run, load_run_spec, run_domains
 from tests.train_fixtures import TRAIN_DOMAINS, finish_run_by_hand, train_workspace  # noqa: F401
 
 
@@ -105,7 +104,7 @@ def test_create_run_freezes_the_stage(train_workspace):
     # A second run of the same stage in the same second gets a suffix.
     second = create_run(ws, prof, "short")
     assert second != run_dir and second.name.startswith(run_dir.name[:15])
-    assert list_runs(ws)[-2:] == sorted([run_dir, second], key=lambda p: p.name)
+    assert [r.path for r in RunDir.all(ws)[-2:]] == sorted([run_dir, second], key=lambda p: p.name)
 
 
 def test_run_domains_keep_zero_weight_domains_with_data(train_workspace):
@@ -126,7 +125,7 @@ def test_create_run_refuses_missing_tokenizer_or_shards(train_workspace, tmp_pat
     tok.write_bytes(train_workspace.tokenizer_path.read_bytes())
     with pytest.raises(DataError, match=r"code.bin: no shard for domain 'code' \(run `fcwork data pretokenize"):
         create_run(ws, prof, "short")
-    assert list_runs(ws) == []
+    assert RunDir.all(ws) == []
 
 
 def test_create_run_refuses_shards_of_another_tokenizer(train_workspace, tmp_path):
@@ -162,25 +161,25 @@ def test_init_from_resolves_to_the_latest_finished_run(train_workspace):
 def test_read_run_summarises_state_step_and_loss(train_workspace):
     ws, prof = train_workspace.ws, train_workspace.profile
     run = create_run(ws, prof, "short")
-    s = read_run(run)
-    assert (s.state, s.step, s.loss, s.stage, s.profile) == ("created", 0, None, "short", prof.name)
+    s = RunDir(run).summary()
+    assert (s.status, s.step, s.loss, s.stage, s.profile) == ("created", 0, None, "short", prof.name)
     assert s.max_steps == prof.stage("short").max_steps
     with EventWriter(run / "events.jsonl") as w:
         w.write("status", state="running", step=0, max_steps=s.max_steps, pid=1, device="cpu")
         w.write("step", step=1, loss=5.5)
         w.write("step", step=2, loss=5.25)
         w.write("status", state="failed", step=2, max_steps=s.max_steps, pid=1, device="cpu", message="boom")
-    s = read_run(run)
-    assert (s.state, s.step, s.loss, s.message) == ("failed", 2, 5.25, "boom")
+    s = RunDir(run).summary()
+    assert (s.status, s.step, s.loss, s.message) == ("failed", 2, 5.25, "boom")
 
 
 def test_latest_checkpoint_ignores_temp_and_incomplete_folders(tmp_path):
-    assert latest_checkpoint(tmp_path) is None
+    assert RunDir(tmp_path).latest_checkpoint() is None
     for name in ("step-5", "step-10", ".step-15.tmp", "step-20", "step-x"):
         (tmp_path / "ckpt" / name).mkdir(parents=True)
     for name in ("step-5", "step-10", ".step-15.tmp"):
         (tmp_path / "ckpt" / name / "state.json").write_text("{}")
-    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt" / "step-10"  # step-20 has no state.json
+    assert RunDir(tmp_path).latest_checkpoint() == tmp_path / "ckpt" / "step-10"  # step-20 has no state.json
 
 
 def test_load_run_spec_errors_name_the_key(train_workspace):

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 from engine.jobs.queue import StageQueue
-from engine.jobs.supervisor import ensure_supervisor, supervisor_pid, trainer_pid
+from engine.jobs.procs import ensure_supervisor, supervisor_pid, trainer_pid
 from tests.conftest import REPO
 from tests.queue_fixtures import tiny_template, tiny_ws  # noqa: F401  (fixtures, used by name)
 from tests.queue_fixtures import events, fcwork, needs_trainer, pid_alive, statuses, tiny_profile, wait_for
@@ -59,7 +59,7 @@ def test_one_supervisor_per_workspace(workspace):
     assert ensure_supervisor(workspace, idle_s=3.0) == first
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from engine.jobs.supervisor import ensure_supervisor
+        from engine.jobs.procs import ensure_supervisor
         from engine.workspace import Workspace
         print(ensure_supervisor(Workspace(Path({str(workspace.root)!r}))))
     """)

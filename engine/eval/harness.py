@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.errors import FcError, RunError
+from engine.jobs.rundir import RunDir
 from engine.eval.probes import PROBES, Completion, ProbeResult, probe_module, versions
 
-EVALS_FILE = "evals.jsonl"
 BPB_VERSION = 1
 
 
@@ -347,7 +347,7 @@ def record(report: EvalReport, run_id: str, step: int, checkpoint: str, checkpoi
 
 def append_eval(run_dir: str | os.PathLike, rec: dict[str, Any]) -> None:
     """Append one record to the run's evals.jsonl (one line, flushed and synced)."""
-    path = Path(run_dir) / EVALS_FILE
+    path = RunDir(run_dir).evals_file
     line = json.dumps(rec, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
@@ -361,7 +361,7 @@ def _json_default(value: Any) -> Any:
 
 def read_evals(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a run's evals.jsonl, oldest first (a torn last line is skipped)."""
-    path = Path(run_dir) / EVALS_FILE
+    path = RunDir(run_dir).evals_file
     if not path.exists():
         return []
     out = []

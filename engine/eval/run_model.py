@@ -17,7 +17,8 @@ from typing import Any
 
 from engine.errors import ModelError, RunError, TokenizerError
 from engine.model.config import ModelConfig
-from engine.jobs.runs import CKPT_STATE, RunSpec, checkpoints, load_run_spec
+from engine.jobs.rundir import CKPT_STATE, RunDir
+from engine.jobs.runs import RunSpec
 from engine.data.tokenizer import file_hash
 
 MODEL_FILE = "model.safetensors"
@@ -55,7 +56,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def check_tokenizer(spec: RunSpec) -> None:
     """Refuse a run whose tokenizer file is gone or differs from the one it trained with."""
-    where = spec.run_dir / "stage.toml"
+    where = RunDir(spec.run_dir).stage_file
     if not spec.tokenizer.exists():
         raise TokenizerError(
             f"{spec.tokenizer}: tokenizer of run {spec.run_id} is missing (paths.tokenizer in {where})")
@@ -69,17 +70,18 @@ def check_tokenizer(spec: RunSpec) -> None:
 
 def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None) -> RunCheckpoint:
     """The run's checkpoint at `step` (the latest when None), with the run's tokenizer checked."""
-    spec = load_run_spec(run_dir)
-    found = checkpoints(spec.run_dir)
+    run = RunDir(run_dir)
+    spec = run.spec()
+    found = run.checkpoints()
     if not found:
-        raise RunError(f"{spec.run_dir / 'ckpt'}: run {spec.run_id} has no checkpoint yet")
+        raise RunError(f"{run.ckpt_dir}: run {spec.run_id} has no checkpoint yet")
     if step is None:
         step, path = found[-1]
     else:
         match = [p for s, p in found if s == step]
         if not match:
             have = ", ".join(str(s) for s, _ in found)
-            raise RunError(f"{spec.run_dir / 'ckpt'}: no checkpoint at step {step} (have steps {have})")
+            raise RunError(f"{run.ckpt_dir}: no checkpoint at step {step} (have steps {have})")
         path = match[0]
     check_tokenizer(spec)
     if not (path / MODEL_FILE).exists():

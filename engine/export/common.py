@@ -16,6 +16,7 @@ from typing import Any
 from engine.atomic import atomic_write_text
 from engine.errors import FcError
 from engine.eval.run_model import RunCheckpoint
+from engine.jobs.rundir import RunDir
 
 FORMATS = ("hf", "gguf", "mlx")
 DTYPES = ("f32", "f16", "bf16", "q8")
@@ -51,7 +52,7 @@ def check_options(fmt: str, dtype: str) -> None:
 
 def default_out(ckpt: RunCheckpoint, fmt: str, dtype: str) -> Path:
     """runs/<id>/exports/<format>-<dtype>-step<N>/"""
-    return ckpt.spec.run_dir / "exports" / f"{fmt}-{dtype}-step{ckpt.step}"
+    return RunDir(ckpt.spec.run_dir).exports_dir / f"{fmt}-{dtype}-step{ckpt.step}"
 
 
 def torch_dtype(dtype: str):

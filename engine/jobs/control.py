@@ -1,4 +1,4 @@
-"""control.toml: how the TUI and CLI ask a running trainer to change its mix or to stop.
+"""Control requests: how the TUI and CLI ask a running trainer to change its mix or to stop.
 
 The file holds `request_id` (an increasing integer), an optional `mix` table and an optional
 `stop` flag. Writers replace it atomically under a lock, with the next request id; the trainer
@@ -23,8 +23,6 @@ from engine.atomic import atomic_write_text
 from engine.errors import ControlError
 from engine.profile import describe_value
 
-CONTROL_FILE = "control.toml"
-LOCK_FILE = ".control.lock"
 _KEYS = ("request_id", "mix", "stop")
 
 
@@ -37,7 +35,7 @@ class ControlRequest:
     stop: bool = False
 
 
-def parse_control(text: str, origin: str = CONTROL_FILE, domains: Iterable[str] | None = None) -> ControlRequest:
+def parse_control(text: str, origin: str = "<control request>", domains: Iterable[str] | None = None) -> ControlRequest:
     """Validate control.toml text; `domains` (the run's) is what a mix may name. Errors are one line."""
     try:
         data = tomllib.loads(text)
@@ -77,9 +75,8 @@ def validate_mix(mix: Any, origin: str, domains: Iterable[str] | None = None) ->
     return out
 
 
-def read_control(run_dir: str | os.PathLike, domains: Iterable[str] | None = None) -> ControlRequest | None:
-    """The run's current request, or None when it has no control.toml."""
-    path = Path(run_dir) / CONTROL_FILE
+def read_control(path: Path, domains: Iterable[str] | None = None) -> ControlRequest | None:
+    """The current request in the control file at `path`, or None when there is none."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -90,9 +87,9 @@ def read_control(run_dir: str | os.PathLike, domains: Iterable[str] | None = Non
 
 
 @contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
+def _locked(lock_path: Path) -> Iterator[None]:
     """Serialise writers (a TUI and a CLI on one run) around read-increment-write."""
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -116,17 +113,14 @@ def _last_request_id(path: Path) -> int:
     return int(m.group(1)) if m else -1
 
 
-def write_control(run_dir: str | os.PathLike, mix: dict[str, float] | None = None, stop: bool = False) -> int:
-    """Write a new request (atomically, with the next request id) and return its id."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ControlError(f"{run_dir}: no such run folder")
+def write_control(path: Path, lock_path: Path, mix: dict[str, float] | None = None, stop: bool = False) -> int:
+    """Write a new request to the control file at `path` (atomically, with the next request id,
+    under `lock_path`) and return its id."""
     if mix is None and not stop:
-        raise ControlError(f"{run_dir / CONTROL_FILE}: a request needs a mix or stop = true")
+        raise ControlError(f"{path}: a request needs a mix or stop = true")
     if mix is not None:
-        mix = validate_mix(mix, str(run_dir / CONTROL_FILE))
-    path = run_dir / CONTROL_FILE
-    with _locked(run_dir):
+        mix = validate_mix(mix, str(path))
+    with _locked(lock_path):
         rid = max(_last_request_id(path), 0) + 1
         data: dict[str, Any] = {"request_id": rid}
         if mix is not None:

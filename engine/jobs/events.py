@@ -3,7 +3,9 @@
 One JSON object a line, each with `type` and `time` (unix seconds); docs/formats.md lists the
 fields. The writer flushes every line (a reader tailing the file sees it at once) and fsyncs only
 the rare events that must survive a power cut (status, checkpoint, error), so logging a step costs
-one small write. The reader is incremental (byte offsets) and skips a torn last line.
+one small write. The readers are incremental (byte offsets) and skip a torn last line:
+`read_events` from an offset, `tail_events` the last of each type, `EventTail` in bounded chunks
+for a follower that must not stall on a huge backlog.
 """
 
 from __future__ import annotations
@@ -14,13 +16,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-EVENTS_FILE = "events.jsonl"
-EVENT_TYPES = ("status", "step", "eval", "mix", "checkpoint", "error")
-STATES = ("starting", "running", "stopping", "stopped", "finished", "failed")
-FINAL_STATES = ("stopped", "finished", "failed")
-ERROR_SOURCES = ("control", "trainer", "supervisor")
+from engine.jobs.protocol import Event
+
+CHUNK_BYTES = 1 << 20  # most bytes one EventTail read takes
 # Events whose loss would mislead a restart or the supervisor: synced to disk, not just flushed.
-DURABLE_TYPES = frozenset({"status", "checkpoint", "error"})
+DURABLE_TYPES = frozenset({Event.STATUS, Event.CHECKPOINT, Event.ERROR})
 
 
 class EventWriter:
@@ -94,12 +94,7 @@ def read_events(path: str | os.PathLike, offset: int = 0) -> tuple[list[dict[str
     except FileNotFoundError:
         return [], 0
     end = data.rfind(b"\n") + 1
-    events = []
-    for line in data[:end].splitlines():
-        event = _parse_line(line)
-        if event is not None:
-            events.append(event)
-    return events, offset + end
+    return parse_lines(data[:end])[0], offset + end
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
@@ -142,3 +137,64 @@ def tail_events(path: str | os.PathLike, want: set[str], block: int = 1 << 16) -
             if event is not None and event["type"] in want and event["type"] not in found:
                 found[event["type"]] = event
     return found
+
+
+def parse_lines(data: bytes) -> tuple[list[dict], int]:
+    """Events from complete JSON lines; returns (events, lines that were not an event object)."""
+    events, bad = [], 0
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        event = _parse_line(line)
+        if event is None:
+            bad += 1
+        else:
+            events.append(event)
+    return events, bad
+
+
+class EventTail:
+    """Incremental reader of one events.jsonl: whole lines only, a bounded slice per call."""
+
+    def __init__(self, path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.path = Path(path)
+        self.chunk_bytes = chunk_bytes
+        self.offset = 0
+        self.size = 0
+        self._ino: int | None = None
+
+    def read_chunk(self) -> tuple[bytes, int, bool]:
+        """(complete lines read, lines skipped as too long, reset) where reset means the file was
+        replaced or truncated and the data starts again from its beginning."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return b"", 0, False
+        reset = False
+        if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset:
+            self.offset, reset = 0, True
+        self._ino, self.size = st.st_ino, st.st_size
+        if st.st_size <= self.offset:
+            return b"", 0, reset
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read(self.chunk_bytes)
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            if len(data) < self.chunk_bytes:
+                return b"", 0, reset  # a line still being written
+            # One line longer than a whole chunk: skip past it rather than stall.
+            self.offset += len(data)
+            return b"", 1, reset
+        self.offset += cut + 1
+        return data[:cut], 0, reset
+
+    def read_events(self) -> tuple[list[dict], int, bool]:
+        """Like `read_chunk`, parsed: (events, bad lines, reset)."""
+        data, skipped, reset = self.read_chunk()
+        events, bad = parse_lines(data)
+        return events, bad + skipped, reset
+
+    @property
+    def at_end(self) -> bool:
+        return self.offset >= self.size

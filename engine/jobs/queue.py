@@ -21,11 +21,11 @@ import tomli_w
 
 from engine.atomic import atomic_write_text
 from engine.errors import FcError, QueueError
+from engine.jobs import procs
+from engine.jobs.protocol import EntryState
+from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
-FINAL_STATES = ("done", "failed", "cancelled")
-RESUMABLE_STATES = ("failed", "cancelled")
 LOCK_NAME = "queue.lock"
 
 
@@ -40,7 +40,7 @@ class QueueEntry:
     id: int
     profile: str
     stage: str
-    state: str = "queued"
+    state: str = EntryState.QUEUED
     run_id: str = ""
     restarts: int = 0
     message: str = ""
@@ -60,7 +60,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "id": (lambda v: _is_int(v) and v > 0, "a positive integer"),
     "profile": (lambda v: isinstance(v, str) and v != "", "a profile name"),
     "stage": (lambda v: isinstance(v, str) and v != "", "a stage name"),
-    "state": (lambda v: v in STATES, "one of " + ", ".join(STATES)),
+    "state": (lambda v: v in EntryState.ALL, "one of " + ", ".join(EntryState.ALL)),
     "run_id": (lambda v: isinstance(v, str) and "/" not in v, "a run id (a folder name under runs/) or \"\""),
     "restarts": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     "message": (lambda v: isinstance(v, str), "a string"),
@@ -189,7 +189,7 @@ class StageQueue:
         """Drop an entry (its run folder stays); a running entry must be cancelled first."""
         with self.edit() as entries:
             entry = _find(entries, entry_id, self.path)
-            if entry.state == "running":
+            if entry.state == EntryState.RUNNING:
                 raise QueueError(f"{self.path}: entry {entry_id} is running; cancel it first (fcwork queue cancel {entry_id})")
             entries.remove(entry)
         return entry
@@ -216,26 +216,22 @@ class StageQueue:
     def cancel(self, entry_id: int) -> QueueEntry:
         """A queued entry is cancelled at once; a running one is asked to stop (checkpoint first)
         and marked cancelled by the supervisor once its trainer exits."""
-        from engine.jobs.supervisor import supervisor_pid, trainer_pid
-
         with self.edit() as entries:
             entry = _find(entries, entry_id, self.path)
-            if entry.state == "queued":
-                entry.state, entry.message = "cancelled", "cancelled before it started"
-            elif entry.state == "running":
-                run_dir = self.ws.runs_dir / entry.run_id if entry.run_id else None
-                alive = run_dir is not None and trainer_pid(run_dir) is not None
-                if not alive and supervisor_pid(self.ws) is None:
+            if entry.state == EntryState.QUEUED:
+                entry.state, entry.message = EntryState.CANCELLED, "cancelled before it started"
+            elif entry.state == EntryState.RUNNING:
+                run = RunDir(self.ws.runs_dir / entry.run_id) if entry.run_id else None
+                alive = run is not None and run.trainer_pid() is not None
+                if not alive and procs.supervisor_pid(self.ws) is None:
                     # Nobody is left to act on a stop: the entry was orphaned by a dead supervisor.
-                    entry.state, entry.pid, entry.cancel_requested = "cancelled", 0, False
+                    entry.state, entry.pid, entry.cancel_requested = EntryState.CANCELLED, 0, False
                     entry.message = "cancelled (its supervisor and trainer were gone)"
                 else:
                     entry.cancel_requested = True
                     entry.message = "stopping: checkpoint, then cancel"
-                    if run_dir is not None and (run_dir / "stage.toml").exists():
-                        from engine.jobs.control import write_control
-
-                        write_control(run_dir, stop=True)
+                    if run is not None and run.exists():
+                        run.write_control(stop=True)
             else:
                 raise QueueError(f"{self.path}: entry {entry_id} is {entry.state}; only a queued or running entry can be cancelled")
         return entry
@@ -245,17 +241,15 @@ class StageQueue:
         that run's last checkpoint."""
         with self.edit() as entries:
             entry = _find(entries, entry_id, self.path)
-            if entry.state not in RESUMABLE_STATES:
+            if entry.state not in EntryState.RESUMABLE:
                 raise QueueError(f"{self.path}: entry {entry_id} is {entry.state}; only a cancelled or failed entry can be resumed")
-            entry.state, entry.restarts, entry.pid, entry.cancel_requested = "queued", 0, 0, False
+            entry.state, entry.restarts, entry.pid, entry.cancel_requested = EntryState.QUEUED, 0, 0, False
             entry.message = _resume_message(self.ws, entry)
         return entry
 
     def start(self) -> int:
         """Make sure the workspace's supervisor runs; returns its pid."""
-        from engine.jobs.supervisor import ensure_supervisor
-
-        return ensure_supervisor(self.ws)
+        return procs.ensure_supervisor(self.ws)
 
     # -- supervisor side -----------------------------------------------------------------
 
@@ -275,23 +269,23 @@ class StageQueue:
         the stage it starts from (see `waiting_for`), now marked running."""
         with self.edit() as entries:
             for entry in entries:
-                if entry.state == "running":
+                if entry.state == EntryState.RUNNING:
                     return entry, True
             for entry in entries:
-                if entry.state != "queued":
+                if entry.state != EntryState.QUEUED:
                     continue
                 dep = self.waiting_for(entry, entries)
                 if dep is not None:
                     entry.message = waiting_message(dep)
                     continue
-                entry.state, entry.pid, entry.message = "running", 0, "starting"
+                entry.state, entry.pid, entry.message = EntryState.RUNNING, 0, "starting"
                 return entry, False
         return None
 
     def has_work(self, entries: list[QueueEntry] | None = None) -> bool:
         """Whether the supervisor has something to run: an entry running, or queued and not waiting."""
         entries = self.read() if entries is None else entries
-        return any(e.state == "running" or (e.state == "queued" and self.waiting_for(e, entries) is None)
+        return any(e.state == EntryState.RUNNING or (e.state == EntryState.QUEUED and self.waiting_for(e, entries) is None)
                    for e in entries)
 
     def waiting_for(self, entry: QueueEntry, entries: list[QueueEntry]) -> QueueEntry | None:
@@ -308,16 +302,16 @@ class StageQueue:
         if not init_from:
             return None
         deps = [e for e in entries if e.id != entry.id and e.profile == entry.profile and e.stage == init_from]
-        active = [e for e in deps if e.state in ("queued", "running")]
+        active = [e for e in deps if e.state in EntryState.ACTIVE]
         if active:
             return active[0]
         latest = max(deps, key=lambda e: e.id, default=None)
-        return latest if latest is not None and latest.state in RESUMABLE_STATES else None
+        return latest if latest is not None and latest.state in EntryState.RESUMABLE else None
 
 
 def waiting_message(dep: QueueEntry) -> str:
     """What a held entry says about the entry it waits for."""
-    if dep.state in RESUMABLE_STATES:
+    if dep.state in EntryState.RESUMABLE:
         return f"waiting for {dep.stage} (#{dep.id}, {dep.state}): resume #{dep.id}, or remove this entry"
     return f"waiting for {dep.stage} (#{dep.id}) to finish"
 
@@ -341,7 +335,5 @@ def _find(entries: list[QueueEntry], entry_id: int, path: Path) -> QueueEntry:
 def _resume_message(ws: Workspace, entry: QueueEntry) -> str:
     if not entry.run_id:
         return "queued again"
-    from engine.jobs.runs import latest_checkpoint
-
-    ckpt = latest_checkpoint(ws.runs_dir / entry.run_id)
-    return f"resumes from {Path(ckpt).name}" if ckpt else "restarts its run from step 0"
+    ckpt = RunDir(ws.runs_dir / entry.run_id).latest_checkpoint()
+    return f"resumes from {ckpt.name}" if ckpt else "restarts its run from step 0"

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.atomic import atomic_write_text
 from engine.errors import ModelError, RunError
-from engine.jobs.runs import CKPT_PREFIX, CKPT_STATE, checkpoints
+from engine.jobs.rundir import CKPT_PREFIX, CKPT_STATE, RunDir
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optim.pt"
@@ -94,7 +94,7 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(ckpt_root)
-    for _, old in checkpoints(ckpt_root.parent)[:-keep]:
+    for _, old in RunDir(ckpt_root.parent).checkpoints()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

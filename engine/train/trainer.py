@@ -22,8 +22,10 @@ import torch
 
 from engine.errors import DataError, FcError, RunError
 from engine.eval.harness import EvalLimits, evaluate_for_run, load_heldout, probe_docs
-from engine.jobs.events import EVENTS_FILE, EventWriter, read_events
-from engine.jobs.runs import CKPT_DIR, CKPT_PREFIX, RunSpec, checkpoints, load_run_spec
+from engine.jobs.events import EventWriter
+from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Event, RunState, Source
+from engine.jobs.rundir import RunDir
+from engine.jobs.runs import RunSpec
 from engine.data.sampler import MixSchedule, Sampler
 from engine.data.tokenizer import Tokenizer
 from engine.train import checkpoint as ckpt
@@ -35,7 +37,7 @@ from engine.train.watch import ControlWatcher, Rejected, StopSignals
 
 log = logging.getLogger("fcwork.trainer")
 THREADS_ENV = "FCWORK_TRAIN_THREADS"   # pin torch's CPU threads (same value => same sums => exact resume)
-EXIT_OK, EXIT_CRASH, EXIT_USER = 0, 1, 2
+EXIT_CRASH = 1  # an uncaught exception: the supervisor restarts the trainer
 
 
 class Trainer:
@@ -43,6 +45,7 @@ class Trainer:
 
     def __init__(self, run_dir: Path, events: EventWriter) -> None:
         self.run_dir = run_dir
+        self.run = RunDir(run_dir)
         self.events = events
         self.spec: RunSpec | None = None
         self.dev: DeviceInfo | None = None
@@ -58,19 +61,19 @@ class Trainer:
         }
         if message:
             fields["message"] = message
-        self.events.write("status", **fields)
+        self.events.write(Event.STATUS, **fields)
 
     # -- setup --------------------------------------------------------------------------
 
     def setup(self) -> None:
         """Everything before the first step; a problem here is the user's (exit 2) unless it is a bug."""
         self.signals = StopSignals()  # first: a SIGTERM during a slow start-up still stops cleanly
-        self.spec = spec = load_run_spec(self.run_dir)
+        self.spec = spec = self.run.spec()
         st = spec.stage
-        self.dev = pick_device(st.device, st.precision, origin=f"{self.run_dir / 'stage.toml'}: stage")
-        done = checkpoints(self.run_dir)
+        self.dev = pick_device(st.device, st.precision, origin=f"{self.run.stage_file}: stage")
+        done = self.run.checkpoints()
         self.step = done[-1][0] if done else 0
-        self.status("starting")
+        self.status(RunState.STARTING)
         # Exact resume on the CPU needs the same reduction order: a fixed thread count. The CPU ops
         # used here are deterministic as they are; torch.use_deterministic_algorithms would add
         # ~3 s of start-up (it imports torch._inductor) for nothing.
@@ -85,10 +88,10 @@ class Trainer:
         compile_on = st.compile == "on" or (st.compile == "auto" and self.dev.type == "cuda")
         if compile_on:
             self.model.compile()
-        self.watcher = ControlWatcher(self.run_dir, spec.domains, last_request)
+        self.watcher = ControlWatcher(self.run.control_file, spec.domains, last_request)
         log.info("run %s: stage %s, %s params, %s on %s (%s), compile %s", spec.run_id, st.name,
                  f"{self.model.num_params():,}", origin, self.dev.name, self.dev.precision, "on" if compile_on else "off")
-        self.status("running", origin)
+        self.status(RunState.RUNNING, origin)
 
     def build_data(self) -> dict:
         """Training shards (checked against the run's tokenizer) and the fixed held-out windows."""
@@ -127,7 +130,7 @@ class Trainer:
         self.schedule = MixSchedule([(0, dict(self.spec.mix))])
         self.tokens_drawn = {d: 0 for d in self.spec.domains}
         self.saved_step = -1
-        ckpt.remove_partial(self.run_dir / CKPT_DIR)
+        ckpt.remove_partial(self.run.ckpt_dir)
         origin, last_request = "from scratch", 0
         for i, (step, where) in enumerate(reversed(done)):
             try:
@@ -174,10 +177,10 @@ class Trainer:
     def replay_mix_events(self, last_request: int) -> int:
         """Mix changes acknowledged after the checkpoint we resumed from are put back in the schedule at
         the steps they were announced for, so the resumed run trains exactly what the killed one did."""
-        events, _ = read_events(self.run_dir / EVENTS_FILE)
+        events, _ = self.run.read_events()
         for ev in events:
             rid = ev.get("request_id")
-            if ev.get("type") == "mix" and isinstance(rid, int) and rid > last_request and ev.get("step", 0) > self.step:
+            if ev.get("type") == Event.MIX and isinstance(rid, int) and rid > last_request and ev.get("step", 0) > self.step:
                 self.schedule.add(int(ev["step"]), {d: float(w) for d, w in ev["mix"].items()})
                 last_request = rid
         return last_request
@@ -191,7 +194,7 @@ class Trainer:
                 return self.stop()
             if self.saved_step != self.step:
                 self.save()
-            self.status("finished")
+            self.status(RunState.FINISHED)
             return EXIT_OK
         finally:
             self.close()
@@ -206,7 +209,7 @@ class Trainer:
             self.step += 1
             metrics = self.train_step(self.step)
             if metrics is not None:
-                self.events.write("step", **metrics)
+                self.events.write(Event.STEP, **metrics)
             last = self.step == st.max_steps
             if st.eval_every and self.eval_windows and (self.step % st.eval_every == 0 or last):
                 self.run_eval()
@@ -284,7 +287,7 @@ class Trainer:
         request = self.watcher.poll()
         if isinstance(request, Rejected):
             fields = {"request_id": request.request_id} if request.request_id is not None else {}
-            self.events.write("error", message=request.message, source="control", **fields)
+            self.events.write(Event.ERROR, message=request.message, source=Source.CONTROL, **fields)
             log.warning("control: %s", request.message)
         elif request is not None:
             if request.mix is not None:
@@ -302,21 +305,21 @@ class Trainer:
         try:
             self.sampler.check(weights)  # e.g. a domain whose shard is shorter than one window
         except DataError as exc:
-            self.events.write("error", message=f"{self.run_dir / 'control.toml'}: {exc}", source="control",
+            self.events.write(Event.ERROR, message=f"{self.run.control_file}: {exc}", source=Source.CONTROL,
                               request_id=request_id)
             return
         self.schedule.add(step, weights)
-        self.events.write("mix", step=step, mix=weights, request_id=request_id)
+        self.events.write(Event.MIX, step=step, mix=weights, request_id=request_id)
         log.info("mix from step %d: %s", step, weights)
 
     def stop(self) -> int:
-        self.status("stopping", self.stop_reason)
+        self.status(RunState.STOPPING, self.stop_reason)
         if self.saved_step != self.step:
             self.save()
         else:  # this step's checkpoint exists: record the requests acted on since it was written
-            ckpt.update_state(self.run_dir / CKPT_DIR / f"{CKPT_PREFIX}{self.step}", {
+            ckpt.update_state(self.run.checkpoint_path(self.step), {
                 "mix_schedule": self.schedule.to_list(), "last_request_id": self.watcher.last_request_id})
-        self.status("stopped", self.stop_reason)
+        self.status(RunState.STOPPED, self.stop_reason)
         return EXIT_OK
 
     def run_eval(self) -> None:
@@ -327,7 +330,7 @@ class Trainer:
             fields["domain_bpb"] = res.domain_bpb
         if self.probe_text:
             fields.update(self.run_probes())
-        self.events.write("eval", **fields)
+        self.events.write(Event.EVAL, **fields)
         self.mark = (time.perf_counter(), self.step)  # keep eval time out of the next tokens/s
 
     def run_probes(self) -> dict[str, Any]:
@@ -361,10 +364,10 @@ class Trainer:
             "run_id": self.spec.run_id,
             "time": time.time(),
         }
-        where = ckpt.save_checkpoint(self.run_dir / CKPT_DIR, self.step, self.model, self.optimizer, state,
+        where = ckpt.save_checkpoint(self.run.ckpt_dir, self.step, self.model, self.optimizer, state,
                                      st.keep_checkpoints)
         self.saved_step = self.step
-        self.events.write("checkpoint", step=self.step, path=str(where))
+        self.events.write(Event.CHECKPOINT, step=self.step, path=str(where))
         log.info("checkpoint %s", where.name)
         self.mark = (time.perf_counter(), self.step)  # keep checkpoint time out of the next tokens/s
 
@@ -386,7 +389,7 @@ def _setup_logging(run_dir: Path) -> list[logging.Handler]:
     log.propagate = False
     fmt = logging.Formatter("%(asctime)s trainer[%(process)d] %(levelname)s %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    log_path = run_dir / "trainer.log"
+    log_path = RunDir(run_dir).trainer_log
     try:
         same = os.path.samestat(os.fstat(sys.stderr.fileno()), os.stat(log_path))
     except (OSError, ValueError, AttributeError):
@@ -401,14 +404,14 @@ def _setup_logging(run_dir: Path) -> list[logging.Handler]:
 
 def main(run_dir: str | os.PathLike) -> int:
     """Train the run in `run_dir` (resuming it if it has checkpoints); returns the exit code."""
-    run_dir = Path(run_dir).resolve()
-    if not (run_dir / "stage.toml").is_file():
-        print(f"fcwork-train: error: {run_dir}: not a run folder (no stage.toml)", file=sys.stderr)
-        return EXIT_USER
-    handlers = _setup_logging(run_dir)
+    run = RunDir(Path(run_dir).resolve())
+    if not run.exists():
+        print(f"fcwork-train: error: {run.path}: not a run folder (no {run.stage_file.name})", file=sys.stderr)
+        return EXIT_USER_ERROR
+    handlers = _setup_logging(run.path)
     try:
-        with EventWriter(run_dir / EVENTS_FILE) as events:
-            return _run(Trainer(run_dir, events))
+        with run.writer() as events:
+            return _run(Trainer(run.path, events))
     finally:
         for handler in handlers:
             log.removeHandler(handler)
@@ -422,15 +425,15 @@ def _run(trainer: Trainer) -> int:
     except FcError as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.error("%s", message)
-        trainer.events.write("error", message=message, source="trainer")
-        trainer.status("failed", message)
-        return EXIT_USER
+        trainer.events.write(Event.ERROR, message=message, source=Source.TRAINER)
+        trainer.status(RunState.FAILED, message)
+        return EXIT_USER_ERROR
     except BaseException as exc:  # a crash: traceback to the log, one line to the events
         log.error("crash:\n%s", traceback.format_exc())
         first = (str(exc).strip().splitlines() or [""])[0]
         message = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-        trainer.events.write("error", message=message, source="trainer")
-        trainer.status("failed", message)
+        trainer.events.write(Event.ERROR, message=message, source=Source.TRAINER)
+        trainer.status(RunState.FAILED, message)
         return EXIT_CRASH
     finally:
         trainer.close()

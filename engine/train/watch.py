@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from engine.jobs.control import CONTROL_FILE, ControlRequest, parse_control
+from engine.jobs.control import ControlRequest, parse_control
 from engine.errors import ControlError
 
 log = logging.getLogger("fcwork.trainer")
@@ -37,10 +37,10 @@ class Rejected:
 
 
 class ControlWatcher:
-    """Turns changes of RUN_DIR/control.toml into new ControlRequests (or Rejected), each once."""
+    """Turns changes of a run's control file into new ControlRequests (or Rejected), each once."""
 
-    def __init__(self, run_dir: Path, domains: Iterable[str], last_request_id: int = 0, watch: bool = True) -> None:
-        self.path = Path(run_dir) / CONTROL_FILE
+    def __init__(self, path: Path, domains: Iterable[str], last_request_id: int = 0, watch: bool = True) -> None:
+        self.path = Path(path)
         self.domains = list(domains)
         self.last_request_id = last_request_id
         self._changed = threading.Event()

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.errors import FcError
+from engine.jobs.protocol import EntryState
 from engine.workspace import Workspace
 
 # (probe, metric, label) rows of the probe tables, in display order.
@@ -123,7 +124,7 @@ def eval_device(ws: Workspace, want: str, console: Console) -> str:
     from engine.jobs.queue import StageQueue
 
     try:
-        busy = [e for e in StageQueue(ws).read() if e.state == "running"]
+        busy = [e for e in StageQueue(ws).read() if e.state == EntryState.RUNNING]
     except FcError:
         busy = []
     if busy:
@@ -134,12 +135,13 @@ def eval_device(ws: Workspace, want: str, console: Console) -> str:
 
 
 def _stored(run_dir, step: int | None) -> dict:
-    from engine.eval.harness import EVALS_FILE, read_evals
+    from engine.eval.harness import read_evals
+    from engine.jobs.rundir import RunDir
 
     recs = [r for r in read_evals(run_dir) if step is None or r.get("step") == step]
     if not recs:
         at = f" at step {step}" if step is not None else ""
-        raise FcError(f"{run_dir / EVALS_FILE}: no eval{at} yet (run `fcwork eval {run_dir.name}`)")
+        raise FcError(f"{RunDir(run_dir).evals_file}: no eval{at} yet (run `fcwork eval {run_dir.name}`)")
     return recs[-1]
 
 

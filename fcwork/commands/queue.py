@@ -8,11 +8,15 @@ import sys
 from rich.console import Console
 from rich.table import Column, Table
 
-from engine.errors import QueueError
+from engine.errors import FcError, QueueError
+from engine.jobs.procs import SUPERVISOR_LOG, supervisor_pid
+from engine.jobs.protocol import EntryState
 from engine.jobs.queue import StageQueue
+from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 
-STATE_STYLE = {"queued": "cyan", "running": "bold blue", "done": "green", "failed": "red", "cancelled": "yellow"}
+STATE_STYLE = {EntryState.QUEUED: "cyan", EntryState.RUNNING: "bold blue", EntryState.DONE: "green",
+               EntryState.FAILED: "red", EntryState.CANCELLED: "yellow"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,10 +58,8 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _maybe_start(q: StageQueue, start: bool) -> int:
-    from engine.jobs.supervisor import supervisor_pid
-
     if start:
-        print(f"supervisor running (pid {q.start()}); log: {q.ws.root / 'supervisor.log'}")
+        print(f"supervisor running (pid {q.start()}); log: {q.ws.root / SUPERVISOR_LOG}")
     elif supervisor_pid(q.ws) is None:
         print("the supervisor is not running: `fcwork queue start` runs the queue")
     return 0
@@ -67,26 +69,14 @@ def entry_progress(q: StageQueue, run_id: str) -> str:
     """`step/total` of an entry's run ("-" before it has one)."""
     if not run_id:
         return "-"
-    from engine.jobs.runs import read_run
-    from fcwork.live import stage_max_steps
-
-    run_dir = q.ws.runs_dir / run_id
     try:
-        summary = read_run(run_dir)
-    except Exception as exc:  # a damaged run shows in the table, it does not end the listing
+        h = RunDir(q.ws.runs_dir / run_id).summary()
+    except (FcError, OSError) as exc:  # a damaged run shows in the table, it does not end the listing
         return f"? ({exc})"[:40]
-    step = _get(summary, "step", 0) or 0
-    total = _get(summary, "max_steps", 0) or stage_max_steps(run_dir)
-    return f"{step}/{total}" if total else str(step)
-
-
-def _get(obj, key, default=None):
-    return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
+    return f"{h.step}/{h.max_steps}" if h.max_steps else str(h.step)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from engine.jobs.supervisor import supervisor_pid
-
     q = _queue(args)
     entries = q.read()
     pid = supervisor_pid(q.ws)
@@ -103,16 +93,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     q = _queue(args)
-    pending = sum(e.state in ("queued", "running") for e in q.read())
+    pending = sum(e.state in EntryState.ACTIVE for e in q.read())
     pid = q.start()
     print(f"supervisor running (pid {pid}), {pending} entr{'y' if pending == 1 else 'ies'} to run; "
-          f"log: {q.ws.root / 'supervisor.log'}")
+          f"log: {q.ws.root / SUPERVISOR_LOG}")
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     entry = _queue(args).cancel(args.id)
-    if entry.state == "running":
+    if entry.state == EntryState.RUNNING:
         print(f"#{entry.id}: stop requested; it checkpoints, then shows as cancelled")
     else:
         print(f"#{entry.id}: {entry.state}")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import tomllib
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Column, Table
 
+from engine.errors import FcError
+from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 from fcwork.commands.train import eval_events, resolve_run
 
@@ -23,79 +23,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_show)
 
 
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    """A field of a run summary, whether the summary is a dict or a dataclass."""
-    value = obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
-    return default if value is None else value
-
-
 def _fmt_loss(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
-def _frozen(run_dir: Path) -> dict:
-    """The run's stage.toml ({} when unreadable: the summary then says what is wrong)."""
-    try:
-        return tomllib.loads((run_dir / "stage.toml").read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    from engine.jobs.runs import list_runs, read_run
-
     ws = Workspace.open(args.workspace)
     table = Table(Column("run", overflow="fold"), "profile", "stage", "state", "step/total", "loss",
                   title=f"runs in {ws.runs_dir}")
-    runs = list_runs(ws)
-    for item in runs:
-        run_dir = item if isinstance(item, Path) else Path(_get(item, "path", None) or _get(item, "run_dir", None) or item)
-        if not run_dir.is_absolute():
-            run_dir = ws.runs_dir / run_dir
+    runs = RunDir.all(ws)
+    for run in runs:
         try:
-            s = read_run(run_dir)
-        except Exception as exc:  # one damaged run is listed, not fatal
-            table.add_row(run_dir.name, "", "", f"[red]unreadable: {exc}[/]", "", "")
+            h = run.summary()
+        except (FcError, OSError) as exc:  # one damaged run is listed, not fatal
+            table.add_row(run.id, "", "", f"[red]unreadable: {exc}[/]", "", "")
             continue
-        frozen = _frozen(run_dir)
-        profile = _get(s, "profile", "") or frozen.get("run", {}).get("profile", "")
-        stage = _get(s, "stage", "") or frozen.get("run", {}).get("stage", "")
-        total = _get(s, "max_steps", 0) or frozen.get("stage", {}).get("max_steps", 0)
-        step = _get(s, "step", 0)
-        table.add_row(run_dir.name, str(profile), str(stage), str(_get(s, "state", "")),
-                      f"{step}/{total}" if total else str(step), _fmt_loss(_get(s, "loss")))
+        table.add_row(run.id, h.profile, h.stage, h.status,
+                      f"{h.step}/{h.max_steps}" if h.max_steps else str(h.step), _fmt_loss(h.loss))
     Console().print(table if runs else f"no runs yet in {ws.runs_dir}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from engine.jobs.runs import latest_checkpoint, read_run
-
     ws = Workspace.open(args.workspace)
-    run_dir = resolve_run(ws, args.run)
-    s = read_run(run_dir)
-    stage = tomllib.loads((run_dir / "stage.toml").read_text(encoding="utf-8"))
+    run = RunDir(resolve_run(ws, args.run))
+    s = run.summary()
+    stage = run.read_stage()
     st = stage.get("stage", {})
     console = Console()
     model = st.get("model", {})
     shape = ", ".join(f"{k}={model[k]}" for k in ("dim", "n_layers", "n_heads", "vocab_size") if k in model)
-    console.print(f"[bold]{run_dir.name}[/]  {stage.get('run', {}).get('profile', '')} / {st.get('name', '')}")
-    console.print(f"state {_get(s, 'state', '?')}, step {_get(s, 'step', 0)}/{st.get('max_steps', '?')}, "
-                  f"last loss {_fmt_loss(_get(s, 'loss'))}")
+    console.print(f"[bold]{run.id}[/]  {s.profile} / {s.stage}")
+    console.print(f"state {s.status}, step {s.step}/{s.max_steps or '?'}, last loss {_fmt_loss(s.loss)}")
     console.print(f"model: {shape}; seq_len {st.get('seq_len')}, batch {st.get('micro_batch')}x{st.get('grad_accum')}, "
                   f"lr {st.get('lr')}, {st.get('schedule')}")
     init = stage.get("paths", {}).get("init_from", "")
     if init:
         console.print(f"initialised from {init}")
-    ckpts = sorted((p for p in (run_dir / "ckpt").glob("step-*") if p.is_dir() and p.name[5:].isdigit()),
-                   key=lambda p: int(p.name[5:]))
-    latest = latest_checkpoint(run_dir)
-    console.print("checkpoints: " + (", ".join(p.name for p in ckpts) if ckpts else "none")
-                  + (f" (latest {Path(latest).name})" if latest else ""))
-    message = _get(s, "message", "")
-    if message:
-        console.print(f"message: {message}")
-    evals = eval_events(run_dir)
+    ckpts = run.checkpoints()
+    console.print("checkpoints: " + (", ".join(p.name for _, p in ckpts) if ckpts else "none")
+                  + (f" (latest {ckpts[-1][1].name})" if ckpts else ""))
+    if s.message:
+        console.print(f"message: {s.message}")
+    evals = eval_events(run.path)
     if evals:
         domains = list(dict.fromkeys(d for e in evals for d in e.get("domain_loss", {})))
         table = Table("step", "loss", *domains, title="held-out loss by domain" + (" (bits per byte)" if any(

@@ -9,16 +9,15 @@ import os
 import signal
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from engine.errors import ProfileError, RunError
+from engine.jobs.protocol import EntryState, Event, RunState, Source
+from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
-
-FINAL = ("done", "failed", "cancelled")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,15 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_run(ws: Workspace, run: str) -> Path:
-    """A run id under runs/, or a path to a run folder."""
-    path = Path(run).expanduser()
-    if not (path / "stage.toml").exists():
-        path = ws.runs_dir / run
-    if not (path / "stage.toml").exists():
-        known = sorted(p.name for p in ws.runs_dir.iterdir() if (p / "stage.toml").exists()) if ws.runs_dir.exists() else []
-        listed = ", ".join(known[-5:]) or "none"
-        raise RunError(f"{ws.runs_dir}: no run {run!r} (latest runs: {listed})")
-    return path
+    """A run id under runs/, a prefix only one run id has, or a path to a run folder."""
+    return RunDir.resolve(ws, run).path
 
 
 # -- fcwork train ---------------------------------------------------------------------
@@ -77,17 +69,17 @@ interrupts = _Interrupts()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from engine.jobs.procs import spawn_trainer
     from engine.jobs.runs import create_run
-    from engine.jobs.supervisor import spawn_trainer
     from fcwork.live import follow_run
 
     ws = Workspace.open(args.workspace)
     prof = ws.load_profile(args.profile)
     prof.stage(args.stage)
-    run_dir = Path(create_run(ws, prof, args.stage))
+    run = RunDir(create_run(ws, prof, args.stage))
     console = Console(stderr=True)
-    console.print(f"run {run_dir.name}: {prof.name} / {args.stage} (log: {run_dir / 'trainer.log'})")
-    proc = spawn_trainer(run_dir)
+    console.print(f"run {run.id}: {prof.name} / {args.stage} (log: {run.trainer_log})")
+    proc = spawn_trainer(run.path)
     handled = 0
 
     def check() -> bool:
@@ -96,9 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         while handled < interrupts.count:
             handled += 1
             if handled == 1:
-                from engine.jobs.control import write_control
-
-                write_control(run_dir, stop=True)
+                run.write_control(stop=True)
                 console.print("stopping: the trainer checkpoints, then exits (Ctrl-C again to send SIGTERM)")
             else:
                 with contextlib.suppress(ProcessLookupError):
@@ -107,10 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return proc.poll() is not None
 
     with interrupts:
-        tail = follow_run(run_dir, check, console, label=args.stage)
+        tail = follow_run(run.path, check, console, label=args.stage)
     rc = proc.wait()
     state = tail.state or "?"
-    console.print(f"run {run_dir.name}: {state} at step {tail.step}/{tail.max_steps} (exit {rc})")
+    console.print(f"run {run.id}: {state} at step {tail.step}/{tail.max_steps} (exit {rc})")
     if rc != 0 and tail.errors:
         console.print(f"[red]{tail.errors[-1].get('message', '')}[/]")
     return rc if rc >= 0 else 128 - rc
@@ -120,8 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.data.pipeline import prepare_data
+    from engine.jobs.procs import SUPERVISOR_LOG, ensure_supervisor
     from engine.jobs.queue import StageQueue, profile_key
-    from engine.jobs.supervisor import ensure_supervisor
     from fcwork.live import follow_queue
     from fcwork.progress import rich_progress
 
@@ -137,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ProfileError(f"{prof.path}: stages: the profile has no [[stages]] to train")
     queue = StageQueue(ws)
     key = profile_key(ws, args.profile)
-    active = {(e.profile, e.stage): e for e in queue.read() if e.state in ("queued", "running")}
+    active = {(e.profile, e.stage): e for e in queue.read() if e.state in EntryState.ACTIVE}
     ids, new = [], []
     for st in prof.stages:
         if (key, st.name) in active:
@@ -147,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     added = queue.add_many(args.profile, new) if new else []
     ids = sorted(ids + [e.id for e in added])
     pid = ensure_supervisor(ws)
-    console.print(f"queued {', '.join(f'#{i}' for i in ids)}; supervisor pid {pid} (log: {ws.root / 'supervisor.log'})")
+    console.print(f"queued {', '.join(f'#{i}' for i in ids)}; supervisor pid {pid} (log: {ws.root / SUPERVISOR_LOG})")
     if args.detach:
         console.print("detached: follow with `fcwork queue list` or the TUI")
         return 0
@@ -158,18 +148,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     entries = [e for e in queue.read() if e.id in ids]
     Console().print(summary_table(ws, entries))
-    return 0 if all(e.state == "done" for e in entries) else 1
+    return 0 if all(e.state == EntryState.DONE for e in entries) else 1
 
 
 def eval_events(run_dir: Path) -> list[dict]:
     """The run's `eval` events, in order."""
-    from engine.jobs.events import read_events
-
-    path = Path(run_dir) / "events.jsonl"
-    if not path.exists():
-        return []
-    events, _ = read_events(path, 0)
-    return [e for e in events if e.get("type") == "eval"]
+    return [e for e in RunDir(run_dir).read_events()[0] if e.get("type") == Event.EVAL]
 
 
 def summary_table(ws: Workspace, entries: list) -> Table:
@@ -208,45 +192,34 @@ def parse_weights(pairs: list[str], domains: list[str], origin: str) -> dict[str
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
-    from engine.jobs.control import write_control
-    from engine.jobs.events import read_events
     from engine.profile import normalise_mix
-    from engine.jobs.supervisor import trainer_pid
 
     ws = Workspace.open(args.workspace)
-    run_dir = resolve_run(ws, args.run)
-    stage_toml = run_dir / "stage.toml"
-    try:
-        domains = list(tomllib.loads(stage_toml.read_text(encoding="utf-8")).get("mix", {}))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ProfileError(f"{stage_toml}: cannot read the run's mix ({exc})") from None
-    mix = parse_weights(args.weights, domains, str(stage_toml))
+    run = RunDir.resolve(ws, args.run)
+    domains = run.meta().domains
+    mix = parse_weights(args.weights, domains, str(run.stage_file))
     # Domains left out keep their weight of 0: a mix names every domain it trains on.
     mix = {d: mix.get(d, 0.0) for d in domains}
-    if trainer_pid(run_dir) is None:
-        raise RunError(f"{run_dir}: no trainer is running for this run; a mix change needs a training stage")
-    events_path = run_dir / "events.jsonl"
-    offset = events_path.stat().st_size if events_path.exists() else 0
-    request = write_control(run_dir, mix=mix)
-    if not isinstance(request, int):
-        request = tomllib.loads((run_dir / "control.toml").read_text(encoding="utf-8")).get("request_id")
-    print(f"mix request {request} sent to {run_dir.name}: " + " ".join(f"{d}={w:g}" for d, w in mix.items()))
+    if run.trainer_pid() is None:
+        raise RunError(f"{run.path}: no trainer is running for this run; a mix change needs a training stage")
+    offset = run.events_size()
+    request = run.write_control(mix=mix)
+    print(f"mix request {request} sent to {run.id}: " + " ".join(f"{d}={w:g}" for d, w in mix.items()))
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        events, offset = read_events(events_path, offset) if events_path.exists() else ([], offset)
+        events, offset = run.read_events(offset)
         for ev in events:
-            if ev.get("type") == "mix" and ev.get("request_id") == request:
+            if ev.get("type") == Event.MIX and ev.get("request_id") == request:
                 applied = " ".join(f"{d}={w:.3f}" for d, w in normalise_mix(ev.get("mix") or mix).items())
                 print(f"applied from step {ev.get('step')}: {applied}")
                 return 0
-            if ev.get("type") == "error" and ev.get("source") == "control":
+            if ev.get("type") == Event.ERROR and ev.get("source") == Source.CONTROL:
                 print(f"fcwork: error: the trainer rejected the mix: {ev.get('message', '')}", file=sys.stderr)
                 return 1
-            if ev.get("type") == "status" and ev.get("state") in ("stopped", "finished", "failed"):
+            if ev.get("type") == Event.STATUS and ev.get("state") in RunState.FINAL:
                 print(f"fcwork: error: the trainer {ev.get('state')} before applying the mix", file=sys.stderr)
                 return 1
         time.sleep(0.2)
     print(f"fcwork: error: no answer from the trainer within {args.timeout:g} s (request {request} stays pending)",
           file=sys.stderr)
     return 1
-

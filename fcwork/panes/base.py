@@ -13,7 +13,7 @@ from textual.worker import Worker, WorkerState
 
 from engine.workspace import Workspace
 from fcwork.messages import WorkerFailed
-from fcwork.tail import RunStore
+from engine.jobs.history import RunStore
 
 
 class Pane(Vertical):

@@ -18,8 +18,10 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Label, Static
 
-from engine.eval.harness import EVALS_FILE, read_evals
-from engine.jobs.supervisor import child_env
+from engine.eval.harness import read_evals
+from engine.jobs.protocol import Event
+from engine.jobs.rundir import RunDir
+from engine.jobs.procs import child_env
 from fcwork.commands.eval import PROBE_ROWS
 from fcwork.panes.base import Pane
 from fcwork.widgets.generate_screen import GenerateScreen
@@ -88,7 +90,7 @@ class EvalPane(Pane):
         self._drawn = None
 
     def run_notices(self, run_id: str, events: list[dict], replay: bool) -> None:
-        if any(e.get("type") == "eval" for e in events):
+        if any(e.get("type") == Event.EVAL for e in events):
             self._drawn = None
 
     def _default_runs(self) -> list[str]:
@@ -96,7 +98,7 @@ class EvalPane(Pane):
         with self.store.lock:
             newest = sorted(self.store.runs, reverse=True)
             with_evals = [r for r in newest if self.store.runs[r].evals]
-        harness = [r for r in newest if r not in with_evals and (self.ws.runs_dir / r / EVALS_FILE).exists()]
+        harness = [r for r in newest if r not in with_evals and RunDir(self.ws.runs_dir / r).evals_file.exists()]
         return sorted(with_evals + harness, reverse=True)[:DEFAULT_RUNS]
 
     def action_choose_runs(self) -> None:
@@ -131,7 +133,7 @@ class EvalPane(Pane):
         if run is None:
             with self.store.lock:
                 newest = sorted(self.store.runs, reverse=True)
-            run = next((r for r in newest if any((self.ws.runs_dir / r / "ckpt").glob("step-*"))), None)
+            run = next((r for r in newest if RunDir(self.ws.runs_dir / r).checkpoints()), None)
         if run is None:
             self.notify(f"no run with a checkpoint to {what} yet", severity="warning")
         return run
@@ -182,7 +184,7 @@ class EvalPane(Pane):
 
     def _latest(self, run: str) -> tuple[int, dict]:
         """(mtime, latest record) of a run's evals.jsonl, read again only when it changed (it is small)."""
-        path = self.ws.runs_dir / run / EVALS_FILE
+        path = RunDir(self.ws.runs_dir / run).evals_file
         try:
             mtime = path.stat().st_mtime_ns
         except OSError:

@@ -22,6 +22,8 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
 from engine.errors import FcError, ProfileError
+from engine.jobs.protocol import Event, Source
+from engine.jobs.rundir import RunDir
 from fcwork.panes.base import Pane
 from fcwork.widgets.bars import Bar
 from fcwork.widgets.colors import theme_color
@@ -202,10 +204,10 @@ class ManifestPane(Pane):
         if not self.pending or run_id != self.pending[0]:
             return
         for ev in events:
-            if ev.get("type") == "mix" and ev.get("request_id") == self.pending[1]:
+            if ev.get("type") == Event.MIX and ev.get("request_id") == self.pending[1]:
                 self._acked(ev.get("step"))
                 return
-            if ev.get("type") == "error" and ev.get("source") == "control" and not replay:
+            if ev.get("type") == Event.ERROR and ev.get("source") == Source.CONTROL and not replay:
                 self._set_status(f"the trainer rejected mix request {self.pending[1]}: {ev.get('message', '')}",
                                  error=True)
                 self.pending = None
@@ -288,9 +290,7 @@ class ManifestPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="manifest-control")
     def send_mix(self, run_id: str, mix: dict[str, float]) -> None:
-        from engine.jobs.control import write_control
-
-        request_id = write_control(self.ws.runs_dir / run_id, mix=mix)
+        request_id = RunDir(self.ws.runs_dir / run_id).write_control(mix=mix)
         self.post_message(self.MixSent(run_id, request_id, mix))
 
     def on_manifest_pane_mix_sent(self, event: ManifestPane.MixSent) -> None:

@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Sparkline
 
+from engine.jobs.protocol import Event, RunState
 from fcwork.panes.base import Pane
 from fcwork.panes.queue import fmt_eta
 from fcwork.widgets.modals import PickScreen
@@ -78,7 +79,7 @@ class MetricsPane(Pane):
 
     def run_notices(self, run_id: str, events: list[dict], replay: bool) -> None:
         if self.follow and run_id != self.run_id and not replay and any(
-                e.get("type") == "status" and e.get("state") in ("starting", "running") for e in events):
+                e.get("type") == Event.STATUS and e.get("state") in (RunState.STARTING, RunState.RUNNING) for e in events):
             self.show_run(run_id, follow=True)
 
     def _pick_default(self) -> None:
@@ -154,7 +155,7 @@ class MetricsPane(Pane):
             s = h.series.get(key)
             stats[key] = (list(s.ys), s.last) if s is not None else ([], None)
         return {
-            "title": run_label(h) + (f"  ETA {fmt_eta(h.eta_seconds())}" if h.state == "running" else "")
+            "title": run_label(h) + (f"  ETA {fmt_eta(h.eta_seconds())}" if h.state == RunState.RUNNING else "")
                      + (f"  {h.device}" if h.device else ""),
             "lines": lines, "mixes": mixes, "domains": domains, "stats": stats,
             "x_max": max(h.max_steps, h.step, 1), "step": h.step, "errors": len(h.errors),

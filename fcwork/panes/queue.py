@@ -18,6 +18,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Label, Static
 
 from engine.errors import FcError
+from engine.jobs.protocol import EntryState
 from fcwork.messages import ShowRun
 from fcwork.panes.base import Pane
 from fcwork.widgets.colors import theme_color
@@ -26,7 +27,8 @@ from fcwork.widgets.row_table import RowTable
 
 REDRAW_S = 1.0
 DEVICES = ("auto", "cpu", "cuda", "mps")
-STATE_COLORS = {"running": "success", "failed": "error", "cancelled": "warning", "done": "primary"}
+STATE_COLORS = {EntryState.RUNNING: "success", EntryState.FAILED: "error", EntryState.CANCELLED: "warning",
+                EntryState.DONE: "primary"}
 
 
 def fmt_gib(n: float) -> str:
@@ -51,7 +53,6 @@ class EntryInfo:
     device: str = "-"
     memory: str = "-"
     max_steps: int = 0
-    tokens_per_step: int = 0
 
 
 def entry_info(ws: Any, entry: Any, device: str, profiles: dict) -> EntryInfo:
@@ -81,7 +82,7 @@ def entry_info(ws: Any, entry: Any, device: str, profiles: dict) -> EntryInfo:
         memory = fmt_gib(est["total"])
     except FcError:
         memory = "-"
-    return EntryInfo(dev, memory, st.max_steps, st.seq_len * st.micro_batch * st.grad_accum)
+    return EntryInfo(dev, memory, st.max_steps)
 
 
 class QueuePane(Pane):
@@ -206,10 +207,8 @@ class QueuePane(Pane):
                 if h is not None:
                     total = h.max_steps or info.max_steps
                     progress = f"{h.step}/{total}" if total else str(h.step)
-                    if e.state == "running":
-                        if not h.tokens_per_step:
-                            h.tokens_per_step = info.tokens_per_step
-                        eta = fmt_eta(h.eta_seconds())
+                    if e.state == EntryState.RUNNING:
+                        eta = fmt_eta(h.eta_seconds())  # tokens per step from the run's frozen stage
                     device = h.device or device
         elif info.max_steps:
             progress = f"0/{info.max_steps}"
@@ -274,7 +273,7 @@ class QueuePane(Pane):
         e = self._selected()
         if e is None:
             return
-        what = "stop it (checkpoint first) and cancel it" if e.state == "running" else "cancel it"
+        what = "stop it (checkpoint first) and cancel it" if e.state == EntryState.RUNNING else "cancel it"
         self.app.push_screen(ConfirmScreen(f"Entry {e.id} ({e.stage}) is {e.state}: {what}?"),
                              lambda yes: yes and self.run_op("cancel", e.id))
 

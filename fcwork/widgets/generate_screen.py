@@ -20,7 +20,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Label, Log, Static
 
-from engine.jobs.supervisor import child_env
+from engine.jobs.procs import child_env
 
 MAX_NEW_TOKENS = 200
 

@@ -294,7 +294,7 @@ async def test_queue_start_spawns_the_supervisor(tmp_path):
         await pilot.press("f3", "s")
         await wait_for(pilot, lambda: any(m.startswith("Supervisor running") for m in notifications(app)),
                        what="supervisor")
-    from engine.jobs.supervisor import supervisor_pid
+    from engine.jobs.procs import supervisor_pid
 
     pid = supervisor_pid(ws)
     if pid:  # an idle supervisor exits by itself; don't leave it behind

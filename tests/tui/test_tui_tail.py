@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fcwork.tail import EventTail, RunHistory, RunStore, Series
+from engine.jobs.events import EventTail
+from engine.jobs.history import RunHistory, RunStore, Series
 from tui_fixtures import REPO_ROOT, T0, run_events, step_event, write_events
 
 

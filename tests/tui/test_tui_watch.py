@@ -13,7 +13,7 @@ import pytest
 from engine.workspace import Workspace
 from fcwork import watch as watch_mod
 from fcwork.messages import ProfileChanged, QueueChanged, RunNotices, RunsChanged
-from fcwork.tail import RunStore
+from engine.jobs.history import RunStore
 from tui_fixtures import step_event
 
 QUEUE_TOML = """[[entries]]

@@ -1,36 +1,39 @@
-"""Follow runs' events.jsonl without blocking the UI: bounded chunked reads into bounded history.
+"""The one fold of a run's events into its state: what the supervisor judges, the CLI prints and
+the TUI draws.
 
-`EventTail` reads what was appended to one events file, at most `CHUNK_BYTES` a call, so a
-huge backlog is replayed in slices and the reading thread yields between them (backpressure).
-`RunHistory` folds events into what the panes draw: decimating series of at most
-`MAX_POINTS` points, the mix history, evals and errors in bounded deques. `RunStore` holds
-the histories of every run behind one lock: the watcher thread writes, the UI copies out
-under the lock on its redraw timer, so no event ever becomes a message of its own.
-No Textual here: the follower is tested and benchmarked on its own.
+`RunHistory` keeps the latest state, step, status message and step event, plus bounded series
+(`MAX_POINTS` points each, thinned rather than cut, so a long run keeps its whole span), the mix
+history, evals, errors and control acknowledgements. `RunStore` holds the histories of many runs
+behind one lock for a reader on another thread; `RunFollower` folds one run as it grows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-CHUNK_BYTES = 1 << 20      # most bytes one read takes from an events file
+from engine.errors import RunError
+from engine.jobs.protocol import Event, RunState
+
+if TYPE_CHECKING:
+    from engine.jobs.rundir import RunDir
+
 MAX_POINTS = 2048          # points a series keeps (older ones thinned, never dropped wholesale)
 MAX_EVALS = 512
 MAX_ERRORS = 64
 MAX_MIXES = 512
 MAX_ACKS = 256
-NOTABLE = ("status", "mix", "error", "checkpoint", "eval")  # events the app reacts to besides redraws
+NOTABLE = (Event.STATUS, Event.MIX, Event.ERROR, Event.CHECKPOINT, Event.EVAL)  # besides redraws
 # How EventWriter (compact) and json.dumps (default separators) begin a step event's line.
 STEP_PREFIXES = (b'{"type":"step"', b'{"type": "step"')
 RATE_WINDOW = 64  # step events the ETA's rate is measured over
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mem_bytes", "mfu")
+META_FIELDS = ("profile", "stage", "created", "max_steps", "tokens_per_step", "start_mix")
 
 
 class Series:
@@ -116,6 +119,36 @@ class RunHistory:
     bad_lines: int = 0
     version: int = 0
 
+    @classmethod
+    def of(cls, run: "RunDir") -> "RunHistory":
+        """An empty history of `run` with its metadata from stage.toml (left empty when unreadable)."""
+        h = cls(run.id)
+        with contextlib.suppress(RunError):
+            h.set_meta(run)
+        return h
+
+    def set_meta(self, run: "RunDir") -> None:
+        """Profile, stage, creation time, length, tokens per step and starting mix from stage.toml;
+        raises RunError when it cannot be read."""
+        meta = run.meta()
+        self.profile, self.stage, self.created = meta.profile, meta.stage, meta.created
+        self.max_steps = self.max_steps or meta.max_steps
+        self.tokens_per_step, self.start_mix = meta.tokens_per_step, dict(meta.mix)
+
+    @property
+    def status(self) -> str:
+        """The state, `created` before the run's first event."""
+        return self.state or RunState.CREATED
+
+    @property
+    def loss(self) -> float | None:
+        """The latest step's training loss."""
+        return _number(self.last.get("loss"))
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return _number(self.last.get("tokens_per_s"))
+
     def _series(self, key: str) -> Series:
         s = self.series.get(key)
         if s is None:
@@ -151,7 +184,7 @@ class RunHistory:
         kind = ev.get("type")
         step = ev.get("step")
         step = step if isinstance(step, int) and not isinstance(step, bool) else None
-        if kind == "step" and step is not None:
+        if kind == Event.STEP and step is not None:
             keep = self.take_step() if keep is None else keep
             self.step = step
             self.last = ev
@@ -174,10 +207,10 @@ class RunHistory:
                         s.halve()
                 self.step_stride *= 2
             self._note_mix(step, ev.get("mix"), None)
-            if self.state in ("", "starting"):
-                self.state = "running"
-        elif kind == "status":
-            if ev.get("state") == "starting":
+            if self.state in ("", RunState.CREATED, RunState.STARTING):
+                self.state = RunState.RUNNING
+        elif kind == Event.STATUS:
+            if ev.get("state") == RunState.STARTING:
                 self.recent.clear()  # a new trainer process: time spent while none ran is not training
             self.state = str(ev.get("state") or self.state)
             if step is not None:
@@ -188,7 +221,7 @@ class RunHistory:
             self.device = str(ev.get("device") or self.device)
             self.pid = ev.get("pid") if isinstance(ev.get("pid"), int) else self.pid
             self.message = str(ev.get("message") or "")
-        elif kind == "eval" and step is not None:
+        elif kind == Event.EVAL and step is not None:
             self.evals.append(ev)
             values = {"eval": _number(ev.get("loss"))}
             for dom, v in (ev.get("domain_loss") or {}).items():
@@ -199,7 +232,7 @@ class RunHistory:
                     s.append(step, v)
                     if s.full:
                         s.halve()
-        elif kind == "mix" and step is not None:
+        elif kind == Event.MIX and step is not None:
             rid = ev.get("request_id")
             rid = rid if isinstance(rid, int) and not isinstance(rid, bool) else None
             self._note_mix(step, ev.get("mix"), rid)
@@ -207,9 +240,9 @@ class RunHistory:
                 self.acks[rid] = step
                 while len(self.acks) > MAX_ACKS:
                     self.acks.popitem(last=False)
-        elif kind == "checkpoint":
+        elif kind == Event.CHECKPOINT:
             self.checkpoints += 1
-        elif kind == "error":
+        elif kind == Event.ERROR:
             self.errors.append(ev)
         self.version += 1
 
@@ -228,7 +261,7 @@ class RunHistory:
         """Time left: the steps still to train at the wall-clock step rate of the recent step events
         (evals and checkpoints included, noise averaged out); from the latest tokens/s until there are
         two of them."""
-        if not self.max_steps or self.state not in ("running", "starting"):
+        if not self.max_steps or self.state not in (RunState.RUNNING, RunState.STARTING):
             return None
         if len(self.recent) >= 2:
             (t0, s0), (t1, s1) = self.recent[0], self.recent[-1]
@@ -244,71 +277,6 @@ class RunHistory:
         if not per_step:
             return None
         return max(0, self.max_steps - self.step) * per_step / tps
-
-
-def parse_lines(data: bytes) -> tuple[list[dict], int]:
-    """Events from complete JSON lines; returns (events, lines that were not an event object)."""
-    events, bad = [], 0
-    for line in data.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            bad += 1
-            continue
-        if isinstance(ev, dict) and isinstance(ev.get("type"), str):
-            events.append(ev)
-        else:
-            bad += 1
-    return events, bad
-
-
-class EventTail:
-    """Incremental reader of one events.jsonl: whole lines only, a bounded slice per call."""
-
-    def __init__(self, path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES) -> None:
-        self.path = Path(path)
-        self.chunk_bytes = chunk_bytes
-        self.offset = 0
-        self.size = 0
-        self._ino: int | None = None
-
-    def read_chunk(self) -> tuple[bytes, int, bool]:
-        """(complete lines read, lines skipped as too long, reset) where reset means the file was
-        replaced or truncated and the data starts again from its beginning."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return b"", 0, False
-        reset = False
-        if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset:
-            self.offset, reset = 0, True
-        self._ino, self.size = st.st_ino, st.st_size
-        if st.st_size <= self.offset:
-            return b"", 0, reset
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            data = fh.read(self.chunk_bytes)
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            if len(data) < self.chunk_bytes:
-                return b"", 0, reset  # a line still being written
-            # One line longer than a whole chunk: skip past it rather than stall.
-            self.offset += len(data)
-            return b"", 1, reset
-        self.offset += cut + 1
-        return data[:cut], 0, reset
-
-    def read_events(self) -> tuple[list[dict], int, bool]:
-        """Like `read_chunk`, parsed: (events, bad lines, reset)."""
-        data, skipped, reset = self.read_chunk()
-        events, bad = parse_lines(data)
-        return events, bad + skipped, reset
-
-    @property
-    def at_end(self) -> bool:
-        return self.offset >= self.size
 
 
 class RunStore:
@@ -375,8 +343,7 @@ class RunStore:
     def _start(self, run_id: str, reset: bool) -> RunHistory:
         h = self.history(run_id)
         if reset:
-            keep = ("profile", "stage", "created", "max_steps", "tokens_per_step", "start_mix")
-            meta = {k: getattr(h, k) for k in keep}
+            meta = {k: getattr(h, k) for k in META_FIELDS}
             h = self.runs[run_id] = RunHistory(run_id, **meta)
         return h
 
@@ -388,5 +355,20 @@ class RunStore:
     def running(self) -> list[str]:
         """Runs whose last status says they are starting, running or stopping, newest first."""
         with self.lock:
-            live = ("starting", "running", "stopping")
-            return sorted((r for r, h in self.runs.items() if h.state in live), reverse=True)
+            return sorted((r for r, h in self.runs.items() if h.state in RunState.LIVE), reverse=True)
+
+
+class RunFollower:
+    """One run folded as its events are appended: the CLI's live view, the supervisor's verdict."""
+
+    def __init__(self, run: "RunDir", offset: int = 0) -> None:
+        self.run = run
+        self.offset = offset
+        self.history = RunHistory.of(run)
+
+    def poll(self) -> list[dict]:
+        """Fold what was appended since the last poll; returns the new events."""
+        events, self.offset = self.run.read_events(self.offset)
+        for ev in events:
+            self.history.ingest(ev)
+        return events

@@ -1,0 +1,194 @@
+"""Process helpers of the jobs layer: flock-held lock files with a pid in them, the children's
+environment, starting the trainer and the supervisor detached, and exit statuses in words.
+
+Liveness is a held flock, never a pid check: a lock is held exactly as long as its holder
+lives, whoever its parent is, and a pid file alone cannot tell a live process from a reused pid.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from engine.errors import SupervisorError
+from engine.jobs.rundir import RunDir
+from engine.workspace import Workspace
+
+SUPERVISOR_LOCK = "supervisor.lock"
+START_LOCK = "supervisor.start.lock"
+SUPERVISOR_LOG = "supervisor.log"
+TRAINER_MODULE = "engine.train"
+SUPERVISOR_MODULE = "engine.jobs.supervisor"
+DEFAULT_IDLE_S = 5.0  # how long an idle supervisor waits for new entries before exiting
+
+_SPAWNED: list[subprocess.Popen] = []  # supervisors this process started, reaped when they end
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- lock files -------------------------------------------------------------------------
+
+def open_lock(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def try_flock(fd: int, patience_s: float = 0.0) -> bool:
+    """Take an exclusive flock without blocking; retry for `patience_s` (a probe by another
+    process holds the lock for an instant, which must not read as "taken")."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def write_pid(fd: int, pid: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{pid}\n".encode(), 0)
+
+
+def read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def holder_pid(lock_path: Path) -> int | None:
+    """The pid written in a lock file whose flock is held now (-1 when unreadable), or None
+    when nobody holds it."""
+    if not lock_path.exists():
+        return None
+    fd = open_lock(lock_path)
+    try:
+        if try_flock(fd):
+            return None
+        return read_pid(lock_path) or -1
+    finally:
+        os.close(fd)
+
+
+def supervisor_pid(ws: Workspace) -> int | None:
+    """The pid of the supervisor running for this workspace, or None."""
+    return holder_pid(ws.root / SUPERVISOR_LOCK)
+
+
+def trainer_pid(run_dir: str | os.PathLike) -> int | None:
+    """The pid of the trainer running in this run folder, or None."""
+    return holder_pid(RunDir(run_dir).trainer_lock)
+
+
+# -- children ---------------------------------------------------------------------------
+
+def child_env() -> dict[str, str]:
+    """The environment for our children: this checkout's engine first on the path, unbuffered output."""
+    env = dict(os.environ)
+    paths = [str(_REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def trainer_command(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", TRAINER_MODULE, str(run_dir)]
+
+
+def spawn_trainer(run_dir: str | os.PathLike, patience_s: float = 1.0) -> subprocess.Popen:
+    """Start the trainer for `run_dir` in its own session, holding its trainer lock for its
+    whole life (the lock's fd is handed to it); refuse when a trainer already runs there."""
+    run = RunDir(run_dir)
+    fd = open_lock(run.trainer_lock)
+    try:
+        if not try_flock(fd, patience_s):
+            raise SupervisorError(f"{run.path}: a trainer (pid {read_pid(run.trainer_lock)}) already runs for this run")
+        with open(run.trainer_log, "ab") as out:
+            out.write(f"\n=== trainer started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+            out.flush()
+            try:
+                proc = subprocess.Popen(
+                    trainer_command(run.path), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, close_fds=True, pass_fds=(fd,), env=child_env(), cwd=run.path,
+                )
+            except OSError as exc:
+                raise SupervisorError(f"{run.path}: cannot start the trainer ({exc.strerror})") from None
+        write_pid(fd, proc.pid)
+        return proc
+    finally:
+        os.close(fd)  # the trainer keeps its inherited copy, and with it the lock
+
+
+def ensure_supervisor(ws: Workspace, idle_s: float = DEFAULT_IDLE_S, timeout_s: float = 30.0) -> int:
+    """Return the pid of the workspace's supervisor, starting a detached one if none runs."""
+    _SPAWNED[:] = [p for p in _SPAWNED if p.poll() is None]
+    start_fd = open_lock(ws.root / START_LOCK)
+    try:
+        fcntl.flock(start_fd, fcntl.LOCK_EX)  # one starter at a time
+        pid = supervisor_pid(ws)
+        if pid is not None:
+            return pid
+        log_path = ws.root / SUPERVISOR_LOG
+        with open(log_path, "ab") as out:
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", SUPERVISOR_MODULE, str(ws.root), "--idle", str(idle_s)],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, close_fds=True, env=child_env(), cwd=ws.root,
+                )
+            except OSError as exc:
+                raise SupervisorError(f"{ws.root}: cannot start the supervisor ({exc.strerror})") from None
+        _SPAWNED.append(proc)
+        # Reap it when it exits, so a long-lived parent (the TUI) keeps no zombie.
+        threading.Thread(target=proc.wait, name=f"reap-supervisor-{proc.pid}", daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if read_pid(ws.root / SUPERVISOR_LOCK) == proc.pid:
+                return proc.pid
+            if proc.poll() is not None:
+                pid = supervisor_pid(ws)
+                if pid is not None:
+                    return pid
+                raise SupervisorError(f"{log_path}: the supervisor exited at start with code {proc.returncode}: "
+                                      f"{last_line(log_path) or 'no output'}")
+            time.sleep(0.02)
+        raise SupervisorError(f"{log_path}: the supervisor (pid {proc.pid}) did not take {SUPERVISOR_LOCK} within {timeout_s:.0f} s")
+    finally:
+        os.close(start_fd)
+
+
+# -- describing how a process ended -------------------------------------------------------
+
+def last_line(path: Path, limit: int = 300) -> str:
+    """The last non-empty line of a log file (for failure messages), trimmed to `limit` chars."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 16384))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and not ln.startswith("===")]
+    return lines[-1][:limit] if lines else ""
+
+
+def describe_exit(rc: int) -> str:
+    """An exit status in words: `exit code 1`, `killed by SIGKILL`."""
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit code {rc}"

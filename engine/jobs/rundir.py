@@ -1,0 +1,242 @@
+"""One run folder, `runs/<run-id>/`: the only module that names the files in it.
+
+`RunDir` is what every client of a run folder holds (supervisor, trainer, CLI, TUI, eval,
+export): its files, its frozen stage (the lenient `meta()` for listings, the validated `spec()`
+for training), its events (read from an offset, or the last of each type), its checkpoints,
+control requests to its trainer, and `summary()`, the one fold of its events into a state.
+The file formats themselves are owned by events.py, control.py and runs.py (stage.toml).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from engine.errors import ControlError, RunError
+from engine.jobs import control, events
+from engine.jobs.protocol import Event
+
+if TYPE_CHECKING:
+    from engine.jobs.history import RunHistory
+    from engine.jobs.runs import RunSpec
+    from engine.workspace import Workspace
+
+STAGE_FILE = "stage.toml"
+EVENTS_FILE = "events.jsonl"
+CONTROL_FILE = "control.toml"
+CONTROL_LOCK = ".control.lock"
+TRAINER_LOG = "trainer.log"
+TRAINER_LOCK = "trainer.lock"
+EVALS_FILE = "evals.jsonl"
+CKPT_DIR = "ckpt"
+CKPT_PREFIX = "step-"
+CKPT_STATE = "state.json"
+EXPORTS_DIR = "exports"
+FOLLOWED_FILES = frozenset({STAGE_FILE, EVENTS_FILE})  # what a watcher of runs/ reacts to
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """What a listing needs from stage.toml, read leniently (a missing field is empty, not an error)."""
+
+    run_id: str
+    profile: str = ""
+    stage: str = ""
+    created: str = ""
+    max_steps: int = 0
+    tokens_per_step: int = 0  # seq_len x micro_batch x grad_accum of the frozen stage
+    mix: dict[str, float] = field(default_factory=dict)  # the starting mix as written
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.mix)
+
+
+class RunDir:
+    """A run folder by path; cheap to make, touches the disk only when asked."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    # -- its files ------------------------------------------------------------------------
+
+    stage_file = property(lambda self: self.path / STAGE_FILE)
+    events_file = property(lambda self: self.path / EVENTS_FILE)
+    control_file = property(lambda self: self.path / CONTROL_FILE)
+    control_lock = property(lambda self: self.path / CONTROL_LOCK)
+    trainer_log = property(lambda self: self.path / TRAINER_LOG)
+    trainer_lock = property(lambda self: self.path / TRAINER_LOCK)
+    evals_file = property(lambda self: self.path / EVALS_FILE)
+    ckpt_dir = property(lambda self: self.path / CKPT_DIR)
+    exports_dir = property(lambda self: self.path / EXPORTS_DIR)
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.ckpt_dir / f"{CKPT_PREFIX}{step}"
+
+    def exists(self) -> bool:
+        """Whether this is a run folder (it has its frozen stage)."""
+        return self.stage_file.is_file()
+
+    # -- finding runs -----------------------------------------------------------------------
+
+    @staticmethod
+    def all(ws: "Workspace") -> list["RunDir"]:
+        """The workspace's run folders, oldest first (run ids begin with their creation time)."""
+        if not ws.runs_dir.is_dir():
+            return []
+        runs = [RunDir(p) for p in ws.runs_dir.iterdir() if p.is_dir() and (p / STAGE_FILE).exists()]
+        return sorted(runs, key=lambda r: (r.id[:15], r.id))
+
+    @staticmethod
+    def resolve(ws: "Workspace", run: str) -> "RunDir":
+        """A run by id, by a prefix that only one run id has, or by the path of its folder."""
+        path = Path(run).expanduser()
+        if (path / STAGE_FILE).exists() and (os.sep in run or not (ws.runs_dir / run).exists()):
+            return RunDir(path)
+        if (ws.runs_dir / run / STAGE_FILE).exists():
+            return RunDir(ws.runs_dir / run)
+        known = [r.id for r in RunDir.all(ws)]
+        matches = [r for r in known if r.startswith(run)] if run and os.sep not in run else []
+        if len(matches) == 1:
+            return RunDir(ws.runs_dir / matches[0])
+        if len(matches) > 1:
+            raise RunError(f"{ws.runs_dir}: {run!r} names {len(matches)} runs ({', '.join(matches[-5:])}): give more of the id")
+        listed = ", ".join(known[-5:]) or "none"
+        raise RunError(f"{ws.runs_dir}: no run {run!r} (latest runs: {listed})")
+
+    # -- the frozen stage -----------------------------------------------------------------
+
+    def read_stage(self) -> dict[str, Any]:
+        """stage.toml as data; a missing or unreadable file is a one-line RunError."""
+        path = self.stage_file
+        try:
+            return tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunError(f"{path}: no such file (not a run folder)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RunError(f"{path}: cannot read ({exc})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise RunError(f"{path}: invalid TOML: {exc}") from None
+
+    def meta(self) -> RunMeta:
+        """Identity, length, tokens per step and starting mix of the run, leniently read."""
+        doc = self.read_stage()
+        run, stage, mix = doc.get("run", {}), doc.get("stage", {}), doc.get("mix", {})
+        run = run if isinstance(run, dict) else {}
+        stage = stage if isinstance(stage, dict) else {}
+
+        def number(key: str, default: int = 0) -> int:
+            v = stage.get(key, default)
+            return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+        return RunMeta(
+            run_id=str(run.get("id") or self.id), profile=str(run.get("profile", "")),
+            stage=str(run.get("stage") or stage.get("name", "")), created=str(run.get("created", "")),
+            max_steps=number("max_steps"),
+            tokens_per_step=number("seq_len") * number("micro_batch") * number("grad_accum", 1),
+            mix={str(d): float(w) for d, w in (mix.items() if isinstance(mix, dict) else ())
+                 if isinstance(w, (int, float)) and not isinstance(w, bool)},
+        )
+
+    def spec(self) -> "RunSpec":
+        """The validated frozen stage: what the trainer trains and on which data."""
+        from engine.jobs.runs import load_run_spec
+
+        return load_run_spec(self.path)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def read_events(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Events appended after byte `offset`, and the offset to go on from."""
+        return events.read_events(self.events_file, offset)
+
+    def events_size(self) -> int:
+        """The byte offset of the end of events.jsonl now (0 before the trainer wrote any)."""
+        try:
+            return self.events_file.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def last_events(self, want: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The last event of each wanted type (read backwards: cheap on a long run)."""
+        return events.tail_events(self.events_file, set(want))
+
+    def writer(self) -> events.EventWriter:
+        return events.EventWriter(self.events_file)
+
+    def history(self) -> "RunHistory":
+        """The whole run folded from all its events (what the TUI and `runs show` display)."""
+        from engine.jobs.history import RunHistory
+
+        h = RunHistory.of(self)
+        for ev in self.read_events()[0]:
+            h.ingest(ev)
+        return h
+
+    def summary(self) -> "RunHistory":
+        """The run's state, step, loss and message from its last status and step events only:
+        the same fold as `history()`, fed the two events that decide those fields."""
+        from engine.jobs.history import RunHistory
+
+        h = RunHistory.of(self)
+        last = self.last_events((Event.STATUS, Event.STEP))
+        for ev in sorted(last.values(), key=lambda e: e.get("time") or 0):
+            h.ingest(ev)
+        return h
+
+    def state(self) -> str:
+        """The state of the run's last status event (`created` when it has none)."""
+        return self.summary().state
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints as (step, folder), oldest first (temp folders are not listed)."""
+        if not self.ckpt_dir.is_dir():
+            return []
+        found = []
+        for p in self.ckpt_dir.iterdir():
+            n = p.name[len(CKPT_PREFIX):]
+            if p.name.startswith(CKPT_PREFIX) and n.isdigit() and (p / CKPT_STATE).exists():
+                found.append((int(n), p))
+        return sorted(found)
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1][1] if found else None
+
+    # -- the trainer --------------------------------------------------------------------------
+
+    def trainer_pid(self) -> int | None:
+        """The pid of the trainer running in this run now, or None."""
+        from engine.jobs.procs import holder_pid
+
+        return holder_pid(self.trainer_lock)
+
+    def write_control(self, mix: dict[str, float] | None = None, stop: bool = False) -> int:
+        """Ask the run's trainer for a new mix and/or a stop; returns the request's id."""
+        if not self.path.is_dir():
+            raise ControlError(f"{self.path}: no such run folder")
+        return control.write_control(self.control_file, self.control_lock, mix=mix, stop=stop)
+
+    def read_control(self, domains: Iterable[str] | None = None) -> control.ControlRequest | None:
+        return control.read_control(self.control_file, domains)
