@@ -24,6 +24,7 @@ from engine.errors import DataError, FcError, RunError
 from engine.eval.harness import EvalLimits, evaluate_for_run, load_heldout, probe_docs
 from engine.jobs.events import EVENTS_FILE, EventWriter, read_events
 from engine.jobs.runs import CKPT_DIR, CKPT_PREFIX, RunSpec, checkpoints, load_run_spec
+from engine.mix import normalise
 from engine.data.sampler import MixSchedule, Sampler
 from engine.data.tokenizer import Tokenizer
 from engine.train import checkpoint as ckpt
@@ -297,8 +298,8 @@ class Trainer:
 
     def apply_mix(self, step: int, mix: dict[str, float], request_id: int) -> None:
         """Put a requested mix in force from `step` (recorded in the schedule, so a resume replays it)."""
-        total = sum(mix.values())
-        weights = {d: mix.get(d, 0.0) / total for d in self.spec.domains}
+        shares = normalise(mix)
+        weights = {d: shares.get(d, 0.0) for d in self.spec.domains}
         try:
             self.sampler.check(weights)  # e.g. a domain whose shard is shorter than one window
         except DataError as exc:
