@@ -15,6 +15,8 @@ from typing import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from engine.mix import describe
+
 REFRESH_S = 0.25
 
 
@@ -101,7 +103,7 @@ def follow_run(run_dir: Path, done: Callable[[], bool], console: Console | None 
                 elif ev.get("type") == "eval":
                     progress.console.print(eval_line(ev), highlight=False)
                 elif ev.get("type") == "mix":
-                    progress.console.print(f"mix from step {ev.get('step')}: {_fmt_mix(ev.get('mix', {}))}")
+                    progress.console.print(f"mix from step {ev.get('step')}: {describe(ev.get('mix', {}), digits=2)}")
             progress.update(task, completed=tail.step, total=tail.max_steps or None, **tail.fields())
             if finished:
                 return tail
@@ -166,10 +168,6 @@ def _held(queue, unfinished: list, everything: list) -> list[tuple]:
             return []
         held.append((entry, dep))
     return held
-
-
-def _fmt_mix(mix: dict) -> str:
-    return " ".join(f"{d}={w:.2f}" for d, w in mix.items())
 
 
 def eval_line(ev: dict) -> str:

@@ -186,32 +186,11 @@ def summary_table(ws: Workspace, entries: list) -> Table:
 
 # -- fcwork mix -----------------------------------------------------------------------
 
-def parse_weights(pairs: list[str], domains: list[str], origin: str) -> dict[str, float]:
-    """`science=0.5 code=0.3` into a mix over the run's domains; errors name the bad pair."""
-    mix: dict[str, float] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise ProfileError(f"{origin}: mix: expected DOMAIN=WEIGHT, got {pair!r}")
-        if name not in domains:
-            raise ProfileError(f"{origin}: mix.{name}: expected a domain of the run ({', '.join(domains)})")
-        try:
-            weight = float(value)
-        except ValueError:
-            raise ProfileError(f"{origin}: mix.{name}: expected a non-negative number, got {value!r}") from None
-        if not weight >= 0 or weight == float("inf"):
-            raise ProfileError(f"{origin}: mix.{name}: expected a non-negative number, got {value!r}")
-        mix[name] = weight
-    if sum(mix.values()) <= 0:
-        raise ProfileError(f"{origin}: mix: expected at least one positive weight, got all zero")
-    return mix
-
-
 def cmd_mix(args: argparse.Namespace) -> int:
     from engine.jobs.control import write_control
     from engine.jobs.events import read_events
-    from engine.profile import normalise_mix
     from engine.jobs.supervisor import trainer_pid
+    from engine.mix import describe, normalise, parse_pairs
 
     ws = Workspace.open(args.workspace)
     run_dir = resolve_run(ws, args.run)
@@ -220,7 +199,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
         domains = list(tomllib.loads(stage_toml.read_text(encoding="utf-8")).get("mix", {}))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ProfileError(f"{stage_toml}: cannot read the run's mix ({exc})") from None
-    mix = parse_weights(args.weights, domains, str(stage_toml))
+    mix = parse_pairs(args.weights, domains)  # a bad argument is a MixError naming it
     # Domains left out keep their weight of 0: a mix names every domain it trains on.
     mix = {d: mix.get(d, 0.0) for d in domains}
     if trainer_pid(run_dir) is None:
@@ -230,13 +209,13 @@ def cmd_mix(args: argparse.Namespace) -> int:
     request = write_control(run_dir, mix=mix)
     if not isinstance(request, int):
         request = tomllib.loads((run_dir / "control.toml").read_text(encoding="utf-8")).get("request_id")
-    print(f"mix request {request} sent to {run_dir.name}: " + " ".join(f"{d}={w:g}" for d, w in mix.items()))
+    print(f"mix request {request} sent to {run_dir.name}: {describe(mix, digits=None)}")
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         events, offset = read_events(events_path, offset) if events_path.exists() else ([], offset)
         for ev in events:
             if ev.get("type") == "mix" and ev.get("request_id") == request:
-                applied = " ".join(f"{d}={w:.3f}" for d, w in normalise_mix(ev.get("mix") or mix).items())
+                applied = describe(normalise(ev.get("mix") or mix))
                 print(f"applied from step {ev.get('step')}: {applied}")
                 return 0
             if ev.get("type") == "error" and ev.get("source") == "control":
