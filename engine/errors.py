@@ -1,5 +1,8 @@
 """Typed errors the engine raises; the CLI and the TUI turn them into one-line messages."""
 
+import json
+from typing import Any
+
 
 class FcError(Exception):
     """A user-facing error: its message is one line naming the file, key or value at fault."""
@@ -7,6 +10,11 @@ class FcError(Exception):
 
 class ProfileError(FcError):
     """A profile file is missing, unreadable or does not validate."""
+
+
+class MixError(FcError):
+    """A domain mix does not validate; the message is the key path and what was expected, without
+    a file: the caller prefixes where the mix came from and re-raises its own error class."""
 
 
 class DataError(FcError):
@@ -39,3 +47,18 @@ class RunError(FcError):
 
 class ControlError(FcError):
     """A run's control.toml is malformed or asks for something the run cannot do."""
+
+
+def describe_value(value: Any) -> str:
+    """A TOML value as an error message quotes it: `"2k"`, `-5`, `true`, `a table`, `nothing`."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # quoted, a newline escaped: messages stay one line
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)

@@ -15,7 +15,8 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import tomli_w
 
 from engine.atomic import atomic_write_text
-from engine.errors import ProfileError
+from engine.errors import MixError, ProfileError, describe_value
+from engine.mix import check_mix, normalise
 from engine.model.config import PRESETS, ModelConfig
 
 SOURCE_FORMATS = ("text", "jsonl", "parquet", "webdataset")
@@ -203,28 +204,11 @@ class Profile:
 
 
 def normalise_mix(mix: dict[str, float]) -> dict[str, float]:
-    """Scale non-negative weights to sum to 1; refuse a negative or all-zero mix."""
-    total = 0.0
-    for domain, w in mix.items():
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
-            raise ProfileError(f"mix.{domain}: expected a non-negative number, got {w!r}")
-        total += w
-    if total <= 0:
-        raise ProfileError("mix: expected at least one positive weight, got all zero")
-    return {d: w / total for d, w in mix.items()}
-
-
-def describe_value(value: Any) -> str:
-    """A TOML value as an error message quotes it: `"2k"`, `-5`, `true`, `a table`."""
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
+    """The mix scaled to sum to 1 (engine.mix.normalise); a bad one is a ProfileError."""
+    try:
+        return normalise(mix)
+    except MixError as exc:
+        raise ProfileError(str(exc)) from None
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -307,17 +291,10 @@ def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
         raise fail("profile: missing (expected a [profile] table with a name)")
     meta = _build(ProfileMeta, data["profile"], "profile", fail)
 
-    mix = data.get("mix")
-    if not isinstance(mix, dict) or not mix:
-        raise fail("mix: expected a table of domain = weight, got " + ("nothing" if mix is None else describe_value(mix)))
-    for domain, w in mix.items():
-        if not _NAME_RE.match(domain):
-            raise fail(f"mix.{domain}: expected a domain name of letters, digits, '_', '-' or '.'")
-        if not _type_ok(w, float) or w < 0:
-            raise fail(f"mix.{domain}: expected a non-negative number, got {describe_value(w)}")
-    if sum(mix.values()) <= 0:
-        raise fail("mix: expected at least one positive weight, got all zero")
-    mix = {d: float(w) for d, w in mix.items()}
+    try:
+        mix = check_mix(data.get("mix"))
+    except MixError as exc:
+        raise fail(str(exc)) from None
 
     dcfg = _build(DataConfig, data.get("data", {}), "data", fail)
     tcfg = _build(TokenizerConfig, data.get("tokenizer", {}), "tokenizer", fail)
@@ -378,13 +355,11 @@ def _check_stage(st: StageConfig, where: str, earlier: list[str] | None, mix: di
         raise fail(f"{where}.init_from: expected the name of an earlier stage ({known}), got {describe_value(st.init_from)}")
     if st.warmup_steps >= st.max_steps and st.max_steps > 1:
         raise fail(f"{where}.warmup_steps: expected fewer than max_steps ({st.max_steps}), got {st.warmup_steps}")
-    for domain, w in st.mix.items():
-        if domain not in mix:
-            raise fail(f"{where}.mix.{domain}: expected a domain of [mix] ({', '.join(mix)})")
-        if w < 0:
-            raise fail(f"{where}.mix.{domain}: expected a non-negative number, got {describe_value(w)}")
-    if st.mix and sum(st.mix.values()) <= 0:
-        raise fail(f"{where}.mix: expected at least one positive weight, got all zero")
+    if st.mix:  # empty: the stage trains on the profile's mix
+        try:
+            check_mix(st.mix, mix, f"{where}.mix", domains_of="[mix]")
+        except MixError as exc:
+            raise fail(str(exc)) from None
 
 
 def load_profile(path: str | Path) -> Profile:

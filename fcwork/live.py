@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from engine.jobs.history import RunFollower, RunHistory
 from engine.jobs.protocol import EntryState, Event
 from engine.jobs.rundir import RunDir
+from engine.mix import describe
 
 REFRESH_S = 0.25
 
@@ -51,7 +52,7 @@ def follow_run(run_dir: Path, done: Callable[[], bool], console: Console | None 
                 elif ev.get("type") == Event.EVAL:
                     progress.console.print(eval_line(ev), highlight=False)
                 elif ev.get("type") == Event.MIX:
-                    progress.console.print(f"mix from step {ev.get('step')}: {_fmt_mix(ev.get('mix', {}))}")
+                    progress.console.print(f"mix from step {ev.get('step')}: {describe(ev.get('mix', {}), digits=2)}")
             progress.update(task, completed=h.step, total=h.max_steps or None, **_fields(h))
             if finished:
                 return h
@@ -112,10 +113,6 @@ def _held(queue, unfinished: list, everything: list) -> list[tuple]:
             return []
         held.append((entry, dep))
     return held
-
-
-def _fmt_mix(mix: dict) -> str:
-    return " ".join(f"{d}={w:.2f}" for d, w in mix.items())
 
 
 def eval_line(ev: dict) -> str:

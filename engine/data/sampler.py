@@ -81,13 +81,6 @@ def _check_weights(weights: Mapping[str, Any], where: str) -> dict[str, float]:
     return out
 
 
-def normalise(weights: Mapping[str, float]) -> dict[str, float]:
-    """Weights scaled to sum to 1 (validated)."""
-    w = _check_weights(weights, "mix")
-    total = sum(w.values())
-    return {k: v / total for k, v in w.items()}
-
-
 class MixSchedule:
     """The domain mix as a list of (start_step, weights), sorted by start; a later entry wins from its step on."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
 import os
 import re
 import tomllib
@@ -20,7 +19,8 @@ from typing import Any, Iterable, Iterator
 import tomli_w
 
 from engine.atomic import atomic_write_text
-from engine.errors import ControlError
+from engine.errors import ControlError, MixError
+from engine.mix import check_mix
 from engine.profile import describe_value
 
 _KEYS = ("request_id", "mix", "stop")
@@ -59,20 +59,12 @@ def parse_control(text: str, origin: str = "<control request>", domains: Iterabl
 
 
 def validate_mix(mix: Any, origin: str, domains: Iterable[str] | None = None) -> dict[str, float]:
-    """A table of non-negative weights over known domains, not all zero; returned as floats."""
-    if not isinstance(mix, dict):
-        raise ControlError(f"{origin}: mix: expected a table of domain = weight, got {describe_value(mix)}")
-    known = list(domains) if domains is not None else None
-    out: dict[str, float] = {}
-    for domain, w in mix.items():
-        if known is not None and domain not in known:
-            raise ControlError(f"{origin}: mix.{domain}: unknown domain (the run's domains: {', '.join(known)})")
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
-            raise ControlError(f"{origin}: mix.{domain}: expected a non-negative number, got {describe_value(w)}")
-        out[domain] = float(w)
-    if not out or sum(out.values()) <= 0:
-        raise ControlError(f"{origin}: mix: expected at least one positive weight, got all zero")
-    return out
+    """The request's mix by the mix rule (engine.mix.check_mix), as floats; errors name `origin`."""
+    try:
+        # An unknown domain keeps control.toml's wording, which tests and scripts match.
+        return check_mix(mix, domains, unknown="unknown domain ({domains_of}'s domains: {known})")
+    except MixError as exc:
+        raise ControlError(f"{origin}: {exc}") from None
 
 
 def read_control(path: Path, domains: Iterable[str] | None = None) -> ControlRequest | None:

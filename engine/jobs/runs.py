@@ -18,11 +18,12 @@ import tomli_w
 
 from engine.atomic import atomic_write_text
 from engine.data.tokenizer import file_hash
-from engine.errors import DataError, ProfileError, RunError, TokenizerError
+from engine.errors import DataError, MixError, RunError, TokenizerError
 from engine.jobs.protocol import RunState
 from engine.jobs.rundir import RunDir
+from engine.mix import normalise
 from engine.model.config import ModelConfig
-from engine.profile import Profile, StageConfig, normalise_mix, parse_stage
+from engine.profile import Profile, StageConfig, parse_stage
 from engine.workspace import Workspace
 
 
@@ -34,7 +35,7 @@ def run_domains(profile: Profile, stage: StageConfig) -> dict[str, float]:
     domains = [d for d, w in profile.mix.items() if w > 0]
     domains += [d for d, w in stage.mix.items() if w > 0 and d not in domains]
     weights = {d: (stage.mix.get(d, 0.0) if stage.mix else profile.mix[d]) for d in domains}
-    return normalise_mix(weights)
+    return normalise(weights)  # cannot fail: parse_profile checked both mixes
 
 
 def _check_data(ws: Workspace, profile: Profile, domains: list[str]) -> tuple[Path, str, Path, int]:
@@ -169,8 +170,8 @@ def load_run_spec(run_dir: str | os.PathLike) -> RunSpec:
         if not paths[key]:
             raise RunError(f"{origin}: paths.{key}: expected a non-empty string")
     try:
-        mix = normalise_mix(doc["mix"])
-    except ProfileError as exc:
+        mix = normalise(doc["mix"])
+    except MixError as exc:
         raise RunError(f"{origin}: {exc}") from None
     model = doc["stage"].get("model")
     if not isinstance(model, dict):

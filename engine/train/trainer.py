@@ -26,6 +26,7 @@ from engine.jobs.events import EventWriter
 from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Event, RunState, Source
 from engine.jobs.rundir import RunDir
 from engine.jobs.runs import RunSpec
+from engine.mix import normalise
 from engine.data.sampler import MixSchedule, Sampler
 from engine.data.tokenizer import Tokenizer
 from engine.train import checkpoint as ckpt
@@ -300,8 +301,8 @@ class Trainer:
 
     def apply_mix(self, step: int, mix: dict[str, float], request_id: int) -> None:
         """Put a requested mix in force from `step` (recorded in the schedule, so a resume replays it)."""
-        total = sum(mix.values())
-        weights = {d: mix.get(d, 0.0) / total for d in self.spec.domains}
+        shares = normalise(mix)
+        weights = {d: shares.get(d, 0.0) for d in self.spec.domains}
         try:
             self.sampler.check(weights)  # e.g. a domain whose shard is shorter than one window
         except DataError as exc:

@@ -170,47 +170,26 @@ def summary_table(ws: Workspace, entries: list) -> Table:
 
 # -- fcwork mix -----------------------------------------------------------------------
 
-def parse_weights(pairs: list[str], domains: list[str], origin: str) -> dict[str, float]:
-    """`science=0.5 code=0.3` into a mix over the run's domains; errors name the bad pair."""
-    mix: dict[str, float] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise ProfileError(f"{origin}: mix: expected DOMAIN=WEIGHT, got {pair!r}")
-        if name not in domains:
-            raise ProfileError(f"{origin}: mix.{name}: expected a domain of the run ({', '.join(domains)})")
-        try:
-            weight = float(value)
-        except ValueError:
-            raise ProfileError(f"{origin}: mix.{name}: expected a non-negative number, got {value!r}") from None
-        if not weight >= 0 or weight == float("inf"):
-            raise ProfileError(f"{origin}: mix.{name}: expected a non-negative number, got {value!r}")
-        mix[name] = weight
-    if sum(mix.values()) <= 0:
-        raise ProfileError(f"{origin}: mix: expected at least one positive weight, got all zero")
-    return mix
-
-
 def cmd_mix(args: argparse.Namespace) -> int:
-    from engine.profile import normalise_mix
+    from engine.mix import describe, normalise, parse_pairs
 
     ws = Workspace.open(args.workspace)
     run = RunDir.resolve(ws, args.run)
     domains = run.meta().domains
-    mix = parse_weights(args.weights, domains, str(run.stage_file))
+    mix = parse_pairs(args.weights, domains)  # a bad argument is a MixError naming it
     # Domains left out keep their weight of 0: a mix names every domain it trains on.
     mix = {d: mix.get(d, 0.0) for d in domains}
     if run.trainer_pid() is None:
         raise RunError(f"{run.path}: no trainer is running for this run; a mix change needs a training stage")
     offset = run.events_size()
     request = run.write_control(mix=mix)
-    print(f"mix request {request} sent to {run.id}: " + " ".join(f"{d}={w:g}" for d, w in mix.items()))
+    print(f"mix request {request} sent to {run.id}: {describe(mix, digits=None)}")
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         events, offset = run.read_events(offset)
         for ev in events:
             if ev.get("type") == Event.MIX and ev.get("request_id") == request:
-                applied = " ".join(f"{d}={w:.3f}" for d, w in normalise_mix(ev.get("mix") or mix).items())
+                applied = describe(normalise(ev.get("mix") or mix))
                 print(f"applied from step {ev.get('step')}: {applied}")
                 return 0
             if ev.get("type") == Event.ERROR and ev.get("source") == Source.CONTROL:

@@ -1,6 +1,6 @@
 """Manifest pane: the profile's sources with size and token estimates, and the mix as editable numbers.
 
-Enter in a weight checks the whole mix (normalise_mix), shows it normalised, and sends it to
+Enter in a weight checks the whole mix (engine.mix), shows it normalised, and sends it to
 the running stage through control.toml; the trainer's `mix` event with the same request id
 is shown as "applied at step N". ctrl+o writes the typed weights back into the profile.
 ctrl+b prepares the profile's data (corpus, tokenizer, shards, each only when out of date) in a
@@ -21,9 +21,10 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
-from engine.errors import FcError, ProfileError
+from engine.errors import FcError
 from engine.jobs.protocol import Event, Source
 from engine.jobs.rundir import RunDir
+from engine.mix import describe, normalise, parse_weights
 from fcwork.panes.base import Pane
 from fcwork.widgets.bars import Bar
 from fcwork.widgets.colors import theme_color
@@ -83,21 +84,6 @@ def describe_sources(ws: Any, profile: Any) -> list[SourceRow]:
         size = fmt_bytes(info.bytes) if info.files else "-"
         rows.append(SourceRow(info.name, info.domain, info.format, info.status, size, tokens))
     return rows
-
-
-def parse_weights(values: dict[str, str]) -> dict[str, float]:
-    """Typed weights to numbers; a bad one is a one-line error naming its domain."""
-    mix = {}
-    for domain, text in values.items():
-        try:
-            mix[domain] = float(text.strip())
-        except ValueError:
-            raise ProfileError(f"mix.{domain}: expected a non-negative number, got {text.strip()!r}") from None
-    return mix
-
-
-def fmt_mix(mix: dict[str, float]) -> str:
-    return "  ".join(f"{d} {w:.3f}" for d, w in mix.items())
 
 
 class ManifestPane(Pane):
@@ -195,7 +181,7 @@ class ManifestPane(Pane):
                     inp.value = _num(profile.mix[d])
             self._preview()
         if old is not None and old.name == profile.name and old.mix != profile.mix:
-            self._set_status(f"profile mix changed on disk: {fmt_mix(profile.normalised_mix())}")
+            self._set_status(f"profile mix changed on disk: {describe(profile.normalised_mix())}")
 
     def set_queue(self, entries: list, running_run: str | None, error: str = "") -> None:
         self.running_run = running_run
@@ -239,12 +225,10 @@ class ManifestPane(Pane):
 
     def _preview(self) -> dict[str, float] | None:
         """Show the typed mix normalised on the bars; returns it, or None with the error shown."""
-        from engine.profile import normalise_mix
-
         if not self.domains:
             return None
         try:
-            mix = normalise_mix(parse_weights(self._typed()))
+            mix = normalise(parse_weights(self._typed()))
         except FcError as exc:
             self._set_status(str(exc), error=True)
             return None
@@ -282,10 +266,10 @@ class ManifestPane(Pane):
             return
         run_id = self.running_run
         if not run_id:
-            self._set_status(f"checked: {fmt_mix(mix)}; no stage is running, nothing applied (ctrl+o saves)")
+            self._set_status(f"checked: {describe(mix)}; no stage is running, nothing applied (ctrl+o saves)")
             self.app.notify("No stage is running: the mix was checked, not applied", severity="warning")
             return
-        self._set_status(f"sending to run {run_id}: {fmt_mix(mix)}")
+        self._set_status(f"sending to run {run_id}: {describe(mix)}")
         self.send_mix(run_id, mix)  # normalised: the trainer gets exactly the mix shown
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="manifest-control")
