@@ -93,7 +93,7 @@ def micro_costs(tw) -> tuple[float, float]:
             for _ in range(n):
                 w.write("step", **fields)
             per_event = (time.perf_counter() - t0) / n
-        watcher = ControlWatcher(RunDir(d).control_file, ["code", "science", "chess"])
+        watcher = ControlWatcher(RunDir(d).requests_dir, ["code", "science", "chess"])
         watcher.poll()
         t0 = time.perf_counter()
         for _ in range(n):

@@ -2,7 +2,7 @@
 
 One JSON object a line, each with `type` and `time` (unix seconds); docs/formats.md lists the
 fields. The writer flushes every line (a reader tailing the file sees it at once) and fsyncs only
-the rare events that must survive a power cut (status, checkpoint, error), so logging a step costs
+the rare events that must survive a power cut (status, checkpoint, error, mix, answer), so logging a step costs
 one small write. The readers are incremental (byte offsets) and skip a torn last line:
 `read_events` from an offset, `tail_events` the last of each type, `EventTail` in bounded chunks
 for a follower that must not stall on a huge backlog.
@@ -20,7 +20,8 @@ from engine.jobs.protocol import Event
 
 CHUNK_BYTES = 1 << 20  # most bytes one EventTail read takes
 # Events whose loss would mislead a restart or the supervisor: synced to disk, not just flushed.
-DURABLE_TYPES = frozenset({Event.STATUS, Event.CHECKPOINT, Event.ERROR})
+# Mixes and answers too: a resume replays them, and a sender waits for its answer.
+DURABLE_TYPES = frozenset({Event.STATUS, Event.CHECKPOINT, Event.ERROR, Event.MIX, Event.ANSWER})
 
 
 class EventWriter:

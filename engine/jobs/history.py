@@ -28,7 +28,7 @@ MAX_EVALS = 512
 MAX_ERRORS = 64
 MAX_MIXES = 512
 MAX_ACKS = 256
-NOTABLE = (Event.STATUS, Event.MIX, Event.ERROR, Event.CHECKPOINT, Event.EVAL)  # besides redraws
+NOTABLE = (Event.STATUS, Event.MIX, Event.ERROR, Event.CHECKPOINT, Event.EVAL, Event.ANSWER)  # besides redraws
 # How EventWriter (compact) and json.dumps (default separators) begin a step event's line.
 STEP_PREFIXES = (b'{"type":"step"', b'{"type": "step"')
 RATE_WINDOW = 64  # step events the ETA's rate is measured over
@@ -110,7 +110,7 @@ class RunHistory:
     mixes: deque = field(default_factory=lambda: deque(maxlen=MAX_MIXES))   # (step, mix, request_id or None)
     evals: deque = field(default_factory=lambda: deque(maxlen=MAX_EVALS))
     errors: deque = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
-    acks: "OrderedDict[int, int]" = field(default_factory=OrderedDict)     # control request_id -> first step
+    acks: "OrderedDict[int, dict]" = field(default_factory=OrderedDict)    # control request_id -> its answer event
     recent: deque = field(default_factory=lambda: deque(maxlen=RATE_WINDOW))  # (time, step) of recent step events
     step_stride: int = 1   # every step_stride-th step event is kept as a point (doubles as series fill)
     steps_seen: int = 0
@@ -236,8 +236,10 @@ class RunHistory:
             rid = ev.get("request_id")
             rid = rid if isinstance(rid, int) and not isinstance(rid, bool) else None
             self._note_mix(step, ev.get("mix"), rid)
-            if rid is not None:
-                self.acks[rid] = step
+        elif kind == Event.ANSWER:
+            rid = ev.get("request_id")
+            if isinstance(rid, int) and not isinstance(rid, bool):
+                self.acks[rid] = ev
                 while len(self.acks) > MAX_ACKS:
                     self.acks.popitem(last=False)
         elif kind == Event.CHECKPOINT:

@@ -45,6 +45,15 @@ class Event:
     MIX = "mix"
     CHECKPOINT = "checkpoint"
     ERROR = "error"
+    ANSWER = "answer"
+
+
+class Answer:
+    """The `outcome` of an `answer` event: what became of a control request."""
+
+    APPLIED = "applied"
+    SUPERSEDED = "superseded"
+    REJECTED = "rejected"
 
 
 class Source:

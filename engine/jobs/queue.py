@@ -231,7 +231,7 @@ class StageQueue:
                     entry.cancel_requested = True
                     entry.message = "stopping: checkpoint, then cancel"
                     if run is not None and run.exists():
-                        run.write_control(stop=True)
+                        run.send_request(stop=True)
             else:
                 raise QueueError(f"{self.path}: entry {entry_id} is {entry.state}; only a queued or running entry can be cancelled")
         return entry

@@ -26,8 +26,7 @@ if TYPE_CHECKING:
 
 STAGE_FILE = "stage.toml"
 EVENTS_FILE = "events.jsonl"
-CONTROL_FILE = "control.toml"
-CONTROL_LOCK = ".control.lock"
+REQUESTS_DIR = "requests"
 TRAINER_LOG = "trainer.log"
 TRAINER_LOCK = "trainer.lock"
 EVALS_FILE = "evals.jsonl"
@@ -81,8 +80,7 @@ class RunDir:
 
     stage_file = property(lambda self: self.path / STAGE_FILE)
     events_file = property(lambda self: self.path / EVENTS_FILE)
-    control_file = property(lambda self: self.path / CONTROL_FILE)
-    control_lock = property(lambda self: self.path / CONTROL_LOCK)
+    requests_dir = property(lambda self: self.path / REQUESTS_DIR)
     trainer_log = property(lambda self: self.path / TRAINER_LOG)
     trainer_lock = property(lambda self: self.path / TRAINER_LOCK)
     evals_file = property(lambda self: self.path / EVALS_FILE)
@@ -232,11 +230,23 @@ class RunDir:
 
         return holder_pid(self.trainer_lock)
 
-    def write_control(self, mix: dict[str, float] | None = None, stop: bool = False) -> int:
-        """Ask the run's trainer for a new mix and/or a stop; returns the request's id."""
-        if not self.path.is_dir():
+    def send_request(self, mix: dict[str, float] | None = None, stop: bool = False) -> int:
+        """Ask the run's trainer for a new mix and/or a stop; returns the request's id, which its
+        `answer` event will carry."""
+        if not self.exists():
             raise ControlError(f"{self.path}: no such run folder")
-        return control.write_control(self.control_file, self.control_lock, mix=mix, stop=stop)
+        last = self.last_events((Event.ANSWER,)).get(Event.ANSWER, {}).get("request_id")
+        answered = last if isinstance(last, int) and not isinstance(last, bool) else 0
+        return control.send_request(self.requests_dir, mix=mix, stop=stop, answered=answered)
 
-    def read_control(self, domains: Iterable[str] | None = None) -> control.ControlRequest | None:
-        return control.read_control(self.control_file, domains)
+    def read_request(self, request_id: int, domains: Iterable[str] | None = None) -> control.ControlRequest:
+        return control.read_request(self.requests_dir, request_id, domains)
+
+    def answer_of(self, request_id: int, offset: int = 0) -> tuple[dict[str, Any] | None, int]:
+        """The `answer` event of a request if it is in the events after `offset`, and where to read on."""
+        found = None
+        events, offset = self.read_events(offset)
+        for ev in events:
+            if ev.get("type") == Event.ANSWER and ev.get("request_id") == request_id:
+                found = ev
+        return found, offset

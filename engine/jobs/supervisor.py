@@ -244,7 +244,7 @@ class Supervisor:
 
     def _request_stop(self, run: RunDir) -> None:
         try:
-            run.write_control(stop=True)
+            run.send_request(stop=True)
         except (FcError, OSError) as exc:
             log.error("%s: cannot write a stop request: %s", run.path, exc)
 

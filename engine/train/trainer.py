@@ -23,7 +23,8 @@ import torch
 from engine.errors import DataError, FcError, RunError
 from engine.eval.harness import EvalLimits, evaluate_for_run, load_heldout, probe_docs
 from engine.jobs.events import EventWriter
-from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Event, RunState, Source
+from engine.jobs.control import ControlRequest, request_path
+from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Answer, Event, RunState, Source
 from engine.jobs.rundir import RunDir
 from engine.jobs.runs import RunSpec
 from engine.mix import normalise
@@ -89,7 +90,7 @@ class Trainer:
         compile_on = st.compile == "on" or (st.compile == "auto" and self.dev.type == "cuda")
         if compile_on:
             self.model.compile()
-        self.watcher = ControlWatcher(self.run.control_file, spec.domains, last_request)
+        self.watcher = ControlWatcher(self.run.requests_dir, spec.domains, last_request)
         log.info("run %s: stage %s, %s params, %s on %s (%s), compile %s", spec.run_id, st.name,
                  f"{self.model.num_params():,}", origin, self.dev.name, self.dev.precision, "on" if compile_on else "off")
         self.status(RunState.RUNNING, origin)
@@ -147,7 +148,7 @@ class Trainer:
             if self.spec.init_from:
                 self.init_from(self.spec.init_from)
                 origin = f"initialised from {self.spec.init_from}"
-        return origin, self.replay_mix_events(last_request)
+        return origin, self.replay_requests(last_request)
 
     def resume(self, where: Path) -> int:
         """Load a checkpoint of this run; returns the last control request id it had acted on."""
@@ -175,16 +176,21 @@ class Trainer:
             )
         ckpt.load_weights(where, self.model, self.dev.device)
 
-    def replay_mix_events(self, last_request: int) -> int:
-        """Mix changes acknowledged after the checkpoint we resumed from are put back in the schedule at
-        the steps they were announced for, so the resumed run trains exactly what the killed one did."""
+    def replay_requests(self, last_request: int) -> int:
+        """Requests answered after the checkpoint we resumed from stay answered: their mixes go back in
+        the schedule at the steps they took effect, so the resumed run trains exactly what the killed
+        one did, and none is answered twice. Returns the last request id acted on."""
         events, _ = self.run.read_events()
+        newest = last_request
         for ev in events:
-            rid = ev.get("request_id")
-            if ev.get("type") == Event.MIX and isinstance(rid, int) and rid > last_request and ev.get("step", 0) > self.step:
-                self.schedule.add(int(ev["step"]), {d: float(w) for d, w in ev["mix"].items()})
-                last_request = rid
-        return last_request
+            rid, step = ev.get("request_id"), ev.get("step", 0)
+            if not isinstance(rid, int) or rid <= last_request or not isinstance(step, int) or step <= self.step:
+                continue
+            if ev.get("type") == Event.MIX:
+                self.schedule.add(step, {d: float(w) for d, w in ev["mix"].items()})
+            if ev.get("type") in (Event.MIX, Event.ANSWER):
+                newest = max(newest, rid)
+        return newest
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -219,7 +225,7 @@ class Trainer:
         return True
 
     def close(self) -> None:
-        """Stop watching control.toml and give the signals back (also after a failed setup)."""
+        """Stop watching control requests and give the signals back (also after a failed setup)."""
         watcher, signals = getattr(self, "watcher", None), getattr(self, "signals", None)
         if watcher is not None:
             watcher.close()
@@ -284,34 +290,53 @@ class Trainer:
         return fields
 
     def check_control(self, next_step: int) -> bool:
-        """Act on a new control request or a signal before `next_step`; True means stop now."""
-        request = self.watcher.poll()
-        if isinstance(request, Rejected):
-            fields = {"request_id": request.request_id} if request.request_id is not None else {}
-            self.events.write(Event.ERROR, message=request.message, source=Source.CONTROL, **fields)
-            log.warning("control: %s", request.message)
-        elif request is not None:
-            if request.mix is not None:
-                self.apply_mix(next_step, request.mix, request.request_id)
-            if request.stop:
-                self.stop_reason = f"stop requested (control request {request.request_id})"
+        """Act on new control requests (in id order) or a signal before `next_step`; True means stop
+        now. Every request gets one answer; of several mixes drained together the last one wins."""
+        requests = self.watcher.poll()
+        last_mix = max((r.request_id for r in requests if isinstance(r, ControlRequest) and r.mix is not None),
+                       default=None)
+        for r in requests:
+            if isinstance(r, Rejected):
+                self.answer(r.request_id, Answer.REJECTED, next_step, message=r.message)
+                continue
+            note = {}
+            if r.mix is not None and r.request_id != last_mix:
+                if not r.stop:
+                    self.answer(r.request_id, Answer.SUPERSEDED, next_step, by=last_mix,
+                                message=f"superseded by request {last_mix}")
+                    continue
+                note = {"message": f"its mix was superseded by request {last_mix}"}
+            elif r.mix is not None:
+                why = self.apply_mix(next_step, r.mix, r.request_id)
+                if why:
+                    self.answer(r.request_id, Answer.REJECTED, next_step, message=why)
+                    continue
+            if r.stop:
+                self.stop_reason = f"stop requested (control request {r.request_id})"
+            self.answer(r.request_id, Answer.APPLIED, next_step, **note)
         if self.signals.requested and not self.stop_reason:
             self.stop_reason = f"{self.signals.requested} received"
         return bool(self.stop_reason)
 
-    def apply_mix(self, step: int, mix: dict[str, float], request_id: int) -> None:
-        """Put a requested mix in force from `step` (recorded in the schedule, so a resume replays it)."""
+    def answer(self, request_id: int, outcome: str, step: int, **fields: Any) -> None:
+        """The one answer event a control request gets."""
+        self.events.write(Event.ANSWER, request_id=request_id, outcome=outcome, step=step, **fields)
+        if outcome == Answer.REJECTED:
+            log.warning("control request %d rejected: %s", request_id, fields.get("message", ""))
+
+    def apply_mix(self, step: int, mix: dict[str, float], request_id: int) -> str:
+        """Put a requested mix in force from `step` (recorded in the schedule, so a resume replays it);
+        returns why it cannot be, or "" when it is in force."""
         shares = normalise(mix)
         weights = {d: shares.get(d, 0.0) for d in self.spec.domains}
         try:
             self.sampler.check(weights)  # e.g. a domain whose shard is shorter than one window
         except DataError as exc:
-            self.events.write(Event.ERROR, message=f"{self.run.control_file}: {exc}", source=Source.CONTROL,
-                              request_id=request_id)
-            return
+            return f"{request_path(self.run.requests_dir, request_id)}: {exc}"
         self.schedule.add(step, weights)
         self.events.write(Event.MIX, step=step, mix=weights, request_id=request_id)
         log.info("mix from step %d: %s", step, weights)
+        return ""
 
     def stop(self) -> int:
         self.status(RunState.STOPPING, self.stop_reason)

@@ -1,25 +1,24 @@
-"""The trainer's side of control.toml and signals: notice a new request, validate it, hand it over once.
+"""The trainer's side of control requests and signals: notice new requests, validate them, hand
+each over once, in order.
 
-A watchfiles thread sets a flag when control.toml changes, so the loop's per-step check is a
-flag test; a cheap stat once a second covers filesystems that send no notifications.
-SIGTERM and SIGINT set the stop flag, so they checkpoint and stop like `stop = true`.
+A watchfiles thread sets a flag when the run's requests folder changes, so the loop's per-step
+check is a flag test; a cheap listing once a second covers filesystems that send no
+notifications. SIGTERM and SIGINT set the stop flag, so they checkpoint and stop like a stop
+request.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import signal
 import threading
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from engine.jobs.control import ControlRequest, parse_control
 from engine.errors import ControlError
+from engine.jobs.control import ControlRequest, read_request, request_ids, request_path
 
 log = logging.getLogger("fcwork.trainer")
 STAT_INTERVAL_S = 1.0
@@ -30,26 +29,25 @@ WATCH_STEP_MS = 50
 
 @dataclass(frozen=True)
 class Rejected:
-    """A control file the trainer refused, with the one-line reason (and its request id if readable)."""
+    """A request the trainer refused, with the one-line reason."""
 
     message: str
-    request_id: int | None = None
+    request_id: int
 
 
 class ControlWatcher:
-    """Turns changes of a run's control file into new ControlRequests (or Rejected), each once."""
+    """Turns new files of a run's requests folder into ControlRequests (or Rejected), each once, by id."""
 
-    def __init__(self, path: Path, domains: Iterable[str], last_request_id: int = 0, watch: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(self, folder: Path, domains: Iterable[str], last_request_id: int = 0, watch: bool = True) -> None:
+        self.folder = Path(folder)
         self.domains = list(domains)
         self.last_request_id = last_request_id
         self._changed = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._signature: tuple | None = None
-        self._next_stat = 0.0
-        self._rejected_digest: str | None = None
-        self._changed.set()  # look once at start: a request may have come while no trainer ran
+        self._next_look = 0.0
+        self._seen = {rid for rid in request_ids(self.folder) if rid <= last_request_id}
+        self._changed.set()  # look once at start: requests may have come while no trainer ran
         if watch:
             self._start_thread()
 
@@ -58,17 +56,17 @@ class ControlWatcher:
             import watchfiles
         except ImportError:
             return
-        name = self.path.name
+        self.folder.mkdir(exist_ok=True)  # watch it before the first request creates it
 
         def run() -> None:
             try:
                 for _ in watchfiles.watch(
-                    self.path.parent, stop_event=self._stop, step=WATCH_STEP_MS, rust_timeout=500, yield_on_timeout=False,
-                    watch_filter=lambda change, p: os.path.basename(p) == name, raise_interrupt=False, recursive=False,
+                    self.folder, stop_event=self._stop, step=WATCH_STEP_MS, rust_timeout=500, yield_on_timeout=False,
+                    raise_interrupt=False, recursive=False,
                 ):
                     self._changed.set()
-            except Exception as exc:  # the stat fallback keeps working
-                log.warning("control.toml watcher stopped (%s); checking once a second instead", exc)
+            except Exception as exc:  # the periodic listing keeps working
+                log.warning("requests watcher stopped (%s); looking once a second instead", exc)
 
         self._thread = threading.Thread(target=run, name="control-watch", daemon=True)
         self._thread.start()
@@ -78,48 +76,28 @@ class ControlWatcher:
         if self._thread is not None:
             self._thread.join(timeout=1.0)
 
-    def _stat_changed(self) -> bool:
+    def poll(self) -> list[ControlRequest | Rejected]:
+        """The requests (or rejections) that arrived since the last call, in id order; cheap when none did."""
         now = time.monotonic()
-        if now < self._next_stat:
-            return False
-        self._next_stat = now + STAT_INTERVAL_S
-        try:
-            st = os.stat(self.path)
-            sig = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            sig = None
-        changed, self._signature = sig != self._signature, sig
-        return changed
-
-    def poll(self) -> ControlRequest | Rejected | None:
-        """A new request or rejection since the last call, else None (cheap when nothing changed)."""
-        if not (self._changed.is_set() or self._stat_changed()):
-            return None
+        if not self._changed.is_set() and now < self._next_look:
+            return []
         self._changed.clear()
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return None
-        try:
-            rid = tomllib.loads(text).get("request_id")
-        except tomllib.TOMLDecodeError:
-            rid = None
-        if not isinstance(rid, int) or isinstance(rid, bool):
-            rid = None
-        if rid is not None and rid <= self.last_request_id:
-            return None  # already acted on (or an older file)
-        try:
-            request = parse_control(text, str(self.path), self.domains)
-        except ControlError as exc:
-            digest = hashlib.sha256(text.encode()).hexdigest()
-            if rid is None and digest == self._rejected_digest:
-                return None  # the same unreadable file again: reported already
-            self._rejected_digest = digest
-            if rid is not None:
-                self.last_request_id = rid
-            return Rejected(str(exc), rid)
-        self.last_request_id = request.request_id
-        return request
+        self._next_look = now + STAT_INTERVAL_S
+        out: list[ControlRequest | Rejected] = []
+        for rid in request_ids(self.folder):
+            if rid in self._seen:
+                continue
+            self._seen.add(rid)
+            if rid <= self.last_request_id:  # a file put there by hand under an id already answered
+                out.append(Rejected(f"{request_path(self.folder, rid)}: id {rid} was already used; "
+                                    "send the request again (fcwork mix) to get a new id", rid))
+                continue
+            try:
+                out.append(read_request(self.folder, rid, self.domains))
+            except ControlError as exc:
+                out.append(Rejected(str(exc), rid))
+            self.last_request_id = rid
+        return out
 
 
 class StopSignals:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.errors import ProfileError, RunError
-from engine.jobs.protocol import EntryState, Event, RunState, Source
+from engine.jobs.protocol import Answer, EntryState, Event, RunState
 from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 
@@ -88,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         while handled < interrupts.count:
             handled += 1
             if handled == 1:
-                run.write_control(stop=True)
+                run.send_request(stop=True)
                 console.print("stopping: the trainer checkpoints, then exits (Ctrl-C again to send SIGTERM)")
             else:
                 with contextlib.suppress(ProcessLookupError):
@@ -182,17 +182,19 @@ def cmd_mix(args: argparse.Namespace) -> int:
     if run.trainer_pid() is None:
         raise RunError(f"{run.path}: no trainer is running for this run; a mix change needs a training stage")
     offset = run.events_size()
-    request = run.write_control(mix=mix)
+    request = run.send_request(mix=mix)
     print(f"mix request {request} sent to {run.id}: {describe(mix, digits=None)}")
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         events, offset = run.read_events(offset)
         for ev in events:
-            if ev.get("type") == Event.MIX and ev.get("request_id") == request:
-                applied = describe(normalise(ev.get("mix") or mix))
-                print(f"applied from step {ev.get('step')}: {applied}")
-                return 0
-            if ev.get("type") == Event.ERROR and ev.get("source") == Source.CONTROL:
+            if ev.get("type") == Event.ANSWER and ev.get("request_id") == request:
+                if ev.get("outcome") == Answer.APPLIED:
+                    print(f"applied from step {ev.get('step')}: {describe(normalise(mix))}")
+                    return 0
+                if ev.get("outcome") == Answer.SUPERSEDED:
+                    print(f"superseded at step {ev.get('step')} by request {ev.get('by')}, sent just after it")
+                    return 0
                 print(f"fcwork: error: the trainer rejected the mix: {ev.get('message', '')}", file=sys.stderr)
                 return 1
             if ev.get("type") == Event.STATUS and ev.get("state") in RunState.FINAL:

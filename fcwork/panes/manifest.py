@@ -22,7 +22,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
 from engine.errors import FcError
-from engine.jobs.protocol import Event, Source
+from engine.jobs.protocol import Answer, Event
 from engine.jobs.rundir import RunDir
 from engine.mix import describe, normalise, parse_weights
 from fcwork.panes.base import Pane
@@ -190,19 +190,21 @@ class ManifestPane(Pane):
         if not self.pending or run_id != self.pending[0]:
             return
         for ev in events:
-            if ev.get("type") == Event.MIX and ev.get("request_id") == self.pending[1]:
-                self._acked(ev.get("step"))
-                return
-            if ev.get("type") == Event.ERROR and ev.get("source") == Source.CONTROL and not replay:
-                self._set_status(f"the trainer rejected mix request {self.pending[1]}: {ev.get('message', '')}",
-                                 error=True)
-                self.pending = None
+            if ev.get("type") == Event.ANSWER and ev.get("request_id") == self.pending[1]:
+                self._answered(ev)
                 return
 
-    def _acked(self, step: Any) -> None:
+    def _answered(self, answer: dict) -> None:
+        """Say what became of the pending request: applied, superseded or rejected."""
         run_id, rid = self.pending
         self.pending = None
-        self._set_status(f"applied at step {step} (run {run_id}, request {rid})")
+        outcome, step = answer.get("outcome"), answer.get("step")
+        if outcome == Answer.APPLIED:
+            self._set_status(f"applied at step {step} (run {run_id}, request {rid})")
+        elif outcome == Answer.SUPERSEDED:
+            self._set_status(f"request {rid} superseded by request {answer.get('by')} at step {step} (run {run_id})")
+        else:
+            self._set_status(f"the trainer rejected mix request {rid}: {answer.get('message', '')}", error=True)
 
     # -- building the view --------------------------------------------------------------------
 
@@ -274,16 +276,16 @@ class ManifestPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="manifest-control")
     def send_mix(self, run_id: str, mix: dict[str, float]) -> None:
-        request_id = RunDir(self.ws.runs_dir / run_id).write_control(mix=mix)
+        request_id = RunDir(self.ws.runs_dir / run_id).send_request(mix=mix)
         self.post_message(self.MixSent(run_id, request_id, mix))
 
     def on_manifest_pane_mix_sent(self, event: ManifestPane.MixSent) -> None:
         self.pending = (event.run_id, event.request_id)
         with self.store.lock:
             h = self.store.runs.get(event.run_id)
-            step = h.acks.get(event.request_id) if h else None
-        if step is not None:
-            self._acked(step)
+            answer = h.acks.get(event.request_id) if h else None
+        if answer is not None:
+            self._answered(answer)
         else:
             self._set_status(f"request {event.request_id} sent to run {event.run_id}; "
                              "waiting for the trainer's next step")
@@ -407,9 +409,9 @@ class ManifestPane(Pane):
         if self.pending:
             with self.store.lock:
                 h = self.store.runs.get(self.pending[0])
-                step = h.acks.get(self.pending[1]) if h else None
-            if step is not None:
-                self._acked(step)
+                answer = h.acks.get(self.pending[1]) if h else None
+            if answer is not None:
+                self._answered(answer)
 
 
 def _num(w: Any) -> str:
