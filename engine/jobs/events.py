@@ -49,9 +49,12 @@ class EventWriter:
         return event
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:  # a full disk: what could not be flushed is lost; the caller has said why
+                pass
 
     def __enter__(self) -> "EventWriter":
         return self

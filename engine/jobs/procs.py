@@ -114,16 +114,16 @@ def spawn_trainer(run_dir: str | os.PathLike, patience_s: float = 1.0) -> subpro
     try:
         if not try_flock(fd, patience_s):
             raise SupervisorError(f"{run.path}: a trainer (pid {read_pid(run.trainer_lock)}) already runs for this run")
-        with open(run.trainer_log, "ab") as out:
-            out.write(f"\n=== trainer started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
-            out.flush()
-            try:
+        try:
+            with open(run.trainer_log, "ab") as out:
+                out.write(f"\n=== trainer started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+                out.flush()
                 proc = subprocess.Popen(
                     trainer_command(run.path), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, close_fds=True, pass_fds=(fd,), env=child_env(), cwd=run.path,
                 )
-            except OSError as exc:
-                raise SupervisorError(f"{run.path}: cannot start the trainer ({exc.strerror})") from None
+        except OSError as exc:
+            raise SupervisorError(f"{run.path}: cannot start the trainer ({exc.strerror})") from None
         write_pid(fd, proc.pid)
         return proc
     finally:

@@ -29,6 +29,10 @@ from engine.workspace import Workspace
 LOCK_NAME = "queue.lock"
 
 
+class MissingEntry(QueueError):
+    """The queue is readable and has no entry with that id (removed by hand, say)."""
+
+
 @dataclass
 class QueueEntry:
     """One stage waiting, running or finished in the queue.
@@ -329,7 +333,7 @@ def _find(entries: list[QueueEntry], entry_id: int, path: Path) -> QueueEntry:
         if entry.id == entry_id:
             return entry
     known = ", ".join(str(e.id) for e in entries) or "none"
-    raise QueueError(f"{path}: no entry with id {entry_id} (ids: {known})")
+    raise MissingEntry(f"{path}: no entry with id {entry_id} (ids: {known})")
 
 
 def _resume_message(ws: Workspace, entry: QueueEntry) -> str:

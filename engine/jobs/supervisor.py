@@ -32,7 +32,7 @@ from engine.errors import FcError, QueueError, SupervisorError
 from engine.jobs import procs
 from engine.jobs.history import RunHistory
 from engine.jobs.protocol import EXIT_USER_ERROR, EntryState, Event, RunState, Source
-from engine.jobs.queue import StageQueue
+from engine.jobs.queue import MissingEntry, QueueEntry, StageQueue
 from engine.jobs.rundir import RunDir
 from engine.jobs.runs import create_run
 from engine.workspace import Workspace
@@ -66,6 +66,10 @@ class Supervisor:
         self.stop_timeout_s = stop_timeout_s
         self.stopping = False
         self._lock_fd: int | None = None
+        # Final states the queue could not take (invalid or unwritable queue.toml): the run folder
+        # holds the truth meanwhile; each pass tries to record them again.
+        self.unrecorded: dict[int, tuple[str, str]] = {}
+        self._reported: set[int] = set()  # unrecorded entries whose first failure was logged
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         log.info("got %s: stopping the current trainer cleanly, then exiting", signal.Signals(signum).name)
@@ -99,11 +103,12 @@ class Supervisor:
     def _loop(self) -> None:
         idle_since: float | None = None
         while not self.stopping:
-            try:
-                claimed = self.queue.claim_next()
-            except QueueError as exc:
-                log.error("%s", exc)  # a broken queue.toml: wait for the user to fix it
-                claimed = None
+            claimed = None
+            if self._reconcile():
+                try:
+                    claimed = self.queue.claim_next()
+                except (QueueError, OSError) as exc:
+                    log.error("%s", exc)  # a broken or unwritable queue.toml: wait for the user to fix it
             if claimed is not None:
                 idle_since = None
                 entry, orphaned = claimed
@@ -115,7 +120,7 @@ class Supervisor:
                 continue
             now = time.monotonic()
             idle_since = idle_since if idle_since is not None else now
-            if now - idle_since >= self.idle_s:
+            if now - idle_since >= self.idle_s and not self.unrecorded:
                 # Release our lock inside the queue lock, so an entry added from now on finds no
                 # supervisor and its `start` spawns a new one: nothing is stranded.
                 with self.queue.locked():
@@ -133,8 +138,44 @@ class Supervisor:
 
     def _finish(self, entry_id: int, state: str, message: str) -> None:
         log.info("entry %d: %s (%s)", entry_id, state, message)
-        with contextlib.suppress(QueueError):
-            self.queue.update(entry_id, state=state, message=message, pid=0, cancel_requested=False)
+        self.unrecorded[entry_id] = (state, message)
+        self._reconcile()
+
+    def _reconcile(self) -> bool:
+        """Record the final states the queue could not take before; True when none is left."""
+        for entry_id, (state, message) in list(self.unrecorded.items()):
+            try:
+                self.queue.update(entry_id, state=state, message=message, pid=0, cancel_requested=False)
+            except MissingEntry:
+                log.info("entry %d was removed from the queue; its run folder keeps the result", entry_id)
+            except (QueueError, OSError) as exc:
+                if entry_id not in self._reported:
+                    self._reported.add(entry_id)
+                    log.error("entry %d: cannot record %s (%s); the run folder keeps the result, and it is "
+                              "recorded once queue.toml can be written", entry_id, state, exc)
+                continue
+            self.unrecorded.pop(entry_id)
+            if entry_id in self._reported:
+                self._reported.discard(entry_id)
+                log.info("entry %d: %s recorded now that queue.toml is usable again", entry_id, state)
+        return not self.unrecorded
+
+    def _note(self, entry_id: int, **changes: Any) -> None:
+        """A progress note on the entry (pid, message, restarts); lost, not fatal, when the queue is unusable."""
+        try:
+            self.queue.update(entry_id, **changes)
+        except (QueueError, OSError) as exc:
+            log.warning("entry %d: cannot note %s in the queue: %s", entry_id, ", ".join(changes), exc)
+
+    def _entry(self, entry_id: int, known: QueueEntry) -> QueueEntry | None:
+        """The entry as the queue has it now; `known` while the queue is unusable; None once removed."""
+        try:
+            return self.queue.get(entry_id)
+        except MissingEntry:
+            return None
+        except (QueueError, OSError) as exc:
+            log.warning("entry %d: queue unreadable (%s); going on with what was known", entry_id, exc)
+            return known
 
     def _work(self, entry_id: int, orphaned: bool = False) -> None:
         """Run one entry to a final state; `orphaned`: a dead supervisor left it running."""
@@ -156,11 +197,10 @@ class Supervisor:
             return self._finish(entry_id, EntryState.FAILED, str(exc))
         restarts = entry.restarts
         while True:
-            out = self._attempt(entry_id, run, orphaned)
+            out = self._attempt(entry, run, orphaned)
             orphaned = False
-            try:
-                entry = self.queue.get(entry_id)
-            except QueueError:
+            entry = self._entry(entry_id, entry)
+            if entry is None:
                 return  # removed by hand while it ran
             where = f" at step {out.step}" if out.step else ""
             if out.kind == ABANDONED:
@@ -182,19 +222,20 @@ class Supervisor:
                 return self._finish(entry_id, EntryState.FAILED, f"crashed {tries}: {out.message}")
             restarts += 1
             log.info("entry %d: trainer crashed (%s); restart %d of %d", entry_id, out.message, restarts, max_restarts)
-            self.queue.update(entry_id, restarts=restarts, pid=0,
-                              message=f"restart {restarts}/{max_restarts} after: {out.message}")
+            entry.restarts, entry.message = restarts, f"restart {restarts}/{max_restarts} after: {out.message}"
+            self._note(entry_id, restarts=restarts, pid=0, message=entry.message)
             time.sleep(1.0)
             if self.stopping:
                 return self._finish(entry_id, EntryState.QUEUED, "interrupted (supervisor stopped); resumes from its checkpoint")
 
-    def _attempt(self, entry_id: int, run: RunDir, orphaned: bool = False) -> Outcome:
+    def _attempt(self, entry: QueueEntry, run: RunDir, orphaned: bool = False) -> Outcome:
         """One trainer run: adopt a trainer that still runs, judge one that ended while no
         supervisor watched, else spawn one; wait and classify how it ended."""
+        entry_id = entry.id
         running = run.trainer_pid()
         if running is not None:
             log.info("entry %d: trainer pid %d still runs in %s; waiting for it", entry_id, running, run.id)
-            self.queue.update(entry_id, pid=max(running, 0), message=f"training (trainer pid {running}, adopted)")
+            self._note(entry_id, pid=max(running, 0), message=f"training (trainer pid {running}, adopted)")
             if self._wait(run, running, None) == ABANDONED:
                 return Outcome(ABANDONED, "")
             return self._outcome(run, None, None)
@@ -202,7 +243,8 @@ class Supervisor:
             return self._outcome(run, None, None)
         if self.stopping:
             return Outcome(RunState.STOPPED, "not started: supervisor stopping")
-        if self.queue.get(entry_id).cancel_requested:
+        now = self._entry(entry_id, entry)
+        if now is None or now.cancel_requested:
             return Outcome(RunState.STOPPED, "cancelled before the trainer started")
         offset = run.events_size()
         try:
@@ -210,8 +252,8 @@ class Supervisor:
         except SupervisorError as exc:
             return Outcome(CRASH, str(exc))
         log.info("entry %d: trainer pid %d for %s", entry_id, proc.pid, run.id)
-        note = self.queue.get(entry_id).message
-        self.queue.update(entry_id, pid=proc.pid, message=f"training ({note})" if note.startswith("restart") else "training")
+        note = now.message
+        self._note(entry_id, pid=proc.pid, message=f"training ({note})" if note.startswith("restart") else "training")
         rc = self._wait(run, proc.pid, proc)
         if rc == ABANDONED:
             return Outcome(ABANDONED, "")

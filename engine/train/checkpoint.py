@@ -5,12 +5,17 @@ a kill at any moment leaves every earlier checkpoint whole and no half-written o
 complete. Loading never unpickles objects: safetensors for the weights, `torch.load(...,
 weights_only=True)` of a flat {name: tensor} dict for the optimizer, JSON for the rest.
 
+Before writing, the free space is checked against the size of the last checkpoint (or of the
+tensors, for the first): a full disk fails with one line saying so, never with a half-written
+folder left behind.
+
 Debugging knob: FCWORK_CKPT_WRITE_DELAY=<seconds> sleeps between writing the weights and the
 optimizer state, to widen the window in which a kill lands mid-checkpoint (used by the tests).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -24,12 +29,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.atomic import atomic_write_text
-from engine.errors import ModelError, RunError
+from engine.errors import FcError, ModelError, RunError
 from engine.jobs.rundir import CKPT_PREFIX, CKPT_STATE, RunDir
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optim.pt"
 WRITE_DELAY_ENV = "FCWORK_CKPT_WRITE_DELAY"
+SPACE_MARGIN = 16 << 20  # left free for events, logs and the queue after a checkpoint
+
+
+class NoSpaceError(FcError):
+    """The disk cannot hold the next checkpoint (a user's problem: free space, then resume)."""
 
 
 def _fsync_file(path: Path) -> None:
@@ -75,21 +85,33 @@ def save_checkpoint(
     ckpt_root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     state: dict[str, Any], keep: int,
 ) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep`; returns its folder."""
+    """Write checkpoint `step` atomically, then delete all but the newest `keep`; returns its folder.
+    Refuses (NoSpaceError) when the disk cannot hold it, and never leaves its temp folder behind."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{CKPT_PREFIX}{step}"
     tmp = ckpt_root / f".{CKPT_PREFIX}{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(model_tensors(model), str(tmp / MODEL_FILE), metadata={"step": str(step)})
-    delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
-    if delay > 0:
-        time.sleep(delay)
-    torch.save(optimizer_tensors(optimizer), tmp / OPTIM_FILE)
-    (tmp / CKPT_STATE).write_text(json.dumps(state, separators=(",", ":")) + "\n", encoding="utf-8")
-    for name in (MODEL_FILE, OPTIM_FILE, CKPT_STATE):
-        _fsync_file(tmp / name)
-    _fsync_dir(tmp)
+    weights, moments = model_tensors(model), optimizer_tensors(optimizer)
+    need = _expected_bytes(ckpt_root, [weights, moments])
+    free = shutil.disk_usage(ckpt_root).free
+    if free < need + SPACE_MARGIN:
+        raise NoSpaceError(_no_space(ckpt_root, need, free))
+    try:
+        tmp.mkdir()
+        save_file(weights, str(tmp / MODEL_FILE), metadata={"step": str(step)})
+        delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
+        torch.save(moments, tmp / OPTIM_FILE)
+        (tmp / CKPT_STATE).write_text(json.dumps(state, separators=(",", ":")) + "\n", encoding="utf-8")
+        for name in (MODEL_FILE, OPTIM_FILE, CKPT_STATE):
+            _fsync_file(tmp / name)
+        _fsync_dir(tmp)
+    except (OSError, RuntimeError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_no_space(exc):
+            raise NoSpaceError(_no_space(ckpt_root, need, shutil.disk_usage(ckpt_root).free)) from None
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -97,6 +119,35 @@ def save_checkpoint(
     for _, old in RunDir(ckpt_root.parent).checkpoints()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _expected_bytes(ckpt_root: Path, tensor_sets: list[dict[str, torch.Tensor]]) -> int:
+    """The size of the newest complete checkpoint, or of the tensors to write when there is none."""
+    done = RunDir(ckpt_root.parent).checkpoints()
+    if done:
+        with_files = [p for p in done[-1][1].iterdir() if p.is_file()]
+        return sum(p.stat().st_size for p in with_files)
+    return sum(t.numel() * t.element_size() for tensors in tensor_sets for t in tensors.values()) + (64 << 10)
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """ENOSPC, or torch's and safetensors' words for a write that ran out of room."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left" in text or "unexpected pos" in text or "file write failed" in text
+
+
+def _no_space(path: Path, need: int, free: int) -> str:
+    mount = Path(path).resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    return (f"{path}: no space left on {mount} for a checkpoint of {_size(need)} (free: {_size(max(free, 0))}); "
+            "free some space, then resume the stage")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def remove_partial(ckpt_root: Path) -> list[Path]:

@@ -444,22 +444,31 @@ def main(run_dir: str | os.PathLike) -> int:
             handler.close()
 
 
+def _fail(trainer: Trainer, message: str, code: int) -> int:
+    """Say why the trainer ends (log, error event, failed status) as far as the disk allows; return `code`."""
+    log.error("%s", message)
+    try:
+        trainer.events.write(Event.ERROR, message=message, source=Source.TRAINER)
+        trainer.status(RunState.FAILED, message)
+    except OSError as exc:  # a full disk: the exit code still tells the supervisor
+        log.error("cannot record the failure in the events: %s", exc)
+    return code
+
+
 def _run(trainer: Trainer) -> int:
     try:
         trainer.setup()
         return trainer.train()
     except FcError as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        log.error("%s", message)
-        trainer.events.write(Event.ERROR, message=message, source=Source.TRAINER)
-        trainer.status(RunState.FAILED, message)
-        return EXIT_USER_ERROR
+        return _fail(trainer, message, EXIT_USER_ERROR)
     except BaseException as exc:  # a crash: traceback to the log, one line to the events
+        if ckpt.is_no_space(exc):  # not a crash a restart could heal: the user frees space, then resumes
+            where = getattr(exc, "filename", None) or trainer.run_dir
+            return _fail(trainer, f"{where}: no space left on device; free some space, then resume the stage",
+                         EXIT_USER_ERROR)
         log.error("crash:\n%s", traceback.format_exc())
         first = (str(exc).strip().splitlines() or [""])[0]
-        message = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-        trainer.events.write(Event.ERROR, message=message, source=Source.TRAINER)
-        trainer.status(RunState.FAILED, message)
-        return EXIT_CRASH
+        return _fail(trainer, f"{type(exc).__name__}: {first}" if first else type(exc).__name__, EXIT_CRASH)
     finally:
         trainer.close()
