@@ -33,6 +33,10 @@ from fcwork.watch import POLL_S, WorkspaceWatcher
 
 # Debugging/benchmark knob: exit right after the first paint (bench/tui_startup.py sets it).
 EXIT_AFTER_PAINT_ENV = "FCWORK_TUI_EXIT_AFTER_PAINT"
+# A running entry with no supervisor is taken up again by a new one, checked this often; set
+# FCWORK_SUPERVISOR_RESTART=0 to leave that to `fcwork queue start`.
+SUPERVISOR_CHECK_S = 5.0
+RESTART_ENV = "FCWORK_SUPERVISOR_RESTART"
 # Pane id -> (tab title, module, class). Each pane's module is imported when the pane mounts, so
 # the first frame waits only for the pane it shows.
 PANES = {
@@ -85,7 +89,7 @@ class FcworkApp(App):
     ]
 
     def __init__(self, workspace: str | os.PathLike | None = None, profile: str = "default",
-                 poll_s: float = POLL_S, cursor_blink: bool = True) -> None:
+                 poll_s: float = POLL_S, cursor_blink: bool = True, restart_supervisor: bool | None = None) -> None:
         super().__init__()
         self.ws = Workspace.open(workspace)
         self.profile_name = profile
@@ -98,6 +102,8 @@ class FcworkApp(App):
         self.queue_error = ""
         self.run_ids: list[str] = []
         self.active_pane = "manifest"
+        self.restart_supervisor = (os.environ.get(RESTART_ENV, "1") != "0") if restart_supervisor is None \
+            else restart_supervisor
 
     def compose(self) -> ComposeResult:
         yield Label(self._title(), markup=False, id="title")
@@ -130,8 +136,28 @@ class FcworkApp(App):
             self.exit()
             return
         self.run_worker(self._watch, name="watcher", group="watch", thread=True, exit_on_error=False)
+        if self.restart_supervisor:
+            self.set_interval(SUPERVISOR_CHECK_S, self._check_supervisor)
         for slot in list(self.query(PaneSlot)):
             await slot.load()
+
+    def _check_supervisor(self) -> None:
+        if any(e.state == EntryState.RUNNING for e in self.entries or []):
+            self.run_worker(self._restart_supervisor, name="supervisor check", group="supervisor-check",
+                            thread=True, exclusive=True, exit_on_error=False)
+
+    def _restart_supervisor(self) -> None:
+        """An entry is marked running and no supervisor watches it (killed, or the Mac restarted):
+        start one, which adopts the trainer or judges how it ended, and say so."""
+        from engine.jobs.queue import StageQueue
+
+        queue = StageQueue(self.ws)
+        orphans = queue.orphans()
+        if orphans:
+            pid = queue.start()
+            ids = ", ".join(f"#{e.id}" for e in orphans)
+            self.call_from_thread(self.notify, f"Restarted the supervisor (pid {pid}): {ids} had none watching it",
+                                  severity="warning", timeout=10)
 
     def _watch(self) -> None:
         worker = get_current_worker()

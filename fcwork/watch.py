@@ -27,6 +27,7 @@ from engine.errors import FcError
 from engine.workspace import QUEUE_FILE, Workspace
 from fcwork.messages import ProfileChanged, QueueChanged, RunNotices, RunsChanged, WatchFailed
 from engine.jobs.events import EventTail
+from engine.jobs.protocol import RunState
 from engine.jobs.rundir import FOLLOWED_FILES, STAGE_FILE, RunDir
 from engine.jobs.history import RunStore
 
@@ -203,9 +204,26 @@ class WorkspaceWatcher:
                 self.caught_up[run_id] = False
             if run_id not in self._meta:
                 self._read_stage(run_id)
+        self._check_trainers()
         if found != self._run_ids:
             self._run_ids = found
             self.post(RunsChanged(list(found)))
+
+    def _check_trainers(self) -> None:
+        """A run whose events say it trains, read to their end, while no trainer holds its lock
+        ended without a final status: show it as crashed (stopped, if it was stopping)."""
+        with self.store.lock:
+            live = [r for r, h in self.store.runs.items() if h.state in RunState.LIVE and self.caught_up.get(r)]
+        for run_id in live:
+            if not RunDir(self.ws.runs_dir / run_id).trainer_gone():
+                continue
+            with self.store.lock:
+                h = self.store.runs[run_id]
+                if h.state in RunState.LIVE:
+                    h.state = RunState.STOPPED if h.state == RunState.STOPPING else RunState.CRASHED
+                    h.message = h.message or "the trainer ended without a final status"
+                    h.version += 1
+                    self.store.version += 1
 
     def _read_stage(self, run_id: str) -> None:
         """Fill a run's metadata (profile, stage, max steps, starting mix) from its frozen stage."""

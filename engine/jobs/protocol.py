@@ -18,6 +18,7 @@ class RunState:
     STOPPED = "stopped"
     FINISHED = "finished"
     FAILED = "failed"
+    CRASHED = "crashed"  # never written: what a reader says of a live state whose trainer is gone
     LIVE = frozenset({STARTING, RUNNING, STOPPING})
     FINAL = frozenset({STOPPED, FINISHED, FAILED})
 

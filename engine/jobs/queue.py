@@ -292,6 +292,13 @@ class StageQueue:
         return any(e.state == EntryState.RUNNING or (e.state == EntryState.QUEUED and self.waiting_for(e, entries) is None)
                    for e in entries)
 
+    def orphans(self, entries: list[QueueEntry] | None = None) -> list[QueueEntry]:
+        """Entries marked running while no supervisor watches them (it was killed, or the machine
+        restarted): nothing records their end and the entries after them wait, until one starts."""
+        entries = self.read() if entries is None else entries
+        running = [e for e in entries if e.state == EntryState.RUNNING]
+        return running if running and procs.supervisor_pid(self.ws) is None else []
+
     def waiting_for(self, entry: QueueEntry, entries: list[QueueEntry]) -> QueueEntry | None:
         """The entry of the stage that `entry`'s stage starts from (init_from, same profile) that it
         must wait for: one queued or running, or the latest such entry when it was cancelled or

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from engine.errors import ControlError, RunError
 from engine.jobs import control, events
-from engine.jobs.protocol import Event
+from engine.jobs.protocol import Event, RunState
 
 if TYPE_CHECKING:
     from engine.jobs.history import RunHistory
@@ -192,13 +192,18 @@ class RunDir:
 
     def summary(self) -> "RunHistory":
         """The run's state, step, loss and message from its last status and step events only:
-        the same fold as `history()`, fed the two events that decide those fields."""
+        the same fold as `history()`, fed the two events that decide those fields. A run whose
+        events say it trains while no trainer holds its lock ended without a word: it reads as
+        crashed (or stopped, when it was stopping), never as running."""
         from engine.jobs.history import RunHistory
 
         h = RunHistory.of(self)
         last = self.last_events((Event.STATUS, Event.STEP))
         for ev in sorted(last.values(), key=lambda e: e.get("time") or 0):
             h.ingest(ev)
+        if h.state in RunState.LIVE and self.trainer_gone():
+            h.state = RunState.STOPPED if h.state == RunState.STOPPING else RunState.CRASHED
+            h.message = h.message or "the trainer ended without a final status"
         return h
 
     def state(self) -> str:
@@ -229,6 +234,10 @@ class RunDir:
         from engine.jobs.procs import holder_pid
 
         return holder_pid(self.trainer_lock)
+
+    def trainer_gone(self) -> bool:
+        """True when a trainer ran here (its lock file exists) and none holds the lock now."""
+        return self.trainer_lock.exists() and self.trainer_pid() is None
 
     def send_request(self, mix: dict[str, float] | None = None, stop: bool = False) -> int:
         """Ask the run's trainer for a new mix and/or a stop; returns the request's id, which its

@@ -122,11 +122,16 @@ def eval_device(ws: Workspace, want: str, console: Console) -> str:
     if accel is None:
         return "cpu"
     from engine.jobs.queue import StageQueue
+    from engine.jobs.rundir import RunDir
+    from fcwork.commands.queue import warn_orphans
 
+    queue = StageQueue(ws)
+    warn_orphans(queue)
     try:
-        busy = [e for e in StageQueue(ws).read() if e.state == EntryState.RUNNING]
+        running = [e for e in queue.read() if e.state == EntryState.RUNNING and e.run_id]
     except FcError:
-        busy = []
+        running = []
+    busy = [e for e in running if RunDir(ws.runs_dir / e.run_id).trainer_pid() is not None]
     if busy:
         console.print(f"evaluating on cpu: stage {busy[0].stage} (entry {busy[0].id}) is training "
                       f"(--device {accel} to use it anyway)")

@@ -47,7 +47,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _queue(args: argparse.Namespace) -> StageQueue:
-    return StageQueue(Workspace.open(args.workspace))
+    q = StageQueue(Workspace.open(args.workspace))
+    if args.queue_cmd != "start":
+        warn_orphans(q)
+    return q
+
+
+def warn_orphans(q: StageQueue) -> None:
+    """Say so when an entry is marked running but no supervisor watches it (the command goes on)."""
+    try:
+        orphans = q.orphans()
+    except QueueError:
+        return  # the command itself reports the broken file
+    for e in orphans:
+        print(f"fcwork: warning: entry #{e.id} ({e.stage}) is marked running but no supervisor is watching it "
+              "(killed, or the machine restarted); `fcwork queue start` takes it up again", file=sys.stderr)
 
 
 def cmd_add(args: argparse.Namespace) -> int:

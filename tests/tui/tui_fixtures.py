@@ -205,11 +205,11 @@ async def settle(pilot, app, timeout: float = 5.0) -> None:
     await pilot.pause()
 
 
-def make_app(ws: Workspace, profile: str = "default"):
+def make_app(ws: Workspace, profile: str = "default", restart_supervisor: bool = False):
     """The real app on a test workspace: fast polling, no cursor blink."""
     from fcwork.app import FcworkApp
 
-    return FcworkApp(ws.root, profile=profile, poll_s=0.05, cursor_blink=False)
+    return FcworkApp(ws.root, profile=profile, poll_s=0.05, cursor_blink=False, restart_supervisor=restart_supervisor)
 
 
 async def show_pane(pilot, app, key: str) -> None:
