@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import ProfileError
+from engine.errors import ProfileError, os_error_line
 from engine.profile import Profile, load_profile
 
 SHIPPED_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
@@ -42,14 +42,18 @@ class Workspace:
         """Create the folder layout and copy in any shipped profile the user does not have yet."""
         if self.root.exists() and not self.root.is_dir():
             raise ProfileError(f"{self.root}: workspace path exists and is not a folder")
-        for sub in ("profiles", "data", "tokenizers", "runs"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for shipped in sorted(SHIPPED_PROFILES.glob("*.toml")):
-            target = self.profiles_dir / shipped.name
-            if not target.exists():
-                tmp = target.with_suffix(".toml.tmp")
-                shutil.copyfile(shipped, tmp)
-                os.replace(tmp, target)
+        try:
+            for sub in ("profiles", "data", "tokenizers", "runs"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            for shipped in sorted(SHIPPED_PROFILES.glob("*.toml")):
+                target = self.profiles_dir / shipped.name
+                if not target.exists():
+                    tmp = target.with_suffix(".toml.tmp")
+                    shutil.copyfile(shipped, tmp)
+                    os.replace(tmp, target)
+        except OSError as exc:
+            why = exc.strerror if exc.filename is not None and Path(exc.filename) == self.root else os_error_line(exc)
+            raise ProfileError(f"{self.root}: cannot set up the workspace here ({why})") from None
 
     @property
     def profiles_dir(self) -> Path:
