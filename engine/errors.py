@@ -68,6 +68,16 @@ def os_error_line(exc: OSError) -> str:
     return f"{path}: {reason}"
 
 
+def differing_prefixes(a: str, b: str, least: int = 12) -> tuple[str, str]:
+    """Prefixes of two hex digests long enough to tell them apart (`least` characters at least),
+    for messages that say "made with abc123..., expected abc124...": never two equal strings
+    unless the digests are equal."""
+    n = least
+    while n < max(len(a), len(b)) and a[:n] == b[:n]:
+        n += 4
+    return a[:n], b[:n]
+
+
 def describe_value(value: Any) -> str:
     """A TOML value as an error message quotes it: `"2k"`, `-5`, `true`, `a table`, `nothing`."""
     if value is None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.errors import DataError, FcError, RunError
+from engine.errors import DataError, FcError, RunError, differing_prefixes
 from engine.eval.harness import EvalLimits, evaluate_for_run, load_heldout, probe_docs
 from engine.jobs.events import EventWriter
 from engine.jobs.control import ControlRequest, request_path
@@ -170,9 +170,10 @@ class Trainer:
         state = ckpt.read_state(where)
         theirs = state.get("tokenizer_hash", "")
         if theirs != self.spec.tokenizer_hash:
+            theirs_p, ours_p = differing_prefixes(str(theirs), self.spec.tokenizer_hash)
             raise RunError(
-                f"{where}: init_from checkpoint was trained with tokenizer {theirs[:12] or '?'}..., this run uses "
-                f"{self.spec.tokenizer_hash[:12]}... (retrain the earlier stage with this tokenizer)"
+                f"{where}: init_from checkpoint was trained with tokenizer {theirs_p or '?'}..., this run uses "
+                f"{ours_p}... (retrain the earlier stage with this tokenizer)"
             )
         ckpt.load_weights(where, self.model, self.dev.device)
 
