@@ -270,12 +270,12 @@ class Supervisor:
             stopped = state in (RunState.STOPPING, RunState.STOPPED)
             return Outcome(RunState.STOPPED if stopped else RunState.FINISHED, "", step)
         if rc == EXIT_USER_ERROR:
-            return Outcome(USER_ERROR, reason or procs.last_line(run.trainer_log) or "trainer reported a user error", step)
+            return Outcome(USER_ERROR, reason or procs.error_line(run.trainer_log) or "trainer reported a user error", step)
         why = procs.describe_exit(rc) if rc is not None else "trainer ended without a final status"
         if rc is not None and rc < 0:
             reason = why  # a signal says more than whatever the trainer logged before it
         elif not reason:
-            tail = procs.last_line(run.trainer_log)
+            tail = procs.error_line(run.trainer_log)  # never an INFO line: that says nothing of why it ended
             reason = f"{why}: {tail}" if tail else why
         if state not in RunState.FINAL:
             self._event(run, Event.STATUS, state=RunState.FAILED, step=step, pid=0, message=reason)
