@@ -1,6 +1,6 @@
 """Process helpers of the jobs layer: flock-held lock files with a pid in them, the children's
-environment, starting the trainer and the supervisor detached, and exit statuses (and a log's
-last error) in words.
+environment, starting the trainer and the supervisor detached, keeping a Mac awake while a
+trainer runs, and exit statuses (and a log's last error) in words.
 
 Liveness is a held flock, never a pid check: a lock is held exactly as long as its holder
 lives, whoever its parent is, and a pid file alone cannot tell a live process from a reused pid.
@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,6 +170,47 @@ def ensure_supervisor(ws: Workspace, idle_s: float = DEFAULT_IDLE_S, timeout_s: 
         raise SupervisorError(f"{log_path}: the supervisor (pid {proc.pid}) did not take {SUPERVISOR_LOCK} within {timeout_s:.0f} s")
     finally:
         os.close(start_fd)
+
+
+# -- keeping a Mac awake -------------------------------------------------------------------
+
+class KeepAwake:
+    """On macOS, a power assertion against idle sleep while a trainer runs: `caffeinate -i -w PID`,
+    which also ends by itself when that process does. A Mac left alone sleeps when idle even on
+    power, and a stage started over SSH would stall until someone woke it; display sleep and a
+    closed lid are left to the user. Elsewhere (or without caffeinate) this does nothing."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.pid = 0  # the process it keeps the machine awake for
+
+    def hold(self, pid: int) -> None:
+        """Keep the machine awake while `pid` runs (replacing an assertion held for another)."""
+        if self.proc is not None and self.proc.poll() is None and self.pid == pid:
+            return
+        self.release()
+        exe = shutil.which("caffeinate") if sys.platform == "darwin" and pid > 0 else None
+        if exe is None:
+            return
+        try:
+            self.proc = subprocess.Popen([exe, "-i", "-w", str(pid)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+            self.pid = pid
+        except OSError:
+            self.proc = None  # no assertion is no reason to stop training
+
+    def release(self) -> None:
+        """Let the machine sleep again."""
+        proc, self.proc, self.pid = self.proc, None, 0
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # -- describing how a process ended -------------------------------------------------------

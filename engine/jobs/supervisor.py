@@ -66,6 +66,7 @@ class Supervisor:
         self.stop_timeout_s = stop_timeout_s
         self.stopping = False
         self._lock_fd: int | None = None
+        self.awake = procs.KeepAwake()  # macOS: no idle sleep while a trainer runs
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         log.info("got %s: stopping the current trainer cleanly, then exiting", signal.Signals(signum).name)
@@ -92,6 +93,7 @@ class Supervisor:
         return 0
 
     def _release(self) -> None:
+        self.awake.release()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -222,6 +224,7 @@ class Supervisor:
         SIGTERM after the stop timeout). Returns its exit code, "gone" (not our child), or
         ABANDONED when it would not stop."""
         stop_sent: float | None = None
+        self.awake.hold(pid)
         while True:
             if proc is not None:
                 rc = proc.poll()

@@ -5,19 +5,13 @@ without a final status"; never the last INFO line, which says nothing of why it 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tomllib
-from pathlib import Path
 
 import pytest
-import tomli_w
 
 from engine.jobs import procs
-from tests.conftest import REPO
-from tests.queue_fixtures import kill_workspace_processes, wait_for
+from tests.faults.fault_fixtures import make_run, start_fake_trainer, trainer_ws  # noqa: F401  (fixture)
+from tests.queue_fixtures import wait_for
 from tests.train_fixtures import train_workspace  # noqa: F401  (fixture, used by name)
 
 START = f"{procs.TRAINER_START_MARK} 2030-01-01 00:00:00 ===\n"
@@ -50,58 +44,7 @@ def test_error_line(tmp_path, log, reason):
     assert procs.error_line(tmp_path / "missing.log") == ""
 
 
-# A stand-in for a trainer that a dead supervisor left running: it holds the run's trainer lock,
-# has logged and written events as the trainer does, then waits to be killed.
-FAKE_TRAINER = """
-import os, sys, time
-from engine.jobs import procs
-from engine.jobs.rundir import RunDir
-run = RunDir(sys.argv[1])
-fd = procs.open_lock(run.trainer_lock)
-assert procs.try_flock(fd)
-procs.write_pid(fd, os.getpid())
-with open(run.trainer_log, "a") as log:
-    log.write(sys.argv[2])
-with run.writer() as w:
-    for state in ("starting", "running"):
-        w.write("status", state=state, step=0, max_steps=40, pid=os.getpid(), device="cpu")
-    w.write("checkpoint", step=10, path=str(run.checkpoint_path(10)))
-print("ready", flush=True)
-time.sleep(600)
-"""
-
-
-@pytest.fixture
-def trainer_ws(train_workspace, tmp_path):  # noqa: F811
-    """A copy of the prepared trainer workspace; its processes are killed at teardown."""
-    from engine.workspace import Workspace
-
-    root = tmp_path / "ws"
-    shutil.copytree(train_workspace.ws.root, root, ignore=shutil.ignore_patterns("runs", "queue.*", "supervisor.*"))
-    ws = Workspace(root)
-    ws.init()
-    yield ws, train_workspace.profile
-    kill_workspace_processes(root)
-
-
-def make_run(ws, profile, stage: str, **overrides) -> Path:
-    from engine.jobs.runs import create_run
-
-    run = create_run(ws, profile, stage)
-    doc = tomllib.loads((run / "stage.toml").read_text())
-    doc["stage"].update(overrides)
-    (run / "stage.toml").write_text(tomli_w.dumps(doc))
-    return run
-
-
-def start_fake_trainer(run: Path, log: str) -> subprocess.Popen:
-    fake = subprocess.Popen([sys.executable, "-c", FAKE_TRAINER, str(run), log], cwd=REPO, stdout=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    assert fake.stdout.readline().strip() == "ready"
-    return fake
-
-
-def test_an_adopted_trainer_that_dies_is_not_judged_by_its_info_line(trainer_ws):
+def test_an_adopted_trainer_that_dies_is_not_judged_by_its_info_line(trainer_ws):  # noqa: F811
     from engine.jobs.queue import StageQueue
 
     ws, profile = trainer_ws
