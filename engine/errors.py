@@ -49,6 +49,10 @@ class ControlError(FcError):
     """A run's control.toml is malformed or asks for something the run cannot do."""
 
 
+class ServiceError(FcError):
+    """A login service (launchd agent, systemd user unit) cannot be written, read or removed here."""
+
+
 def os_error_line(exc: OSError) -> str:
     """An OSError as one line naming the path and the reason: `/x/y: Permission denied`,
     `/a -> /b: No space left on device`; a path that exists as a file where a folder is wanted

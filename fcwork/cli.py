@@ -11,7 +11,8 @@ from typing import Sequence
 from engine.errors import FcError, os_error_line
 
 # Each module in fcwork.commands registers one group of subcommands.
-COMMAND_MODULES = ("profile", "data", "tokenizer", "model", "train", "queue", "runs", "eval", "generate", "export")
+COMMAND_MODULES = ("profile", "data", "tokenizer", "model", "train", "queue", "runs", "eval", "generate", "export",
+                   "service")
 
 
 def build_parser() -> argparse.ArgumentParser:

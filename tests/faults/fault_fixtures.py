@@ -23,9 +23,11 @@ from tests.queue_fixtures import kill_workspace_processes
 
 
 def fcwork(ws: Path | str, *args: str, stdin: bytes | None = None, timeout: float = 300,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m fcwork.cli --workspace WS ARGS` from this checkout; output captured as text."""
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+           env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """`python -m fcwork.cli --workspace WS ARGS` from this checkout, output captured (bytes); `env`
+    adds variables to ours, or removes those it sets to None."""
+    merged = {**os.environ, "COLUMNS": "200", **(env or {})}
+    full_env = {k: v for k, v in merged.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "fcwork.cli", "--workspace", str(ws), *args], cwd=REPO, env=full_env,
         input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL, capture_output=True, timeout=timeout,
