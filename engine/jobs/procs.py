@@ -1,5 +1,6 @@
 """Process helpers of the jobs layer: flock-held lock files with a pid in them, the children's
-environment, starting the trainer and the supervisor detached, and exit statuses in words.
+environment, starting the trainer and the supervisor detached, keeping a Mac awake while a
+trainer runs, and exit statuses (and a log's last error) in words.
 
 Liveness is a held flock, never a pid check: a lock is held exactly as long as its holder
 lives, whoever its parent is, and a pid file alone cannot tell a live process from a reused pid.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +28,7 @@ SUPERVISOR_LOCK = "supervisor.lock"
 START_LOCK = "supervisor.start.lock"
 SUPERVISOR_LOG = "supervisor.log"
 TRAINER_MODULE = "engine.train"
+TRAINER_START_MARK = "=== trainer started"  # the line spawn_trainer writes in trainer.log before each attempt
 SUPERVISOR_MODULE = "engine.jobs.supervisor"
 DEFAULT_IDLE_S = 5.0  # how long an idle supervisor waits for new entries before exiting
 
@@ -116,7 +120,7 @@ def spawn_trainer(run_dir: str | os.PathLike, patience_s: float = 1.0) -> subpro
             raise SupervisorError(f"{run.path}: a trainer (pid {read_pid(run.trainer_lock)}) already runs for this run")
         try:
             with open(run.trainer_log, "ab") as out:
-                out.write(f"\n=== trainer started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+                out.write(f"\n{TRAINER_START_MARK} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
                 out.flush()
                 proc = subprocess.Popen(
                     trainer_command(run.path), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -168,6 +172,47 @@ def ensure_supervisor(ws: Workspace, idle_s: float = DEFAULT_IDLE_S, timeout_s: 
         os.close(start_fd)
 
 
+# -- keeping a Mac awake -------------------------------------------------------------------
+
+class KeepAwake:
+    """On macOS, a power assertion against idle sleep while a trainer runs: `caffeinate -i -w PID`,
+    which also ends by itself when that process does. A Mac left alone sleeps when idle even on
+    power, and a stage started over SSH would stall until someone woke it; display sleep and a
+    closed lid are left to the user. Elsewhere (or without caffeinate) this does nothing."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.pid = 0  # the process it keeps the machine awake for
+
+    def hold(self, pid: int) -> None:
+        """Keep the machine awake while `pid` runs (replacing an assertion held for another)."""
+        if self.proc is not None and self.proc.poll() is None and self.pid == pid:
+            return
+        self.release()
+        exe = shutil.which("caffeinate") if sys.platform == "darwin" and pid > 0 else None
+        if exe is None:
+            return
+        try:
+            self.proc = subprocess.Popen([exe, "-i", "-w", str(pid)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+            self.pid = pid
+        except OSError:
+            self.proc = None  # no assertion is no reason to stop training
+
+    def release(self) -> None:
+        """Let the machine sleep again."""
+        proc, self.proc, self.pid = self.proc, None, 0
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 # -- describing how a process ended -------------------------------------------------------
 
 def last_line(path: Path, limit: int = 300) -> str:
@@ -182,6 +227,37 @@ def last_line(path: Path, limit: int = 300) -> str:
         return ""
     lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and not ln.startswith("===")]
     return lines[-1][:limit] if lines else ""
+
+
+_LOG_LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b:?\s*(.*)")
+
+
+def error_line(path: Path, limit: int = 300) -> str:
+    """The last error a log shows since its last trainer start, as a crash reason: the exception
+    line of its last traceback, or the message of its last ERROR line; "" when it shows none (an
+    INFO line, such as the last checkpoint's, says nothing of why a process ended)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 65536))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(TRAINER_START_MARK)]
+    lines = lines[starts[-1] + 1:] if starts else lines
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i]
+        if line.startswith("Traceback (most recent call last)"):
+            # Frames are indented; the first line after them that is not names the exception.
+            exc = next((ln.strip() for ln in lines[i + 1:] if ln.strip() and not ln[0].isspace()), "")
+            if exc:
+                return exc[:limit]
+            continue
+        level = _LOG_LEVEL.search(line)
+        message = level.group(2).strip() if level else ""
+        if level and level.group(1) in ("ERROR", "CRITICAL") and message and message != "crash:":
+            return message[:limit]
+    return ""
 
 
 def describe_exit(rc: int) -> str:

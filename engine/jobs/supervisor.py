@@ -70,6 +70,7 @@ class Supervisor:
         # holds the truth meanwhile; each pass tries to record them again.
         self.unrecorded: dict[int, tuple[str, str]] = {}
         self._reported: set[int] = set()  # unrecorded entries whose first failure was logged
+        self.awake = procs.KeepAwake()  # macOS: no idle sleep while a trainer runs
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         log.info("got %s: stopping the current trainer cleanly, then exiting", signal.Signals(signum).name)
@@ -96,6 +97,7 @@ class Supervisor:
         return 0
 
     def _release(self) -> None:
+        self.awake.release()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -264,6 +266,7 @@ class Supervisor:
         SIGTERM after the stop timeout). Returns its exit code, "gone" (not our child), or
         ABANDONED when it would not stop."""
         stop_sent: float | None = None
+        self.awake.hold(pid)
         while True:
             if proc is not None:
                 rc = proc.poll()
@@ -312,12 +315,12 @@ class Supervisor:
             stopped = state in (RunState.STOPPING, RunState.STOPPED)
             return Outcome(RunState.STOPPED if stopped else RunState.FINISHED, "", step)
         if rc == EXIT_USER_ERROR:
-            return Outcome(USER_ERROR, reason or procs.last_line(run.trainer_log) or "trainer reported a user error", step)
+            return Outcome(USER_ERROR, reason or procs.error_line(run.trainer_log) or "trainer reported a user error", step)
         why = procs.describe_exit(rc) if rc is not None else "trainer ended without a final status"
         if rc is not None and rc < 0:
             reason = why  # a signal says more than whatever the trainer logged before it
         elif not reason:
-            tail = procs.last_line(run.trainer_log)
+            tail = procs.error_line(run.trainer_log)  # never an INFO line: that says nothing of why it ended
             reason = f"{why}: {tail}" if tail else why
         if state not in RunState.FINAL:
             self._event(run, Event.STATUS, state=RunState.FAILED, step=step, pid=0, message=reason)

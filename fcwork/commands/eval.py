@@ -4,12 +4,13 @@ held-out data (bits per byte per domain, probes, samples) and show runs side by 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from engine.errors import FcError
+from engine.errors import FcError, os_error_line
 from engine.jobs.protocol import EntryState
 from engine.workspace import Workspace
 
@@ -89,15 +90,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = resolve_run(ws, args.runs[0])
     console = Console()
     if args.show:
-        rec = _stored(run_dir, args.step)
-    else:
-        from engine.eval.harness import eval_run
+        show_record(console, _stored(run_dir, args.step))
+        return 0
+    from engine.eval.harness import append_eval, eval_run
 
-        limits = _limits(args)
-        device = eval_device(ws, args.device, console)
-        with console.status(f"evaluating {run_dir.name} on {device}..."):
-            rec = eval_run(run_dir, args.step, limits, device=device, threads=args.threads)
-    show_record(console, rec)
+    limits = _limits(args)
+    device = eval_device(ws, args.device, console)
+    with console.status(f"evaluating {run_dir.name} on {device}..."):
+        rec = eval_run(run_dir, args.step, limits, device=device, threads=args.threads, save=False)
+    show_record(console, rec)  # shown first: a run folder we cannot write to costs the record, not the eval
+    try:
+        append_eval(run_dir, rec)
+    except OSError as exc:
+        print(f"fcwork: error: the eval above could not be saved: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 
