@@ -15,6 +15,8 @@ from typing import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from fcwork.format import fmt_mix_args as _fmt_mix, probe_summary
+
 REFRESH_S = 0.25
 
 
@@ -168,14 +170,8 @@ def _held(queue, unfinished: list, everything: list) -> list[tuple]:
     return held
 
 
-def _fmt_mix(mix: dict) -> str:
-    return " ".join(f"{d}={w:.2f}" for d, w in mix.items())
-
-
 def eval_line(ev: dict) -> str:
     """A trainer eval event as one line: held-out loss, bits per byte and the probe scores."""
-    from fcwork.commands.eval import probe_summary
-
     line = f"eval at step {ev.get('step')}: held-out loss {ev.get('loss', float('nan')):.4f}"
     if isinstance(ev.get("bpb"), (int, float)):
         line += f", {ev['bpb']:.3f} bits/byte"

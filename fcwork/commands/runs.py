@@ -12,6 +12,7 @@ from rich.table import Column, Table
 
 from engine.workspace import Workspace
 from fcwork.commands.train import eval_events, resolve_run
+from fcwork.format import PROBE_ROWS, fmt_num as _fmt_loss
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,10 +28,6 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     """A field of a run summary, whether the summary is a dict or a dataclass."""
     value = obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
     return default if value is None else value
-
-
-def _fmt_loss(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 def _frozen(run_dir: Path) -> dict:
@@ -107,8 +104,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         console.print(table)
         probed = [e for e in evals if e.get("probes")]
         if probed:
-            from fcwork.commands.eval import PROBE_ROWS
-
             rows = [(p, m, label) for p, m, label in PROBE_ROWS if any(m in e["probes"].get(p, {}) for e in probed)]
             pt = Table("step", *[label for _, _, label in rows], title="probes during training")
             for e in probed:

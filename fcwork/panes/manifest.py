@@ -22,6 +22,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
 from engine.errors import FcError, ProfileError
+from fcwork.format import fmt_mix
 from fcwork.panes.base import Pane
 from fcwork.widgets.bars import Bar
 from fcwork.widgets.colors import theme_color
@@ -92,10 +93,6 @@ def parse_weights(values: dict[str, str]) -> dict[str, float]:
         except ValueError:
             raise ProfileError(f"mix.{domain}: expected a non-negative number, got {text.strip()!r}") from None
     return mix
-
-
-def fmt_mix(mix: dict[str, float]) -> str:
-    return "  ".join(f"{d} {w:.3f}" for d, w in mix.items())
 
 
 class ManifestPane(Pane):
