@@ -10,9 +10,7 @@ import pytest
 
 from engine.jobs.control import CONTROL_FILE, ControlRequest, parse_control, read_control, write_control
 from engine.errors import ControlError
-from tests.train_fixtures import (  # noqa: F401
-    events_of, kill, log_tail, make_run, start_trainer, train_here, train_workspace, wait_for,
-)
+from tests.train_fixtures import events_of, kill, log_tail, make_run, start_trainer, train_here, wait_for
 
 DOMAINS = ["code", "science", "chess"]
 

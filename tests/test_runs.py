@@ -12,7 +12,7 @@ from engine.jobs.events import EventWriter, read_events, tail_events
 from engine.jobs.runs import (
     create_run, latest_checkpoint, list_runs, load_run_spec, read_run, run_domains,
 )
-from tests.train_fixtures import TRAIN_DOMAINS, finish_run_by_hand, train_workspace  # noqa: F401
+from tests.train_fixtures import TRAIN_DOMAINS, finish_run_by_hand
 
 
 # -- events.jsonl ---------------------------------------------------------------------------
