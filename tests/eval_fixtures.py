@@ -113,8 +113,10 @@ def write_checkpoint(run_dir: Path, step: int = STEP, seed: int = 0, extra: dict
     return ckpt
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def eval_workspace(tmp_path_factory) -> EvalWorkspace:
+    """A workspace with a corpus, tokenizer, shards and two runs with checkpoints, built once per
+    test module: the tests of a module add runs and exports to it, those of another must not see them."""
     from engine.profile import loads_profile
     from engine.jobs.runs import create_run
     from engine.data.shards import write_shard

@@ -25,7 +25,7 @@ from engine.eval.probes import data as data_probe
 from engine.eval.probes import science as science_probe
 from engine.eval.run_model import sha256_file
 from tests.conftest import REPO
-from tests.eval_fixtures import clone_run, eval_workspace, load_run_model, one_torch_thread  # noqa: F401
+from tests.eval_fixtures import clone_run, load_run_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

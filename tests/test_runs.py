@@ -11,7 +11,7 @@ from engine.errors import DataError, RunError, TokenizerError
 from engine.jobs.events import EventWriter, read_events, tail_events
 from engine.jobs.rundir import RunDir
 from engine.jobs.runs import create_run, load_run_spec, run_domains
-from tests.train_fixtures import TRAIN_DOMAINS, finish_run_by_hand, train_workspace  # noqa: F401
+from tests.train_fixtures import TRAIN_DOMAINS, finish_run_by_hand
 
 
 # -- events.jsonl ---------------------------------------------------------------------------

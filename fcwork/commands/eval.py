@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+
 
 from rich.console import Console
 from rich.table import Table
@@ -13,15 +13,7 @@ from rich.table import Table
 from engine.errors import FcError, os_error_line
 from engine.jobs.protocol import EntryState
 from engine.workspace import Workspace
-
-# (probe, metric, label) rows of the probe tables, in display order.
-PROBE_ROWS = (
-    ("chess", "legal", "chess: legal next move"),
-    ("chess", "match", "chess: game's move"),
-    ("code", "compile", "code: body compiles"),
-    ("data", "exact", "data: exact answer"),
-    ("science", "accuracy", "science: cloze accuracy"),
-)
+from fcwork.format import PROBE_ROWS, fmt_num
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -107,12 +99,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def probe_summary(probes: dict) -> str:
-    """Probe scores on one line, e.g. "chess: legal next move 0.250, code: body compiles 0.500"."""
-    return ", ".join(f"{label} {probes[p][m]:.3f}" for p, m, label in PROBE_ROWS
-                     if isinstance(probes.get(p, {}).get(m), (int, float)))
-
-
 def eval_device(ws: Workspace, want: str, console: Console) -> str:
     """The device for `--device want`: auto takes the accelerator unless a queued stage is training
     on it (an eval beside a training run could take the memory it needs); cpu otherwise."""
@@ -156,10 +142,6 @@ def _stored(run_dir, step: int | None) -> dict:
     return recs[-1]
 
 
-def _num(value: Any, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
-
-
 def show_record(console: Console, rec: dict) -> None:
     """One eval: bits per byte and loss per domain, probe scores, sample generations."""
     m = rec.get("metrics", {})
@@ -168,16 +150,16 @@ def show_record(console: Console, rec: dict) -> None:
                   f"  ({rec.get('seconds', 0):.1f} s on {rec.get('device', '?')})")
     t = Table("domain", "bits/byte", "loss", "tokens", "bytes", title="held-out")
     for d, bpb in m.get("domain_bpb", {}).items():
-        t.add_row(d, _num(bpb), _num(m.get("domain_loss", {}).get(d)), str(m.get("domain_tokens", {}).get(d, "-")),
-                  str(m.get("domain_bytes", {}).get(d, "-")))
-    t.add_row("all", _num(m.get("bpb")), _num(m.get("loss")), "", "", style="bold")
+        t.add_row(d, fmt_num(bpb), fmt_num(m.get("domain_loss", {}).get(d)),
+                  str(m.get("domain_tokens", {}).get(d, "-")), str(m.get("domain_bytes", {}).get(d, "-")))
+    t.add_row("all", fmt_num(m.get("bpb")), fmt_num(m.get("loss")), "", "", style="bold")
     console.print(t)
     probes = m.get("probes", {})
     if probes:
         pt = Table("probe", "score", "items", title="probes (answers checked by python-chess, compile(), Python)")
         for probe, metric, label in PROBE_ROWS:
             if probe in probes and metric in probes[probe]:
-                pt.add_row(label, _num(probes[probe][metric], 3), str(probes[probe].get("n", "")))
+                pt.add_row(label, fmt_num(probes[probe][metric], 3), str(probes[probe].get("n", "")))
         console.print(pt)
     for note in rec.get("notes", []):
         console.print(f"[yellow]{note}[/]")
@@ -200,14 +182,14 @@ def compare(run_dirs: list, step: int | None) -> int:
     table = Table("metric", *[f"{d.name}\nstep {r.get('step')}" for d, r in zip(run_dirs, recs)],
                   title="evals side by side")
     ms = [r.get("metrics", {}) for r in recs]
-    table.add_row("bits/byte, all", *[_num(m.get("bpb")) for m in ms], style="bold")
-    table.add_row("loss, all", *[_num(m.get("loss")) for m in ms])
+    table.add_row("bits/byte, all", *[fmt_num(m.get("bpb")) for m in ms], style="bold")
+    table.add_row("loss, all", *[fmt_num(m.get("loss")) for m in ms])
     domains = list(dict.fromkeys(d for m in ms for d in m.get("domain_bpb", {})))
     for d in domains:
-        table.add_row(f"bits/byte, {d}", *[_num(m.get("domain_bpb", {}).get(d)) for m in ms])
+        table.add_row(f"bits/byte, {d}", *[fmt_num(m.get("domain_bpb", {}).get(d)) for m in ms])
     for probe, metric, label in PROBE_ROWS:
         if any(metric in m.get("probes", {}).get(probe, {}) for m in ms):
-            table.add_row(label, *[_num(m.get("probes", {}).get(probe, {}).get(metric), 3) for m in ms])
+            table.add_row(label, *[fmt_num(m.get("probes", {}).get(probe, {}).get(metric), 3) for m in ms])
     versions = [r.get("probe_versions", {}) for r in recs]
     if any(v != versions[0] for v in versions):
         table.caption = "probe versions differ between these evals: compare probe scores with care"

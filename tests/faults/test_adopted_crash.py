@@ -10,9 +10,8 @@ import signal
 import pytest
 
 from engine.jobs import procs
-from tests.faults.fault_fixtures import make_run, start_fake_trainer, trainer_ws  # noqa: F401  (fixture)
+from tests.faults.fault_fixtures import make_run, start_fake_trainer
 from tests.queue_fixtures import wait_for
-from tests.train_fixtures import train_workspace  # noqa: F401  (fixture, used by name)
 
 START = f"{procs.TRAINER_START_MARK} 2030-01-01 00:00:00 ===\n"
 INFO_ONLY = (START + "2030-01-01 00:00:01,000 trainer[7] INFO run x: stage short, 10 params\n"

@@ -13,7 +13,7 @@ import pytest
 import tomli_w
 
 from engine.errors import ShardError, TokenizerError, differing_prefixes
-from tests.eval_fixtures import clone_run, eval_workspace  # noqa: F401  (fixture, used by name)
+from tests.eval_fixtures import clone_run
 
 HASH = hashlib.sha256(b"tokenizer A").hexdigest()
 NEAR = HASH[:40] + ("0" if HASH[40] != "0" else "1") + HASH[41:]  # the same first 40 hex digits

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from tests.conftest import REPO
-from tests.eval_fixtures import clone_run, eval_workspace  # noqa: F401  (fixture, used by name)
+from tests.eval_fixtures import clone_run
 
 
 @pytest.mark.parametrize("prompt, chat", [("--help", False), ("-n 5", True)])

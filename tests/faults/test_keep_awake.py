@@ -12,16 +12,8 @@ import time
 
 from engine.jobs import procs
 from engine.jobs.rundir import RunDir
-from tests.faults.fault_fixtures import (  # noqa: F401  (fixtures, used by name)
-    caffeinate_starts,
-    fake_mac,
-    make_run,
-    run_supervisor_here,
-    start_fake_trainer,
-    trainer_ws,
-)
+from tests.faults.fault_fixtures import caffeinate_starts, make_run, run_supervisor_here, start_fake_trainer
 from tests.queue_fixtures import pid_alive, wait_for
-from tests.train_fixtures import train_workspace  # noqa: F401  (fixture, used by name)
 
 
 def test_the_assertion_lasts_as_long_as_the_trainer(fake_mac):  # noqa: F811

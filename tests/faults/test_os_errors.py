@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
-from tests.eval_fixtures import clone_run, eval_workspace  # noqa: F401  (fixture, used by name)
+from tests.eval_fixtures import clone_run
 from tests.faults.fault_fixtures import fcwork, one_error_line, read_only, text
 
 FAST_EVAL = ("--probes", "none", "--samples", "0", "--docs", "2", "--tokens", "256", "--threads", "1",

@@ -12,7 +12,7 @@ from engine.jobs.protocol import EXIT_USER_ERROR
 from engine.jobs.runs import load_run_spec
 from engine.model.info import memory_estimate
 from engine.train.trainer import EXIT_CRASH
-from tests.train_fixtures import events_of, make_run, train_here, train_workspace  # noqa: F401  (fixture)
+from tests.train_fixtures import events_of, make_run, train_here
 
 CUDA_OOM = torch.OutOfMemoryError(
     "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which 1.06 GiB is free.")
