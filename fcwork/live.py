@@ -13,9 +13,9 @@ from typing import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from engine.jobs.history import RunFollower, RunHistory
+from engine.jobs.history import RunHistory
 from engine.jobs.protocol import EntryState, Event
-from engine.jobs.rundir import RunDir
+from engine.jobs.rundir import RunDir, RunFollower
 from engine.mix import describe
 from fcwork.format import probe_summary
 

@@ -86,9 +86,9 @@ def write_checkpoint(run_dir: Path, step: int = STEP, seed: int = 0, extra: dict
     from safetensors.torch import save_file
 
     from engine.model.decoder import Transformer
-    from engine.jobs.runs import load_run_spec
+    from engine.jobs.rundir import RunDir
 
-    spec = load_run_spec(run_dir)
+    spec = RunDir(run_dir).spec()
     torch.manual_seed(seed)
     model = Transformer(spec.model)
     with torch.no_grad():

@@ -18,7 +18,7 @@ from typing import Any
 from engine.errors import ModelError, RunError, TokenizerError, differing_prefixes
 from engine.model.config import ModelConfig
 from engine.jobs.rundir import CKPT_STATE, RunDir
-from engine.jobs.runs import RunSpec
+from engine.jobs.spec import RunSpec
 from engine.data.tokenizer import file_hash
 
 MODEL_FILE = "model.safetensors"

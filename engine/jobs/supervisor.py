@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from engine.errors import FcError, QueueError, SupervisorError
-from engine.jobs import procs
+from engine.jobs import locks, procs
 from engine.jobs.history import RunHistory
 from engine.jobs.protocol import EXIT_USER_ERROR, EntryState, Event, RunState, Source
 from engine.jobs.queue import MissingEntry, QueueEntry, StageQueue
@@ -78,13 +78,13 @@ class Supervisor:
 
     def run(self) -> int:
         lock_path = self.ws.root / procs.SUPERVISOR_LOCK
-        fd = procs.open_lock(lock_path)
-        if not procs.try_flock(fd, patience_s=2.0):
+        fd = locks.open_lock(lock_path)
+        if not locks.try_flock(fd, patience_s=2.0):
             os.close(fd)
-            log.info("another supervisor (pid %s) holds %s; exiting", procs.read_pid(lock_path), lock_path)
+            log.info("another supervisor (pid %s) holds %s; exiting", locks.read_pid(lock_path), lock_path)
             return 0
         self._lock_fd = fd
-        procs.write_pid(fd, os.getpid())
+        locks.write_pid(fd, os.getpid())
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -26,7 +26,7 @@ from engine.jobs.events import EventWriter
 from engine.jobs.control import ControlRequest, request_path
 from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Answer, Event, RunState, Source
 from engine.jobs.rundir import RunDir
-from engine.jobs.runs import RunSpec
+from engine.jobs.spec import RunSpec
 from engine.mix import normalise
 from engine.data.sampler import MixSchedule, Sampler
 from engine.data.tokenizer import Tokenizer

@@ -82,12 +82,12 @@ def read_only(*paths: Path) -> Iterator[str]:
 # has logged and written events as the trainer does, then waits to be killed.
 FAKE_TRAINER = """
 import os, sys, time
-from engine.jobs import procs
+from engine.jobs import locks
 from engine.jobs.rundir import RunDir
 run = RunDir(sys.argv[1])
-fd = procs.open_lock(run.trainer_lock)
-assert procs.try_flock(fd)
-procs.write_pid(fd, os.getpid())
+fd = locks.open_lock(run.trainer_lock)
+assert locks.try_flock(fd)
+locks.write_pid(fd, os.getpid())
 with open(run.trainer_log, "a") as log:
     log.write(sys.argv[2])
 with run.writer() as w:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.jobs.protocol import EXIT_USER_ERROR
-from engine.jobs.runs import load_run_spec
+from engine.jobs.rundir import RunDir
 from engine.model.info import memory_estimate
 from engine.train.trainer import EXIT_CRASH
 from tests.train_fixtures import events_of, make_run, train_here
@@ -46,7 +46,7 @@ def test_out_of_memory_is_a_user_error_with_what_to_change(train_workspace, monk
     run = make_run(train_workspace, "code-only", micro_batch=micro_batch, activation_checkpointing=checkpointing)
     rc = _train_until_attention_raises(run, monkeypatch, exc)
     assert rc == EXIT_USER_ERROR  # the supervisor fails the entry; no restart
-    spec = load_run_spec(run)
+    spec = RunDir(run).spec()
     est = memory_estimate(spec.model, 32, micro_batch, checkpointing, "fp32", "cpu")
     expected = (f"out of memory at micro-batch {micro_batch}: {tip} (`fcwork model info` estimates "
                 f"{est['total'] / 2**30:,.2f} GiB for this stage on cpu, fp32)")
