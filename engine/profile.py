@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
+from engine.compat import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Union, get_args, get_origin, get_type_hints

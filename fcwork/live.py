@@ -7,7 +7,7 @@ they show is what a reattaching TUI would replay.
 from __future__ import annotations
 
 import time
-import tomllib
+from engine.compat import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable

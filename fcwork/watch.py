@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-import tomllib
+from engine.compat import tomllib
 from pathlib import Path
 from typing import Callable
 

@@ -100,7 +100,7 @@ def test_concurrent_writers_get_distinct_ids(tmp_path):
 # -- the trainer acting on control.toml ---------------------------------------------------------
 
 def _set_stage(run_dir, **values) -> None:
-    import tomllib
+    from engine.compat import tomllib
 
     import tomli_w
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import tomllib
+from engine.compat import tomllib
 
 import pytest
 import tomli_w

@@ -12,7 +12,7 @@ import fcntl
 import math
 import os
 import re
-import tomllib
+from engine.compat import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator

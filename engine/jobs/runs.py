@@ -11,7 +11,7 @@ import datetime as dt
 import os
 import shutil
 import time
-import tomllib
+from engine.compat import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any

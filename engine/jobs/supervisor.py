@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
+from engine.compat import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator

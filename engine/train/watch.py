@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-import tomllib
+from engine.compat import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import tomllib
+from engine.compat import tomllib
 from pathlib import Path
 from typing import Any
 

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-import tomllib
+from engine.compat import tomllib
 from pathlib import Path
 
 from rich.console import Console
