@@ -128,8 +128,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     prof = ws.load_profile(args.profile)
     console = Console(stderr=True)
+    notes: list[str] = []
     with rich_progress(console) as progress:
-        ran = prepare_data(ws, prof, progress, force=args.force_data)
+        ran = prepare_data(ws, prof, progress, force=args.force_data, notes=notes)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}")
     console.print(f"data of {prof.name}: " + (f"ran {', '.join(ran)}" if ran else "up to date"))
     if args.no_train:
         return 0
