@@ -20,7 +20,7 @@ from engine.model.config import PRESETS, ModelConfig
 
 SOURCE_FORMATS = ("text", "jsonl", "parquet", "webdataset", "pgn")
 RECORD_FORMATS = ("jsonl", "parquet")  # formats whose documents come from records: template, where
-PGN_KEYS = ("min_elo", "time_control", "results", "headers", "comments")
+PGN_KEYS = ("min_elo", "time_control", "results", "headers", "comments", "validate_moves")
 TIME_CONTROL_CLASSES = ("ultrabullet", "bullet", "blitz", "rapid", "classical", "correspondence")
 PGN_RESULTS = ("1-0", "0-1", "1/2-1/2", "*")
 BUILTIN_PREFIX = "builtin:"
@@ -112,6 +112,7 @@ class SourceConfig:
     results: list[str] = spec(default_factory=list)  # of 1-0, 0-1, 1/2-1/2, *
     headers: bool = True  # keep the tag pairs ([White "..."]) above the moves
     comments: bool = True  # keep {comments} such as Lichess's [%clk] and [%eval]
+    validate_moves: bool = False  # parse every move (~100 games/s): skip illegal games, rewrite the moves
 
     @property
     def builtin(self) -> str | None:

@@ -71,8 +71,17 @@ def test_headers_and_comments_dropped(tmp_path):
 def test_illegal_moves_empty_games_and_garbage_are_skipped(tmp_path):
     text = game(moves="1. e4 e5 2. Ke2 Ke7 1-0") + game(moves="1. e4 Qxh8 1-0") + game(moves="1-0") + "%% junk\n\n"
     docs, stats = read(tmp_path, text)
-    assert len(docs) == 1
+    assert len(docs) == 2  # moves are not parsed unless asked: the game's own text is kept
+    assert stats.skipped == {"pgn: no moves": 1}
+    docs, stats = read(tmp_path, text, validate_moves=True)
+    assert len(docs) == 1 and docs[0].endswith("1. e4 e5 2. Ke2 Ke7 1-0")
     assert stats.skipped == {"pgn: illegal or unreadable moves": 1, "pgn: no moves": 1}
+
+
+def test_validated_games_are_rewritten_by_the_exporter(tmp_path):
+    moves = "1. e4 { [%clk 0:03:00] } e5\n2. Nf3 1-0"
+    docs, _ = read(tmp_path, game(moves=moves), validate_moves=True, comments=False, headers=False)
+    assert docs == ["1. e4 e5 2. Nf3 1-0"]
 
 
 def test_pgn_keys_are_checked_in_the_profile():

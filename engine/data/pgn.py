@@ -1,9 +1,12 @@
 """PGN files as documents, one game each, read with python-chess's reader.
 
-Games are filtered on their tag pairs before their moves are parsed (rating, time control,
-result), so a filter that drops most of a Lichess dump costs little. A kept game is written back
-with python-chess's exporter: tag pairs kept or dropped, comments (`{[%clk 0:03:00]}`) kept or
-dropped, the moves on one line. A game with illegal or unreadable moves, or with none, is skipped.
+python-chess's `read_game` splits the stream into games and reads their tag pairs (with its
+HeadersBuilder, which skips the movetext without parsing it), so games are filtered on rating,
+time control and result at thousands a second. A kept game is its own text from the file: tag
+pairs kept or dropped, `{comments}` (Lichess's `[%clk]`, `[%eval]`) kept or dropped. Parsing
+every move (python-chess's GameBuilder, about 100 games a second) happens only with
+`validate_moves`: then games with illegal moves are skipped and the moves are written by
+python-chess's exporter on one line. A game without moves is always skipped.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ class LineReader:
         self.limit = limit
         self.long_lines = 0
         self.bad_utf8 = 0
+        self.lines: list[str] = []  # every line handed out since the caller last cleared it
 
     def readline(self) -> str:
         while True:
@@ -107,21 +111,68 @@ class LineReader:
                 self.long_lines += 1
                 continue
             try:
-                return raw.decode("utf-8")
+                line = raw.decode("utf-8")
             except UnicodeDecodeError:
                 self.bad_utf8 += 1
-                return raw.decode("utf-8", "replace")
+                line = raw.decode("utf-8", "replace")
+            self.lines.append(line)
+            return line
 
 
-def iter_games(lines: LineReader, game_filter: GameFilter, headers: bool = True,
-               comments: bool = True) -> Iterator[tuple[str | None, str, int]]:
+_COMMENT_RE = re.compile(r"\{[^}]*\}|;[^\n]*")
+_SPACES_RE = re.compile(r"[ \t]{2,}")
+_MOVE_RE = re.compile(r"[a-hNBRQKO][a-h1-8x=+#-]|O-O")
+
+
+def _raw_game(lines: list[str], headers: bool, comments: bool) -> str | None:
+    """A game's own text: tag pairs (if kept), a blank line, the movetext lines; None without moves."""
+    tags, moves = [], []
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("%"):
+            continue
+        if text.startswith("[") and not moves:
+            tags.append(text)
+        else:
+            moves.append(text)
+    movetext = "\n".join(moves)
+    if not comments:
+        movetext = _SPACES_RE.sub(" ", _COMMENT_RE.sub("", movetext)).replace(" \n", "\n").strip()
+    if not _MOVE_RE.search(_COMMENT_RE.sub("", movetext)):
+        return None
+    return "\n".join(tags) + "\n\n" + movetext if headers and tags else movetext
+
+
+def iter_games(lines: LineReader, game_filter: GameFilter, headers: bool = True, comments: bool = True,
+               validate_moves: bool = False) -> Iterator[tuple[str | None, str, int]]:
     """(document or None, reason when None, byte position after the game) for each game of the stream."""
+    if validate_moves:
+        yield from _validated_games(lines, game_filter, headers, comments)
+        return
+    while True:
+        lines.lines = []
+        tags = chess.pgn.read_game(lines, Visitor=chess.pgn.HeadersBuilder)
+        if tags is None:
+            return
+        reason = game_filter.reject(tags)
+        if reason:
+            yield None, reason, lines.pos
+            continue
+        doc = _raw_game(lines.lines, headers, comments)
+        if doc is None:
+            yield None, "no moves", lines.pos
+            continue
+        yield doc, "", lines.pos
 
+
+def _validated_games(lines: LineReader, game_filter: GameFilter, headers: bool,
+                     comments: bool) -> Iterator[tuple[str | None, str, int]]:
     class Builder(_Filtering):
         pass
 
     Builder.game_filter = game_filter
     while True:
+        lines.lines = []
         game = chess.pgn.read_game(lines, Visitor=Builder)
         if game is None:
             return

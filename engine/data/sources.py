@@ -391,7 +391,8 @@ def _read_pgn(path: str, src: SourceConfig, stats: SourceStats, max_doc_chars: i
     with files.open_stream(path) as fh:
         lines = LineReader(fh, files.skip_to(fh, start), READ_LIMIT)
         kept = 0
-        for doc, reason, pos in iter_games(lines, game_filter, headers=src.headers, comments=src.comments):
+        for doc, reason, pos in iter_games(lines, game_filter, headers=src.headers, comments=src.comments,
+                                           validate_moves=src.validate_moves):
             if doc is None:
                 stats.skip(f"pgn: {reason}")
             else:
