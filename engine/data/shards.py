@@ -319,6 +319,14 @@ def _read_header(path: Path, magic: bytes, what: str) -> tuple[int, int, int, in
     return version, code, vocab, count, pair, digest, size
 
 
+def shard_counts(prefix: str | os.PathLike) -> tuple[int, int]:
+    """(tokens, documents) from the headers of `<prefix>.bin` and `.idx`, without mapping the shard."""
+    _, bin_path, idx_path = _paths(prefix)
+    n_tokens = _read_header(bin_path, BIN_MAGIC, "shard")[3]
+    n_docs = _read_header(idx_path, IDX_MAGIC, "shard index")[3]
+    return n_tokens, n_docs
+
+
 def open_shard(
     prefix: str | os.PathLike,
     expected_hash: str | None = None,

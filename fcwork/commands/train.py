@@ -84,8 +84,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     prof = ws.load_profile(args.profile)
     prof.stage(args.stage)
-    run_dir = Path(create_run(ws, prof, args.stage))
     console = Console(stderr=True)
+    from fcwork.commands.queue import print_passes
+
+    print_passes(ws, prof, args.stage, console)
+    run_dir = Path(create_run(ws, prof, args.stage))
     console.print(f"run {run_dir.name}: {prof.name} / {args.stage} (log: {run_dir / 'trainer.log'})")
     proc = spawn_trainer(run_dir)
     handled = 0
@@ -148,6 +151,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             new.append(st.name)
     added = queue.add_many(args.profile, new) if new else []
+    from fcwork.commands.queue import print_passes
+
+    for st in new:
+        print_passes(ws, prof, st, console, indent=f"{st}: ")
     ids = sorted(ids + [e.id for e in added])
     pid = ensure_supervisor(ws)
     console.print(f"queued {', '.join(f'#{i}' for i in ids)}; supervisor pid {pid} (log: {ws.root / 'supervisor.log'})")
