@@ -95,7 +95,7 @@ class SourceConfig:
     domain: str = spec(check=_name, expect="a domain name")
     format: str = spec(
         check=lambda v: v in SOURCE_FORMATS or (v.startswith(BUILTIN_PREFIX) and len(v) > len(BUILTIN_PREFIX)),
-        expect="one of text, jsonl, parquet, webdataset or builtin:NAME",
+        expect="one of text, jsonl, parquet, webdataset, pgn or builtin:NAME",
     )
     path: str = ""  # a local glob, or an fsspec URL (s3://, https://, hf://datasets/ORG/NAME/...)
     field: str = spec("text", lambda v: bool(v), "a non-empty field name")  # dotted for nested fields
