@@ -10,7 +10,6 @@ import signal
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from engine.data.corpus import build_corpus, plan_build, read_manifest
 from engine.data.pipeline import prepare_data, shard_plan
