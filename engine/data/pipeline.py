@@ -80,12 +80,14 @@ def shard_plan(ws: Workspace, profile: Profile, force: bool = False) -> dict[str
     done = stamp.get("domains", {}) if stamp.get("tokenizer_hash") == tok_hash else {}
     tok_dir = ws.tok_dir(profile.name)
     plan = {}
-    for dom, m in manifest.get("domains", {}).items():
-        train, held = int(m.get("train_bytes", 0)), int(m.get("heldout_bytes", 0))
+    built = manifest.get("domains") or {d: {} for d in profile.domains}  # a manifest listing none: the mix's
+    for dom, m in built.items():
+        # An entry without committed lengths (an older build, or made by hand): the whole files, always.
+        train, held = int(m.get("train_bytes", -1)), int(m.get("heldout_bytes", -1))
         s = done.get(dom)
         have = all((tok_dir / sub / f"{dom}{ext}").exists() for sub in ("", "heldout") for ext in (".bin", ".idx"))
-        if force or not s or not have or s.get("build_id") != m.get("build_id") or s.get("heldout_bytes") != held \
-                or s.get("train_bytes", 0) > train:
+        if force or not s or not have or train < 0 or s.get("build_id") != m.get("build_id") \
+                or s.get("heldout_bytes") != held or s.get("train_bytes", 0) > train:
             plan[dom] = {"mode": "full", "train": [0, train], "heldout": [0, held]}
         elif s.get("train_bytes") == train:
             plan[dom] = {"mode": "keep", "train": [train, train], "heldout": [held, held]}
@@ -119,10 +121,13 @@ def train_profile_tokenizer(ws: Workspace, profile: Profile, progress: ProgressF
     manifest = read_manifest(raw)
     if manifest is None:
         raise TokenizerError(f"{raw}: no corpus yet (run `fcwork data build {profile.name}` first)")
-    domains = manifest.get("domains", {})
+    domains = manifest.get("domains") or {}
+    # Every domain of the built corpus, whatever the mix; a manifest that lists none (made by hand,
+    # or by an older build) falls back to the profile's weighted domains.
+    names = list(domains) or profile.domains
     t = profile.tokenizer
     return train_tokenizer(
-        raw, ws.tokenizer_path(profile.tokenizer_name), list(domains), t.vocab_size,
+        raw, ws.tokenizer_path(profile.tokenizer_name), names, t.vocab_size,
         model_type=t.model_type, sample_chars=t.sample_chars, character_coverage=t.character_coverage,
         user_symbols=t.user_symbols, threads=t.threads, seed=profile.profile.seed,
         corpus_digest=tokenizer_key(ws, profile), progress=lambda msg: progress(msg, 0, 0),
@@ -151,7 +156,7 @@ def pretokenize_profile(ws: Workspace, profile: Profile, progress: ProgressFn = 
     doms = manifest.get("domains", {})
     atomic_write_text(tok_dir / SHARD_STAMP, json.dumps({
         "tokenizer_hash": file_hash(tok_path), "corpus_digest": manifest.get("digest"),
-        "domains": {d: {"build_id": doms[d].get("build_id", ""), "train_bytes": plan[d]["train"][1],
+        "domains": {d: {"build_id": doms.get(d, {}).get("build_id", ""), "train_bytes": plan[d]["train"][1],
                         "heldout_bytes": plan[d]["heldout"][1]} for d in plan},
     }) + "\n")
     return result
