@@ -213,3 +213,19 @@ def test_saved_mix_change_keeps_an_old_run_resumable(tiny_ws):
     spec = load_run_spec(second)
     assert spec.tokenizer_hash == tok_hash and spec.init_from is not None and first in spec.init_from.parents
     assert run_trainer(second, timeout=300) == 0, log_tail(second)
+
+
+def test_shards_renamed_before_a_crash_are_encoded_again_not_appended_twice(tmp_path):
+    ws = workspace_with(tmp_path, 10_000)
+    prof = ws.load_profile("w")
+    prepare_data(ws, prof)
+    stamp = (ws.tok_dir("w") / "stamp.json").read_text()
+    (ws.profiles_dir / "w.toml").write_text((ws.profiles_dir / "w.toml").read_text().replace(
+        "target_tokens = 10000", "target_tokens = 20000"))
+    prof = ws.load_profile("w")
+    prepare_data(ws, prof)
+    grown = open_shard(ws.tok_dir("w") / "science").n_tokens
+    (ws.tok_dir("w") / "stamp.json").write_text(stamp)  # as if killed after the rename, before the stamp
+    assert shard_plan(ws, prof)["science"]["mode"] == "full"
+    assert prepare_data(ws, prof) == ["shards"]
+    assert open_shard(ws.tok_dir("w") / "science").n_tokens == grown

@@ -87,13 +87,24 @@ def shard_plan(ws: Workspace, profile: Profile, force: bool = False) -> dict[str
         s = done.get(dom)
         have = all((tok_dir / sub / f"{dom}{ext}").exists() for sub in ("", "heldout") for ext in (".bin", ".idx"))
         if force or not s or not have or train < 0 or s.get("build_id") != m.get("build_id") \
-                or s.get("heldout_bytes") != held or s.get("train_bytes", 0) > train:
+                or s.get("heldout_bytes") != held or s.get("train_bytes", 0) > train \
+                or _shard_docs(tok_dir / dom) != s.get("train_docs"):  # a shard renamed after the stamp: redo
             plan[dom] = {"mode": "full", "train": [0, train], "heldout": [0, held]}
         elif s.get("train_bytes") == train:
             plan[dom] = {"mode": "keep", "train": [train, train], "heldout": [held, held]}
         else:
             plan[dom] = {"mode": "append", "train": [int(s["train_bytes"]), train], "heldout": [held, held]}
     return plan
+
+
+def _shard_docs(prefix) -> int | None:
+    from engine.data.shards import shard_counts
+    from engine.errors import ShardError
+
+    try:
+        return shard_counts(prefix)[1]
+    except ShardError:
+        return None
 
 
 def shards_are_current(ws: Workspace, profile: Profile) -> bool:
@@ -157,7 +168,7 @@ def pretokenize_profile(ws: Workspace, profile: Profile, progress: ProgressFn = 
     atomic_write_text(tok_dir / SHARD_STAMP, json.dumps({
         "tokenizer_hash": file_hash(tok_path), "corpus_digest": manifest.get("digest"),
         "domains": {d: {"build_id": doms.get(d, {}).get("build_id", ""), "train_bytes": plan[d]["train"][1],
-                        "heldout_bytes": plan[d]["heldout"][1]} for d in plan},
+                        "heldout_bytes": plan[d]["heldout"][1], "train_docs": result[d]["docs"]} for d in plan},
     }) + "\n")
     return result
 
