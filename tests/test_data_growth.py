@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from engine.data.corpus import build_corpus, plan_build, read_manifest
 from engine.data.pipeline import prepare_data, shard_plan
@@ -229,3 +230,22 @@ def test_shards_renamed_before_a_crash_are_encoded_again_not_appended_twice(tmp_
     assert shard_plan(ws, prof)["science"]["mode"] == "full"
     assert prepare_data(ws, prof) == ["shards"]
     assert open_shard(ws.tok_dir("w") / "science").n_tokens == grown
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("shares = {{ science = 1.0 }}", None),
+    ("shares = {{ nope = 1.0 }}", "data.shares.nope: expected a domain of [mix] (science, chess)"),
+    ("shares = {{ science = -1.0 }}", "data.shares.science: expected a non-negative number, got -1.0"),
+    ("shares = {{ science = 0.0 }}", "data.shares: expected at least one positive share, got all zero"),
+    ("shares = {{ science = 1.0 }}\nwarn_epochs = 0", "data.warn_epochs: expected a positive number, got 0"),
+])
+def test_data_settings_errors_name_key_and_value(tmp_path, edit, message):
+    from engine.errors import ProfileError
+
+    text = PROFILE.replace("shares = {{ science = 1.0 }}", edit)
+    if message is None:
+        profile(tmp_path, 1000, text)
+        return
+    with pytest.raises(ProfileError) as err:
+        profile(tmp_path, 1000, text)
+    assert str(err.value) == f"{tmp_path / 'w.toml'}: {message}"
