@@ -99,12 +99,15 @@ def expand(pattern: str, base_dir: Path | None = None) -> list[str]:
             return _local_glob(local, None)
         fs, root = _fs(pattern)
         try:
-            found = fs.glob(root) if glob.has_magic(root) else ([root] if fs.isfile(root) else [])
+            if glob.has_magic(root):  # one listing with the entries' types, not a request per file
+                found = [p for p, info in fs.glob(root, detail=True).items() if info.get("type") != "directory"]
+            else:
+                found = [root] if fs.isfile(root) else []
         except FileNotFoundError:
             return []
         except Exception as exc:  # a remote filesystem's own errors (auth, network) as one line
             raise DataError(f"{pattern}: cannot list files ({type(exc).__name__}: {exc})") from None
-        return sorted(fs.unstrip_protocol(p) for p in found if not fs.isdir(p))
+        return sorted(fs.unstrip_protocol(p) for p in found)
     if pattern.startswith("file://"):
         pattern = pattern[len("file://"):]
     return _local_glob(pattern, base_dir)
