@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
+from engine.compat import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
@@ -19,7 +19,11 @@ from engine.errors import MixError, ProfileError, describe_value
 from engine.mix import check_mix, normalise
 from engine.model.config import PRESETS, ModelConfig
 
-SOURCE_FORMATS = ("text", "jsonl", "parquet", "webdataset")
+SOURCE_FORMATS = ("text", "jsonl", "parquet", "webdataset", "pgn")
+RECORD_FORMATS = ("jsonl", "parquet")  # formats whose documents come from records: template, where
+PGN_KEYS = ("min_elo", "time_control", "results", "headers", "comments", "validate_moves")
+TIME_CONTROL_CLASSES = ("ultrabullet", "bullet", "blitz", "rapid", "classical", "correspondence")
+PGN_RESULTS = ("1-0", "0-1", "1/2-1/2", "*")
 BUILTIN_PREFIX = "builtin:"
 SPECIAL_SYMBOLS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<image>")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -77,6 +81,11 @@ class DataConfig:
     chars_per_token: float = spec(3.6, _positive, "a positive number")
     max_doc_chars: int = spec(200_000, _positive, "a positive integer")
     min_doc_chars: int = spec(16, _non_negative, "a non-negative integer")
+    # Each domain's share of target_tokens, normalised; a domain left out gets none. Empty: equal
+    # shares over the [mix] domains that have sources. The mix decides sampling, these the corpus.
+    shares: dict[str, float] = spec(default_factory=dict)
+    # `fcwork queue add` warns when a stage would pass over a domain's tokens more often than this.
+    warn_epochs: float = spec(4.0, _positive, "a positive number")
 
 
 @dataclass
@@ -87,14 +96,25 @@ class SourceConfig:
     domain: str = spec(check=_name, expect="a domain name")
     format: str = spec(
         check=lambda v: v in SOURCE_FORMATS or (v.startswith(BUILTIN_PREFIX) and len(v) > len(BUILTIN_PREFIX)),
-        expect="one of text, jsonl, parquet, webdataset or builtin:NAME",
+        expect="one of text, jsonl, parquet, webdataset, pgn or builtin:NAME",
     )
-    path: str = ""
-    field: str = spec("text", lambda v: bool(v), "a non-empty field name")
+    path: str = ""  # a local glob, or an fsspec URL (s3://, https://, hf://datasets/ORG/NAME/...)
+    field: str = spec("text", lambda v: bool(v), "a non-empty field name")  # dotted for nested fields
+    template: str = ""  # instead of field: "{title}\n\n{abstract}" (records: jsonl, parquet)
+    where: dict[str, Union[str, int, float, bool, list]] = spec(default_factory=dict)  # keep rows equal to these
     split: str = spec("file", _choice("file", "paragraph"), "'file' or 'paragraph'")
+    weight: float = spec(1.0, _positive, "a positive number")  # share of the domain's characters
+    fallback: bool = False  # only fills what the domain's other sources cannot
     max_docs: int = spec(0, _non_negative, "a non-negative integer (0: no limit)")
     max_chars: int = spec(0, _non_negative, "a non-negative integer (0: no limit)")
     optional: bool = False  # true: a glob matching no files is a warning, and `data build` goes on without it
+    # format = "pgn": one game a document, filtered on ratings, time control and result.
+    min_elo: int = spec(0, _non_negative, "a non-negative integer (0: no rating filter)")
+    time_control: list[str] = spec(default_factory=list)  # classes (blitz, ...) or exact "180+2"
+    results: list[str] = spec(default_factory=list)  # of 1-0, 0-1, 1/2-1/2, *
+    headers: bool = True  # keep the tag pairs ([White "..."]) above the moves
+    comments: bool = True  # keep {comments} such as Lichess's [%clk] and [%eval]
+    validate_moves: bool = False  # parse every move (~100 games/s): skip illegal games, rewrite the moves
 
     @property
     def builtin(self) -> str | None:
@@ -222,6 +242,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if hint is str:
         return isinstance(value, str)
+    if hint is list:
+        return isinstance(value, list)
     if origin is Union:
         return any(_type_ok(value, h) for h in get_args(hint))
     if origin is list:
@@ -233,7 +255,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return False
 
 
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table",
+               list: "a list"}
 
 
 def _type_word(hint: Any) -> str:
@@ -316,6 +339,15 @@ def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
             )
         if src.builtin is None and not src.path:
             raise fail(f"sources[{i}].path: expected a path or glob for format {describe_value(src.format)}, got nothing")
+        _check_source(src, raw_sources[i], f"sources[{i}]", fail)
+
+    for domain, share in dcfg.shares.items():
+        if domain not in mix:
+            raise fail(f"data.shares.{domain}: expected a domain of [mix] ({', '.join(mix)})")
+        if share < 0:
+            raise fail(f"data.shares.{domain}: expected a non-negative number, got {describe_value(share)}")
+    if dcfg.shares and sum(dcfg.shares.values()) <= 0:
+        raise fail("data.shares: expected at least one positive share, got all zero")
 
     raw_stages = data.get("stages", [])
     if not isinstance(raw_stages, list):
@@ -324,6 +356,38 @@ def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
     for i, raw in enumerate(raw_stages):
         stages.append(parse_stage(raw, f"stages[{i}]", fail, mix, [s.name for s in stages]))
     return Profile(profile=meta, mix=mix, data=dcfg, tokenizer=tcfg, sources=sources, stages=stages)
+
+
+def _check_source(src: SourceConfig, raw: dict, where: str, fail: Callable[[str], ProfileError]) -> None:
+    """Keys that only make sense for some formats, templates that do not parse, filters of the wrong shape."""
+    if src.template and raw.get("field", "text") != "text":
+        raise fail(f"{where}.template: expected either field or template, not both")
+    if (src.template or src.where) and src.format not in RECORD_FORMATS:
+        key = "template" if src.template else "where"
+        raise fail(f"{where}.{key}: only for record formats ({', '.join(RECORD_FORMATS)}), got format {describe_value(src.format)}")
+    if src.template:
+        from engine.data.records import TemplateError, parse_template
+
+        try:
+            parse_template(src.template)
+        except TemplateError as exc:
+            raise fail(f"{where}.template: {exc}, got {describe_value(src.template)}") from None
+    for column, value in src.where.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or any(isinstance(v, (list, dict)) for v in values):
+            raise fail(f"{where}.where.{column}: expected a value or a list of values, got {describe_value(value)}")
+    if src.format != "pgn":
+        defaults = SourceConfig(name="x", domain="x", format="text")
+        for key in PGN_KEYS:
+            if key in raw and raw[key] != getattr(defaults, key):
+                raise fail(f"{where}.{key}: only for format \"pgn\", got format {describe_value(src.format)}")
+    for tc in src.time_control:
+        if tc not in TIME_CONTROL_CLASSES and tc != "-" and not re.fullmatch(r"\d+(\+\d+)?", tc):
+            raise fail(f"{where}.time_control: expected {', '.join(TIME_CONTROL_CLASSES)} or BASE+INCREMENT "
+                       f"such as \"180+2\", got {describe_value(tc)}")
+    for result in src.results:
+        if result not in PGN_RESULTS:
+            raise fail(f"{where}.results: expected results among {', '.join(PGN_RESULTS)}, got {describe_value(result)}")
 
 
 def parse_stage(raw: Any, where: str, fail: Callable[[str], Exception], mix: dict,

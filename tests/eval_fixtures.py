@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import tomllib
+from engine.compat import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -114,7 +114,7 @@ def test_concurrent_writers_in_four_processes_get_distinct_ids(tmp_path):
 # -- the trainer answering requests --------------------------------------------------------------
 
 def _set_stage(run_dir, **values) -> None:
-    import tomllib
+    from engine.compat import tomllib
 
     import tomli_w
 

@@ -1,4 +1,5 @@
-"""Corpus build: quotas from the mix, exact dedup, a deterministic disjoint held-out split, atomic output."""
+"""Corpus build: quotas from data.shares (not the mix), exact dedup, a deterministic disjoint held-out split,
+atomic output."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ target_tokens = {tokens}
 heldout_fraction = 0.1
 chars_per_token = 4.0
 min_doc_chars = 5
+shares = {{ code = 0.5, science = 0.5 }}
 [[sources]]
 name = "code-files"
 domain = "code"
@@ -72,7 +74,7 @@ def test_build_fills_quotas_dedups_and_splits(tmp_path):
     seen = []
     summary = build_corpus(prof, raw, workers=2, progress=lambda d, done, total: seen.append((d, done, total)))
     quotas = domain_quotas(prof)
-    assert set(quotas) == {"code", "science"}  # a zero weight switches chess off
+    assert set(quotas) == {"code", "science"}  # chess has no share in data.shares
     code = summary.domains["code"]
     assert code.chars + code.heldout_chars >= quotas["code"]
     train, held = docs(raw / "code.jsonl"), docs(raw / "heldout" / "code.jsonl")
@@ -108,7 +110,7 @@ def test_failed_build_leaves_previous_corpus_whole(tmp_path):
     build_corpus(prof, raw, workers=1)
     before = (raw / "code.jsonl").read_bytes()
     prof.sources = [s for s in prof.sources if s.domain != "code"]
-    with pytest.raises(DataError, match="mix.code: has a weight but no source"):
+    with pytest.raises(DataError, match=r"data.shares.code: has a share but no source in \[\[sources\]\]"):
         build_corpus(prof, raw, workers=1)
     assert (raw / "code.jsonl").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".raw")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import tomllib
+from engine.compat import tomllib
 
 import pytest
 import tomli_w
@@ -55,12 +55,29 @@ def test_shipped_profiles_load_and_round_trip(name):
 
 def test_fc450_carries_the_seed_plan():
     prof = load_profile(REPO / "profiles" / "fc450.toml")
-    assert prof.data.target_tokens == 50_000_000
+    assert prof.data.target_tokens == 500_000_000
     assert prof.tokenizer.vocab_size == 50_000
     s0 = prof.stage("stage0")
     assert (s0.seq_len, s0.micro_batch, s0.grad_accum) == (2048, 4, 8)
     full = [s for s in prof.stages if s.model == "fc450"]
     assert full and all(s.activation_checkpointing and 32 <= s.grad_accum <= 48 for s in full)
+    # Built-ins only fill in; the real sources read the formats they come in.
+    assert all(s.fallback for s in prof.sources if s.builtin) and not any(s.fallback for s in prof.sources if not s.builtin)
+    assert next(s for s in prof.sources if s.domain == "chess" and not s.builtin).format == "pgn"
+
+
+def test_fc450_corpus_is_sized_for_its_stages(tmp_path):
+    from engine.data.epochs import epoch_warnings, stage_passes
+    from engine.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    ws.init()
+    prof = ws.load_profile("fc450")
+    for st in prof.stages:
+        rows = stage_passes(ws, prof, st.name)
+        assert not epoch_warnings(prof, st.name, rows), (st.name, rows)
+    stage2 = {r.domain: r.passes for r in stage_passes(ws, prof, "stage2")}
+    assert 3 < stage2["science"] < 4  # 1.64B tokens over a 500M-token corpus (was ~33 passes over 50M)
 
 
 @pytest.mark.parametrize(
@@ -74,7 +91,7 @@ def test_fc450_carries_the_seed_plan():
         (lambda t: t.replace("code = 1.0\nscience = 0.5", "code = 0\nscience = 0"), "mix: expected at least one positive weight, got all zero"),
         (lambda t: t.replace('domain = "code"', 'domain = "chess"'), "sources[0].domain: expected a domain with a weight in [mix]"),
         (lambda t: t.replace('max_steps = 10', 'max_steps = 10\ninit_from = "nope"'), "stages[0].init_from: expected the name of an earlier stage"),
-        (lambda t: t.replace('format = "text"', 'format = "csv"'), "sources[0].format: expected one of text, jsonl, parquet, webdataset or builtin:NAME"),
+        (lambda t: t.replace('format = "text"', 'format = "csv"'), "sources[0].format: expected one of text, jsonl, parquet, webdataset, pgn or builtin:NAME"),
         (lambda t: t.replace('path = "*.py"\n', ''), "sources[0].path: expected a path or glob"),
         (lambda t: t.replace('[profile]\nname = "t"', '[profile]\nname = 3'), "profile.name: expected"),
         (lambda t: t + "[weird]\n", "weird: unknown key"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tomllib
+from engine.compat import tomllib
 
 import pytest
 

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import tomllib
+from engine.compat import tomllib
 from pathlib import Path
 
 from engine.jobs.queue import StageQueue

@@ -85,3 +85,26 @@ def test_errors_are_one_line(tmp_path):
         Tokenizer.load(tmp_path / "junk.model")
     with pytest.raises(TokenizerError, match="no such tokenizer file"):
         Tokenizer.load(tmp_path / "none.model")
+
+
+def test_balanced_sample_streams_in_memory_bounded_by_the_sample(tmp_path):
+    import json
+    import tracemalloc
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for d, n in (("big", 60_000), ("small", 300)):
+        with open(raw / f"{d}.jsonl", "w") as fh:
+            for i in range(n):
+                fh.write(json.dumps({"text": f"{d} document {i}: " + "lorem ipsum dolor " * 25}) + "\n")
+    big_chars = 60_000 * len("big document 0: " + "lorem ipsum dolor " * 25)
+    tracemalloc.start()
+    sample = balanced_sample(raw, ["big", "small"], 400_000, seed=3, sizes={"big": big_chars})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3_000_000, f"peak {peak:,} bytes for a {big_chars:,}-char domain"  # ~4x the sample, not the domain
+    small = sum(map(len, sample["small"]))
+    got = sum(map(len, sample["big"]))
+    assert 400_000 - small - 2000 <= got <= 400_000 - small + 4000  # the small domain's leftover goes to big
+    indices = [int(t.split()[2].rstrip(":")) for t in sample["big"]]
+    assert max(indices) > 50_000 and min(indices) < 5_000  # drawn from the whole file, not a prefix

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tomllib
+from engine.compat import tomllib
 from pathlib import Path
 
 import pytest

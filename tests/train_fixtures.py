@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
+from engine.compat import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable

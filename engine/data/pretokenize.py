@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from engine.errors import DataError, TokenizerError
-from engine.data.shards import ShardWriter, token_dtype
+from engine.data.shards import ShardWriter, open_shard, token_dtype
 
 MIN_CHUNK_BYTES = 256 << 10
 MAX_CHUNK_BYTES = 4 << 20
@@ -115,10 +115,10 @@ def _line_number(path: str, offset: int) -> int:
         return fh.read(offset).count(b"\n") + 1
 
 
-def _chunks(domain: str, split: str, path: Path, chunk_bytes: int) -> list[Chunk]:
-    """Byte ranges of ~chunk_bytes, each ending at a line boundary."""
-    size = path.stat().st_size
-    out, start = [], 0
+def _chunks(domain: str, split: str, path: Path, chunk_bytes: int, start: int = 0, end: int = -1) -> list[Chunk]:
+    """Byte ranges of ~chunk_bytes from `start` to `end` (-1: the file's end), each ending at a line boundary."""
+    size = path.stat().st_size if end < 0 else min(end, path.stat().st_size)
+    out = []
     with open(path, "rb") as fh:
         while start < size:
             end = start + chunk_bytes
@@ -149,7 +149,8 @@ def default_workers() -> int:
 
 def _summary(stats: dict[str, dict[str, int]], prefix: Path, seconds: float) -> dict[str, Any]:
     train, held = stats["train"], stats["heldout"]
-    text_tokens = train["tokens"] + held["tokens"] - train["docs"] - held["docs"]
+    # Tokens and documents encoded in this call (a shard appended to holds more than was encoded now).
+    text_tokens = train["new_tokens"] + held["new_tokens"] - train["new_docs"] - held["new_docs"]
     chars = train["chars"] + held["chars"]
     return {
         "path": str(prefix),
@@ -174,12 +175,15 @@ def pretokenize(
     *,
     chunk_bytes: int | None = None,
     start_method: str | None = None,
+    plan: dict[str, dict] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Encode `raw_dir/<d>.jsonl` and `raw_dir/heldout/<d>.jsonl` into `tok_dir/<d>` and `tok_dir/heldout/<d>` shards.
 
     Returns per domain: tokens, docs, chars (training split; EOS counted in tokens), the same for
     held-out, chars_per_token (text tokens, EOS not counted, both splits) and seconds. `progress`
     gets (domain, bytes done, bytes total). `chunk_bytes` and `start_method` are for tests and benchmarks.
+    `plan` (engine.data.pipeline.shard_plan) gives per domain a mode (full, append, keep) and the byte
+    ranges of the two corpus files to encode; without it every domain is encoded whole.
     """
     from engine.data.tokenizer import Tokenizer
 
@@ -189,23 +193,28 @@ def pretokenize(
     if not tokenizer_path.exists():
         raise TokenizerError(f"{tokenizer_path}: no such tokenizer (run `fcwork tokenizer train {profile}` first)")
     tok = Tokenizer.load(tokenizer_path)
+    plan = plan or {d: {"mode": "full", "train": [0, -1], "heldout": [0, -1]} for d in domains}
     inputs: list[tuple[str, str, Path]] = []
+    spans: dict[tuple[str, str], tuple[int, int]] = {}
     for d in domains:
         for split, path in (("train", raw_dir / f"{d}.jsonl"), ("heldout", raw_dir / "heldout" / f"{d}.jsonl")):
             if not path.is_file():
                 raise DataError(f"{path}: missing corpus file for domain {d!r} (run `fcwork data build {profile}` first)")
+            start, end = plan[d][split]
+            end = path.stat().st_size if end < 0 else end
+            spans[(d, split)] = (start, end)
             inputs.append((d, split, path))
-    total_bytes = sum(p.stat().st_size for _, _, p in inputs)
+    total_bytes = sum(spans[(d, s)][1] - spans[(d, s)][0] for d, s, _ in inputs)
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise DataError(f"pretokenize: workers {workers}: expected a positive integer")
     if chunk_bytes is None:
         chunk_bytes = min(max(total_bytes // (workers * CHUNKS_PER_WORKER), MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
-    chunks = [c for d, split, p in inputs for c in _chunks(d, split, p, chunk_bytes)]
+    chunks = [c for d, split, p in inputs for c in _chunks(d, split, p, chunk_bytes, *spans[(d, split)])]
     dtype = token_dtype(tok.vocab_size).str
     init_args = (str(tokenizer_path), tok.eos_id, dtype)
     say = progress or (lambda label, done, total: None)
-    domain_total = {d: sum(p.stat().st_size for dd, _, p in inputs if dd == d) for d in domains}
+    domain_total = {d: sum(spans[(d, s)][1] - spans[(d, s)][0] for dd, s, _ in inputs if dd == d) for d in domains}
     domain_done = dict.fromkeys(domains, 0)
     for d in domains:
         say(d, 0, domain_total[d])
@@ -228,7 +237,16 @@ def pretokenize(
             if split == "train":
                 started = time.perf_counter()
             prefix = tok_dir / d if split == "train" else tok_dir / "heldout" / d
-            with ShardWriter(prefix, tok.vocab_size, tok.hash, tok.eos_id) as writer:
+            mode = plan[d]["mode"]
+            if mode == "keep" or (mode == "append" and spans[(d, split)][0] == spans[(d, split)][1]):
+                old = open_shard(prefix, expected_hash=tok.hash)
+                stats.setdefault(d, {})[split] = {"tokens": old.n_tokens, "docs": old.n_docs, "chars": 0,
+                                                  "new_tokens": 0, "new_docs": 0}
+                if split == "heldout":
+                    out[d] = _summary(stats[d], tok_dir / d, time.perf_counter() - started)
+                continue
+            with ShardWriter(prefix, tok.vocab_size, tok.hash, tok.eos_id, append=mode == "append") as writer:
+                before_tokens, before_docs = writer.n_tokens, writer.n_docs
                 n_chunks = sum(1 for c in chunks if (c.domain, c.split) == (d, split))
                 chars = 0
                 for _ in range(n_chunks):
@@ -245,7 +263,9 @@ def pretokenize(
                     domain_done[d] += chunk.end - chunk.start
                     say(d, domain_done[d], domain_total[d])
                 info = writer.close()
-            stats.setdefault(d, {})[split] = {"tokens": info.n_tokens, "docs": info.n_docs, "chars": chars}
+            stats.setdefault(d, {})[split] = {"tokens": info.n_tokens, "docs": info.n_docs, "chars": chars,
+                                              "new_tokens": info.n_tokens - before_tokens,
+                                              "new_docs": info.n_docs - before_docs}
             if split == "heldout":
                 out[d] = _summary(stats[d], tok_dir / d, time.perf_counter() - started)
     finally:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -105,7 +106,10 @@ class ShardWriter:
     Use as a context manager: an exception inside the block aborts, so nothing half-written remains.
     """
 
-    def __init__(self, prefix: str | os.PathLike, vocab_size: int, tokenizer_hash: str, eos_id: int) -> None:
+    def __init__(self, prefix: str | os.PathLike, vocab_size: int, tokenizer_hash: str, eos_id: int,
+                 append: bool = False) -> None:
+        """`append`: start from the shard already at `prefix` (same tokenizer and vocabulary, else ShardError):
+        its tokens and offsets are copied into the temp files, so the old shard stays whole until close()."""
         self.prefix, self.bin_path, self.idx_path = _paths(prefix)
         if not isinstance(vocab_size, int) or not 0 < vocab_size <= 1 << 32:
             raise ShardError(f"{self.bin_path}: vocab_size {vocab_size!r}: expected an integer in 1..{1 << 32}")
@@ -131,9 +135,21 @@ class ShardWriter:
                 fh = os.fdopen(fd, "wb")
                 fh.write(b"\0" * HEADER_SIZE)
                 self._files.append((fh, tmp))
+            if append:
+                self._copy_existing()
         except BaseException:
             self.abort()
             raise
+
+    def _copy_existing(self) -> None:
+        old = open_shard(self.prefix, expected_hash=self.hash_hex, expected_vocab=self.vocab_size)
+        (bin_fh, _), (idx_fh, _) = self._files
+        for src, out in ((self.bin_path, bin_fh), (self.idx_path, idx_fh)):
+            with open(src, "rb") as fh:
+                fh.seek(HEADER_SIZE)
+                shutil.copyfileobj(fh, out, 1 << 20)
+        self.n_tokens, self.n_docs = old.n_tokens, old.n_docs
+        self._offsets = []  # the copied offsets already end with the total, where new documents start
 
     def add(self, ids: Sequence[int] | np.ndarray) -> None:
         """Append one document; EOS is added after it."""
@@ -301,6 +317,14 @@ def _read_header(path: Path, magic: bytes, what: str) -> tuple[int, int, int, in
     if code not in (2, 4):
         raise ShardError(f"{path}: dtype code {code}: expected 2 (uint16) or 4 (uint32)")
     return version, code, vocab, count, pair, digest, size
+
+
+def shard_counts(prefix: str | os.PathLike) -> tuple[int, int]:
+    """(tokens, documents) from the headers of `<prefix>.bin` and `.idx`, without mapping the shard."""
+    _, bin_path, idx_path = _paths(prefix)
+    n_tokens = _read_header(bin_path, BIN_MAGIC, "shard")[3]
+    n_docs = _read_header(idx_path, IDX_MAGIC, "shard index")[3]
+    return n_tokens, n_docs
 
 
 def open_shard(

@@ -85,7 +85,8 @@ class TokenizerReport:
     sample_chars: dict[str, int]
     tokens_per_char: dict[str, float]
     train_seconds: float
-    corpus_digest: str = ""
+    corpus_digest: str = ""  # the corpus it was sampled from (informational: a grown corpus keeps the tokenizer)
+    settings_digest: str = ""  # the [tokenizer] settings it was trained with
     created: float = field(default_factory=time.time)
 
     def save(self, path: Path) -> None:
@@ -100,9 +101,14 @@ def read_report(path: str | os.PathLike) -> TokenizerReport | None:
         return None
 
 
-def _iter_docs(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as fh:
+def _iter_docs(path: Path, limit: int = -1) -> Iterator[str]:
+    """Texts of a corpus file, up to byte `limit` (the length the manifest committed; -1: all)."""
+    with open(path, "rb") as fh:
+        pos = 0
         for line in fh:
+            pos += len(line)
+            if 0 <= limit < pos:
+                return
             if line.strip():
                 yield json.loads(line)["text"]
 
@@ -127,33 +133,51 @@ def _sentences(doc: str) -> Iterator[str]:
         yield "".join(buf)
 
 
-def balanced_sample(raw_dir: Path, domains: Sequence[str], total_chars: int, seed: int) -> dict[str, list[str]]:
-    """Equal character budgets per domain (a small domain gives what it has, the rest share its leftover)."""
-    docs: dict[str, list[str]] = {}
+def _domain_chars(path: Path, limit: int) -> int:
+    return sum(len(t) for t in _iter_docs(path, limit))
+
+
+def balanced_sample(raw_dir: Path, domains: Sequence[str], total_chars: int, seed: int,
+                    sizes: dict[str, int] | None = None, limits: dict[str, int] | None = None) -> dict[str, list[str]]:
+    """Equal character budgets per domain (a small domain gives what it has, the rest share its leftover),
+    drawn in one streaming pass per domain: each document is taken with probability budget / domain size
+    (seeded), so memory holds the sample, never the domain. `sizes` (characters per domain, from the
+    manifest) saves a counting pass; `limits` caps each file at its committed byte length."""
+    sizes = dict(sizes or {})
+    limits = limits or {}
+    paths = {}
     for d in domains:
         path = raw_dir / f"{d}.jsonl"
         if not path.exists():
             raise TokenizerError(f"{path}: missing corpus file (run `fcwork data build` first)")
-        items = list(_iter_docs(path))
-        random.Random(f"{seed}:{d}").shuffle(items)
-        docs[d] = items
-    sizes = {d: sum(len(t) for t in items) for d, items in docs.items()}
+        paths[d] = path
+        if d not in sizes:
+            sizes[d] = _domain_chars(path, limits.get(d, -1))
     budget: dict[str, int] = {}
-    remaining, open_domains = total_chars, sorted(docs, key=lambda d: sizes[d])
+    remaining, open_domains = total_chars, sorted(domains, key=lambda d: sizes[d])
     while open_domains:
         share = remaining // len(open_domains)
         d = open_domains.pop(0)
         budget[d] = min(share, sizes[d])
         remaining -= budget[d]
     sample: dict[str, list[str]] = {}
-    for d, items in docs.items():
+    for d in domains:
+        # A little over budget / size, so the draw seldom falls short; the budget still caps it.
+        p = min(1.0, 1.1 * budget[d] / sizes[d]) if sizes[d] else 0.0
+        rng = random.Random(f"{seed}:{d}")
         taken, used = [], 0
-        for text in items:
-            if used >= budget[d]:
-                break
-            text = text[: budget[d] - used + MAX_SENTENCE_CHARS]
-            taken.append(text)
-            used += len(text)
+        if p > 0:
+            with open(paths[d], "rb") as fh:
+                pos, limit = 0, limits.get(d, -1)
+                for line in fh:
+                    pos += len(line)
+                    if used >= budget[d] or 0 <= limit < pos:
+                        break
+                    if rng.random() >= p or not line.strip():
+                        continue
+                    text = json.loads(line)["text"][: budget[d] - used + MAX_SENTENCE_CHARS]
+                    taken.append(text)
+                    used += len(text)
         sample[d] = taken
     return sample
 
@@ -171,14 +195,18 @@ def train_tokenizer(
     seed: int = 0,
     corpus_digest: str = "",
     progress: Callable[[str], None] | None = None,
+    sizes: dict[str, int] | None = None,
+    limits: dict[str, int] | None = None,
+    settings_digest: str = "",
 ) -> TokenizerReport:
     """Train SentencePiece on a domain-balanced sample of the corpus; write model, vocab and report atomically."""
     import sentencepiece as spm
 
     say = progress or (lambda msg: None)
     say("sampling corpus")
-    sample = balanced_sample(raw_dir, domains, sample_chars, seed)
-    sentences = [s for d in domains for doc in sample[d] for s in _sentences(doc)]
+    sample = balanced_sample(raw_dir, domains, sample_chars, seed, sizes=sizes, limits=limits)
+    sample_sizes = {d: sum(len(t) for t in sample[d]) for d in domains}
+    sentences = [s for d in domains for doc in sample.pop(d) for s in _sentences(doc)]
     random.Random(seed).shuffle(sentences)
     if not sentences:
         raise TokenizerError(f"{raw_dir}: the corpus is empty; nothing to train a tokenizer on")
@@ -227,10 +255,11 @@ def train_tokenizer(
         hash=tok.hash,
         vocab_size=tok.vocab_size,
         model_type=model_type,
-        sample_chars={d: sum(len(t) for t in sample[d]) for d in domains},
+        sample_chars=sample_sizes,
         tokens_per_char=tokens_per_char(tok, raw_dir, domains),
         train_seconds=round(seconds, 2),
         corpus_digest=corpus_digest,
+        settings_digest=settings_digest,
     )
     report.save(out_path.with_suffix(".json"))
     return report

@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import os
 import re
-import tomllib
+from engine.compat import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator

@@ -12,7 +12,7 @@ import fcntl
 import math
 import os
 import time
-import tomllib
+from engine.compat import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator

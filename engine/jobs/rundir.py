@@ -10,7 +10,7 @@ The file formats themselves are owned by events.py, control.py and runs.py (stag
 from __future__ import annotations
 
 import os
-import tomllib
+from engine.compat import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 

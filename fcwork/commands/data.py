@@ -17,9 +17,11 @@ from fcwork.progress import rich_progress
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build the corpus and the token shards")
     ps = p.add_subparsers(dest="data_cmd", metavar="ACTION", required=True)
-    b = ps.add_parser("build", help="build the corpus of a profile (quotas, dedup, held-out split)")
+    b = ps.add_parser("build", help="build the corpus of a profile (budgets, dedup, held-out split); grows an "
+                                    "existing one when its budget rose")
     b.add_argument("profile")
     b.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    b.add_argument("--rebuild", action="store_true", help="start every domain over instead of growing it")
     b.set_defaults(func=cmd_build)
     t = ps.add_parser("pretokenize", help="encode the corpus into shards with the profile's tokenizer")
     t.add_argument("profile")
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_pretokenize)
     a = ps.add_parser("prepare", help="corpus, tokenizer and shards, each only when out of date")
     a.add_argument("profile")
-    a.add_argument("--force", action="store_true", help="redo every step")
+    a.add_argument("--force", action="store_true", help="redo every step (rebuild, retrain the tokenizer, re-encode)")
     a.set_defaults(func=cmd_prepare)
     src = ps.add_parser("sources", help="the profile's sources: status, files and size on disk")
     src.add_argument("profile")
@@ -38,14 +40,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def print_summary(manifest: dict, console: Console) -> None:
-    table = Table("domain", "docs", "chars", "est. tokens", "held-out docs", "dups", "skipped", "shortfall",
+    actions = manifest.get("actions", {})
+    table = Table("domain", "docs", "chars", "est. tokens", "held-out docs", "dups", "skipped", "shortfall", "this build",
                   title=f"corpus {manifest['profile']} ({manifest.get('seconds', 0):.1f} s)")
     for name, d in manifest["domains"].items():
         skipped = ", ".join(f"{n} {r}" for r, n in d["skipped"].items()) or "-"
         short = d["shortfall_chars"]
         table.add_row(name, f"{d['docs']:,}", f"{d['chars']:,}", f"{d['est_tokens']:,}", f"{d['heldout_docs']:,}",
-                      f"{d['duplicates']:,}", skipped, f"[yellow]{short:,} chars[/]" if short else "-")
+                      f"{d['duplicates']:,}", skipped, f"[yellow]{short:,} chars[/]" if short else "-",
+                      actions.get(name, "kept"))
     console.print(table)
+    sources = Table("source", "domain", "docs", "chars", "share of domain", title="per source")
+    for name, d in manifest["domains"].items():
+        total = sum(d.get("source_chars", {}).values()) or 1
+        for src, chars in d.get("source_chars", {}).items():
+            sources.add_row(src, name, f"{d.get('sources', {}).get(src, 0):,}", f"{chars:,}", f"{chars / total:.1%}")
+    if sources.row_count:
+        console.print(sources)
     for d in manifest["domains"].values():
         for problem in d["problems"]:
             console.print(f"[yellow]warning:[/] {problem}")
@@ -55,7 +66,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     prof = ws.load_profile(args.profile)
     with rich_progress() as progress:
-        summary: CorpusSummary = pipeline.build_data(ws, prof, progress, workers=args.workers)
+        summary: CorpusSummary = pipeline.build_data(ws, prof, progress, workers=args.workers, rebuild=args.rebuild)
     print_summary(read_manifest(ws.raw_dir(prof.name)) or {}, Console())
     return 0 if summary else 1
 
@@ -75,8 +86,11 @@ def cmd_pretokenize(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     prof = ws.load_profile(args.profile)
+    notes: list[str] = []
     with rich_progress() as progress:
-        ran = pipeline.prepare_data(ws, prof, progress, force=args.force)
+        ran = pipeline.prepare_data(ws, prof, progress, force=args.force, notes=notes)
+    for note in notes:
+        Console(stderr=True).print(f"[yellow]note:[/] {note}")
     print(f"{prof.name}: " + (f"ran {', '.join(ran)}" if ran else "data is up to date"))
     return 0
 

@@ -66,9 +66,27 @@ def warn_orphans(q: StageQueue) -> None:
 
 def cmd_add(args: argparse.Namespace) -> int:
     q = _queue(args)
-    for entry in q.add_many(args.profile, args.stages):
+    entries = q.add_many(args.profile, args.stages)
+    prof = q.ws.load_profile(args.profile)
+    for entry in entries:
         print(f"queued #{entry.id}: {entry.profile} / {entry.stage}")
+        print_passes(q.ws, prof, entry.stage, Console(), indent="  ")
     return _maybe_start(q, args.start)
+
+
+def print_passes(ws: Workspace, profile, stage: str, console: Console, indent: str = "") -> list[str]:
+    """`passes over each domain: science 1.2x, ...` for a stage, and a warning line per domain read more
+    often than data.warn_epochs (engine.data.epochs); returns the warnings."""
+    from engine.data.epochs import epoch_warnings, format_passes, stage_passes, stage_tokens
+
+    rows = stage_passes(ws, profile, stage)
+    basis = sorted({r.basis for r in rows})
+    console.print(f"{indent}passes over each domain ({stage_tokens(profile.stage(stage)):,} tokens; domain tokens "
+                  f"from {', '.join(basis)}): {format_passes(rows)}", highlight=False, soft_wrap=True)
+    warnings = epoch_warnings(profile, stage, rows)
+    for line in warnings:
+        Console(stderr=True).print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    return warnings
 
 
 def _maybe_start(q: StageQueue, start: bool) -> int:

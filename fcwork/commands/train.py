@@ -76,8 +76,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     prof = ws.load_profile(args.profile)
     prof.stage(args.stage)
-    run = RunDir(create_run(ws, prof, args.stage))
     console = Console(stderr=True)
+    from fcwork.commands.queue import print_passes
+
+    print_passes(ws, prof, args.stage, console)
+    run = RunDir(create_run(ws, prof, args.stage))
     console.print(f"run {run.id}: {prof.name} / {args.stage} (log: {run.trainer_log})")
     proc = spawn_trainer(run.path)
     handled = 0
@@ -118,8 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     prof = ws.load_profile(args.profile)
     console = Console(stderr=True)
+    notes: list[str] = []
     with rich_progress(console) as progress:
-        ran = prepare_data(ws, prof, progress, force=args.force_data)
+        ran = prepare_data(ws, prof, progress, force=args.force_data, notes=notes)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}")
     console.print(f"data of {prof.name}: " + (f"ran {', '.join(ran)}" if ran else "up to date"))
     if args.no_train:
         return 0
@@ -135,6 +141,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             new.append(st.name)
     added = queue.add_many(args.profile, new) if new else []
+    from fcwork.commands.queue import print_passes
+
+    for st in new:
+        print_passes(ws, prof, st, console, indent=f"{st}: ")
     ids = sorted(ids + [e.id for e in added])
     pid = ensure_supervisor(ws)
     console.print(f"queued {', '.join(f'#{i}' for i in ids)}; supervisor pid {pid} (log: {ws.root / SUPERVISOR_LOG})")

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import time
-import tomllib
+from engine.compat import tomllib
 
 import pytest
 from textual.command import CommandList, CommandPalette
