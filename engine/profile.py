@@ -18,6 +18,7 @@ from engine.atomic import atomic_write_text
 from engine.errors import MixError, ProfileError, describe_value
 from engine.mix import check_mix, normalise
 from engine.model.config import PRESETS, ModelConfig
+from engine.templates import TemplateError, parse_template
 
 SOURCE_FORMATS = ("text", "jsonl", "parquet", "webdataset", "pgn")
 RECORD_FORMATS = ("jsonl", "parquet")  # formats whose documents come from records: template, where
@@ -366,8 +367,6 @@ def _check_source(src: SourceConfig, raw: dict, where: str, fail: Callable[[str]
         key = "template" if src.template else "where"
         raise fail(f"{where}.{key}: only for record formats ({', '.join(RECORD_FORMATS)}), got format {describe_value(src.format)}")
     if src.template:
-        from engine.data.records import TemplateError, parse_template
-
         try:
             parse_template(src.template)
         except TemplateError as exc:

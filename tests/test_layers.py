@@ -47,6 +47,8 @@ ENGINE_LAYERS = {
     "engine.profile": 0,
     "engine.workspace": 0,
     "engine.mix": 0,
+    "engine.compat": 0,
+    "engine.templates": 0,
     "engine.model.config": 0,
     "engine.data": 1,
     "engine.model": 2,

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.data.records import RecordFormat, RecordSkip, TemplateError, parse_template
+from engine.data.records import RecordFormat, RecordSkip
+from engine.templates import TemplateError, parse_template
 from engine.data.sources import SourceStats, iter_source
 from engine.errors import ProfileError
 from engine.profile import SourceConfig, loads_profile

@@ -10,20 +10,16 @@
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 _MAP = (dict, Mapping)  # dict first: isinstance against typing's Mapping alone is slow
 
 from engine.data.chat_template import ASSISTANT, SYSTEM, USER, turn
+from engine.templates import parse_template, template_fields
 
 ROLES = {"system": SYSTEM, "user": USER, "human": USER, "assistant": ASSISTANT, "gpt": ASSISTANT}
 _MISSING = object()
-
-
-class TemplateError(ValueError):
-    """A template that does not parse: the message says what is wrong."""
 
 
 class RecordSkip(Exception):
@@ -32,34 +28,6 @@ class RecordSkip(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def parse_template(template: str) -> list[tuple[str, str | None]]:
-    """(literal text, field name or None) pieces; refuses positional `{}`, conversions and format specs."""
-    pieces: list[tuple[str, str | None]] = []
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise TemplateError(f"expected balanced braces ({exc}; write {{{{ or }}}} for a literal brace)") from None
-    for literal, name, spec, conv in parsed:
-        if name is None:
-            pieces.append((literal, None))
-            continue
-        if not name or name.isdigit():
-            raise TemplateError("expected named placeholders such as {title}, not {} or {0}")
-        if spec or conv:
-            raise TemplateError(f"expected plain placeholders such as {{{name.split(':')[0]}}}, without ! or :")
-        if any(not part for part in name.split(".")) or "[" in name:
-            raise TemplateError(f"expected a field name or dotted path in {{{name}}}")
-        pieces.append((literal, name))
-    if not any(name for _, name in pieces):
-        raise TemplateError("expected at least one {field} placeholder")
-    return pieces
-
-
-def template_fields(template: str) -> list[str]:
-    """Dotted field names a template uses, in order, without repeats."""
-    return list(dict.fromkeys(name for _, name in parse_template(template) if name))
 
 
 def lookup(record: Any, path: str) -> Any:

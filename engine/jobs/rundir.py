@@ -10,10 +10,10 @@ The file formats themselves are owned by events.py, control.py and runs.py (stag
 from __future__ import annotations
 
 import os
-from engine.compat import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from engine.compat import tomllib
 from engine.errors import ControlError, RunError
 from engine.jobs import control, events
 from engine.jobs.history import RunHistory, RunMeta
