@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from engine.errors import DataError
+from engine.errors import DataError, ShardError
 from engine.data.shards import Shard
 
 MASK64 = (1 << 64) - 1
@@ -178,6 +178,7 @@ class Sampler:
             sliding_window_view(t, seq_len + 1) if t.size > seq_len else None for t in self._tokens
         ]
         self._cum_cache: dict[tuple, np.ndarray] = {}
+        self._vocab = min(self.shards[d].vocab_size for d in self.domains)
         for _, weights in schedule.entries():
             self.check(weights)
 
@@ -232,13 +233,23 @@ class Sampler:
         present = np.flatnonzero(counts).tolist()
         if len(present) == 1:
             out[:] = self._rows[present[0]][starts]
-            return out, dom
-        order = np.argsort(dom, kind="stable")
-        ends = np.cumsum(counts).tolist()
-        for d in present:
-            sel = order[ends[d] - int(counts[d]) : ends[d]]
-            out[sel] = self._rows[d][starts[sel]]
+        else:
+            order = np.argsort(dom, kind="stable")
+            ends = np.cumsum(counts).tolist()
+            for d in present:
+                sel = order[ends[d] - int(counts[d]) : ends[d]]
+                out[sel] = self._rows[d][starts[sel]]
+        if out.size and int(out.max()) >= self._vocab:
+            self._refuse(out, dom, starts)
         return out, dom
+
+    def _refuse(self, out: np.ndarray, dom: np.ndarray, starts: np.ndarray) -> None:
+        """A window holds an id the model cannot embed (a shard damaged after it was opened): name it."""
+        row = int(np.argmax((out >= self._vocab).any(axis=1)))
+        shard = self.shards[self.domains[int(dom[row])]]
+        at = int(starts[row]) + int(np.argmax(out[row] >= self._vocab))
+        raise ShardError(f"{shard.path}.bin: token id {int(out[row].max()):,} at position {at:,} is outside the "
+                         f"vocabulary 0..{self._vocab - 1:,} (a damaged shard): run `fcwork data verify`, then pretokenize again")
 
     def epochs(self, tokens_drawn: Mapping[str, int]) -> dict[str, float]:
         """Epochs consumed per domain: tokens drawn from it over its shard's tokens."""

@@ -1,5 +1,6 @@
 """Token shards: `<domain>.bin` (token ids, documents back to back, EOS after each) and `<domain>.idx`
-(uint64 document start offsets plus the total), each behind a fixed 64-byte header.
+(uint64 document start offsets plus the total), each behind a fixed header (128 bytes; 64 in
+version 1, which is still read).
 
 Header layout (little-endian, both files):
 
@@ -10,6 +11,15 @@ Header layout (little-endian, both files):
     16  u64  count          tokens (.bin) or documents (.idx; it then holds count + 1 offsets)
     24  8s   pair id        random, the same in a .bin and the .idx written with it
     32  32s  tokenizer hash raw SHA-256 of the tokenizer's .model file
+    -- version 2 on --
+    64  u32  max id         the largest token id in the .bin (the .idx repeats it)
+    68  u32  reserved       0
+    72  32s  checksum       SHA-256 of the file's bytes after the header
+    104 24x  zero padding
+
+Opening a shard checks the max id against the vocabulary and scans a sample of the tokens, so an
+id the model cannot embed is one line naming the file before training starts, not an index error
+in the middle of it; `verify_shard` (`fcwork data verify`) reads every byte against the checksum.
 
 The writer streams to temp files beside the targets and renames them into place only when done,
 so a crash leaves the previous shard (or nothing), never half of one. The reader memory-maps the
@@ -19,13 +29,13 @@ tokens and refuses, with one line naming the file, anything that does not add up
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
-import shutil
 import struct
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Sequence
+from typing import IO, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -33,10 +43,13 @@ from engine.errors import ShardError, differing_prefixes
 
 BIN_MAGIC = b"FCTOKBIN"
 IDX_MAGIC = b"FCTOKIDX"
-FORMAT_VERSION = 1
-HEADER = struct.Struct("<8sHHIQ8s32s")
-HEADER_SIZE = 64
-assert HEADER.size == HEADER_SIZE
+FORMAT_VERSION = 2
+HEADER = struct.Struct("<8sHHIQ8s32s")  # every version
+EXTRA = struct.Struct("<II32s")  # version 2 on: max id, reserved, checksum
+V1_HEADER_SIZE = 64
+HEADER_SIZE = 128
+assert HEADER.size == V1_HEADER_SIZE and V1_HEADER_SIZE + EXTRA.size <= HEADER_SIZE
+SAMPLE_WINDOWS, SAMPLE_TOKENS = 16, 1 << 15  # what opening a shard scans for out-of-vocabulary ids
 UINT16_MAX_VOCAB = 65536  # ids 0..65535 fit uint16
 FLUSH_TOKENS = 1 << 20  # tokens buffered before a write
 
@@ -127,13 +140,15 @@ class ShardWriter:
         self._buffered = 0
         self._offsets: list[np.ndarray] = [np.zeros(1, "<u8")]
         self._closed = False
+        self.max_id = 0
+        self._sums = [hashlib.sha256(), hashlib.sha256()]  # of the .bin's and the .idx's payload
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self._files: list[tuple[IO[bytes], str]] = []
         try:
             for target in (self.bin_path, self.idx_path):
                 fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
                 fh = os.fdopen(fd, "wb")
-                fh.write(b"\0" * HEADER_SIZE)
+                fh.write(b"\0" * HEADER_SIZE)  # filled in by close()
                 self._files.append((fh, tmp))
             if append:
                 self._copy_existing()
@@ -144,10 +159,14 @@ class ShardWriter:
     def _copy_existing(self) -> None:
         old = open_shard(self.prefix, expected_hash=self.hash_hex, expected_vocab=self.vocab_size)
         (bin_fh, _), (idx_fh, _) = self._files
-        for src, out in ((self.bin_path, bin_fh), (self.idx_path, idx_fh)):
+        for src, out, total in ((self.bin_path, bin_fh, self._sums[0]), (self.idx_path, idx_fh, self._sums[1])):
             with open(src, "rb") as fh:
-                fh.seek(HEADER_SIZE)
-                shutil.copyfileobj(fh, out, 1 << 20)
+                fh.seek(_header_size(src))
+                while chunk := fh.read(1 << 20):
+                    out.write(chunk)
+                    total.update(chunk)
+        if old.n_tokens:
+            self.max_id = int(np.asarray(old.tokens).max())
         self.n_tokens, self.n_docs = old.n_tokens, old.n_docs
         self._offsets = []  # the copied offsets already end with the total, where new documents start
 
@@ -197,17 +216,19 @@ class ShardWriter:
             self._offsets.append(ends)
         self.n_tokens += tokens.size
         self.n_docs += lengths.size
+        if tokens.size:
+            self.max_id = max(self.max_id, int(tokens.max()))
         self._bufs.append(tokens)
         self._buffered += tokens.size
         if self._buffered >= FLUSH_TOKENS:
             self._flush()
 
     def _flush(self) -> None:
-        (bin_fh, _), (idx_fh, _) = self._files
-        if self._bufs:
-            np.concatenate(self._bufs).tofile(bin_fh)
-        if self._offsets:
-            np.concatenate(self._offsets).tofile(idx_fh)
+        for (fh, _), total, parts in zip(self._files, self._sums, (self._bufs, self._offsets)):
+            if parts:
+                data = np.concatenate(parts).tobytes()
+                fh.write(data)
+                total.update(data)
         self._bufs, self._buffered, self._offsets = [], 0, []
 
     def close(self) -> ShardInfo:
@@ -218,10 +239,11 @@ class ShardWriter:
             self._flush()
             (bin_fh, bin_tmp), (idx_fh, idx_tmp) = self._files
             code = self.dtype.itemsize
-            bin_fh.seek(0)
-            bin_fh.write(HEADER.pack(BIN_MAGIC, FORMAT_VERSION, code, self.vocab_size, self.n_tokens, self._pair, self._hash))
-            idx_fh.seek(0)
-            idx_fh.write(HEADER.pack(IDX_MAGIC, FORMAT_VERSION, code, self.vocab_size, self.n_docs, self._pair, self._hash))
+            for (fh, _), magic, count, total in zip(self._files, (BIN_MAGIC, IDX_MAGIC), (self.n_tokens, self.n_docs),
+                                                     self._sums):
+                fh.seek(0)
+                fh.write(HEADER.pack(magic, FORMAT_VERSION, code, self.vocab_size, count, self._pair, self._hash)
+                         + EXTRA.pack(self.max_id, 0, total.digest()))
             for fh, _ in self._files:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -292,8 +314,31 @@ def _rerun_hint(prefix: Path) -> str:
     return f"rerun `fcwork data pretokenize {profile}`"
 
 
-def _read_header(path: Path, magic: bytes, what: str) -> tuple[int, int, int, int, bytes, bytes, int]:
-    """(version, code, vocab, count, pair, hash, file size) after checking magic, version and dtype."""
+@dataclass(frozen=True)
+class Header:
+    """A shard file's header, checked: magic, a version this code reads, a known dtype."""
+
+    version: int
+    code: int  # bytes per token id
+    vocab: int
+    count: int
+    pair: bytes
+    digest: bytes  # the tokenizer's SHA-256
+    size: int  # of the whole file
+    header_size: int
+    max_id: int | None  # version 2 on
+    checksum: bytes | None  # version 2 on: SHA-256 of the bytes after the header
+
+
+def _header_size(path: Path) -> int:
+    """Where a shard file's payload starts (its version decides)."""
+    with open(path, "rb") as fh:
+        head = fh.read(V1_HEADER_SIZE)
+    return V1_HEADER_SIZE if len(head) == V1_HEADER_SIZE and HEADER.unpack(head)[1] == 1 else HEADER_SIZE
+
+
+def _read_header(path: Path, magic: bytes, what: str) -> Header:
+    """The header of a .bin or .idx after checking magic, version, length and dtype."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(HEADER_SIZE)
@@ -306,25 +351,30 @@ def _read_header(path: Path, magic: bytes, what: str) -> tuple[int, int, int, in
         if len(head) < 8 or head[:5] != magic[:5]:
             raise ShardError(f"{path}: not a FusterCluck shard (bad magic {head[:8]!r}, expected {magic!r})")
         raise ShardError(f"{path}: not a FusterCluck {what} (magic {head[:8]!r}, expected {magic!r})")
-    if len(head) < HEADER_SIZE:
-        raise ShardError(f"{path}: truncated: {len(head)} bytes, shorter than the {HEADER_SIZE}-byte header")
-    _, version, code, vocab, count, pair, digest = HEADER.unpack(head)
-    if version != FORMAT_VERSION:
+    if len(head) < V1_HEADER_SIZE:
+        raise ShardError(f"{path}: truncated: {len(head)} bytes, shorter than the {V1_HEADER_SIZE}-byte header")
+    _, version, code, vocab, count, pair, digest = HEADER.unpack(head[:V1_HEADER_SIZE])
+    if version not in (1, FORMAT_VERSION):
         raise ShardError(
-            f"{path}: shard format version {version} is not supported (this fcwork reads version {FORMAT_VERSION}): "
+            f"{path}: shard format version {version} is not supported (this fcwork reads versions 1 and {FORMAT_VERSION}): "
             f"{_rerun_hint(path.with_suffix(''))}"
         )
+    max_id = checksum = None
+    header_size = V1_HEADER_SIZE
+    if version >= 2:
+        header_size = HEADER_SIZE
+        if len(head) < HEADER_SIZE:
+            raise ShardError(f"{path}: truncated: {len(head)} bytes, shorter than the {HEADER_SIZE}-byte header")
+        max_id, _, checksum = EXTRA.unpack(head[V1_HEADER_SIZE:V1_HEADER_SIZE + EXTRA.size])
     if code not in (2, 4):
         raise ShardError(f"{path}: dtype code {code}: expected 2 (uint16) or 4 (uint32)")
-    return version, code, vocab, count, pair, digest, size
+    return Header(version, code, vocab, count, pair, digest, size, header_size, max_id, checksum)
 
 
 def shard_counts(prefix: str | os.PathLike) -> tuple[int, int]:
     """(tokens, documents) from the headers of `<prefix>.bin` and `.idx`, without mapping the shard."""
     _, bin_path, idx_path = _paths(prefix)
-    n_tokens = _read_header(bin_path, BIN_MAGIC, "shard")[3]
-    n_docs = _read_header(idx_path, IDX_MAGIC, "shard index")[3]
-    return n_tokens, n_docs
+    return _read_header(bin_path, BIN_MAGIC, "shard").count, _read_header(idx_path, IDX_MAGIC, "shard index").count
 
 
 def open_shard(
@@ -335,8 +385,9 @@ def open_shard(
     """Memory-map `<prefix>.bin` with its `.idx`; refuse a wrong magic/version, a truncated file,
     a .bin/.idx pair that disagree, or a tokenizer/vocabulary other than the expected one."""
     prefix, bin_path, idx_path = _paths(prefix)
-    _, code, vocab, n_tokens, pair, digest, size = _read_header(bin_path, BIN_MAGIC, "shard")
-    want = HEADER_SIZE + n_tokens * code
+    head = _read_header(bin_path, BIN_MAGIC, "shard")
+    code, vocab, n_tokens, pair, digest, size = head.code, head.vocab, head.count, head.pair, head.digest, head.size
+    want = head.header_size + n_tokens * code
     if size != want:
         kind = "truncated" if size < want else "has trailing bytes"
         raise ShardError(f"{bin_path}: {kind}: header says {n_tokens:,} tokens ({want:,} bytes), file has {size:,} bytes")
@@ -352,21 +403,94 @@ def open_shard(
 
     if not idx_path.exists():
         raise ShardError(f"{idx_path}: missing index of shard {bin_path.name}: {_rerun_hint(prefix)}")
-    _, icode, ivocab, n_docs, ipair, idigest, isize = _read_header(idx_path, IDX_MAGIC, "shard index")
-    iwant = HEADER_SIZE + (n_docs + 1) * 8
+    ihead = _read_header(idx_path, IDX_MAGIC, "shard index")
+    icode, ivocab, n_docs, ipair, idigest, isize = ihead.code, ihead.vocab, ihead.count, ihead.pair, ihead.digest, ihead.size
+    iwant = ihead.header_size + (n_docs + 1) * 8
     if isize != iwant:
         kind = "truncated" if isize < iwant else "has trailing bytes"
         raise ShardError(f"{idx_path}: {kind}: header says {n_docs:,} documents ({iwant:,} bytes), file has {isize:,} bytes")
     if (ipair, idigest, ivocab, icode) != (pair, digest, vocab, code):
         raise ShardError(f"{idx_path}: does not belong to {bin_path.name} (written separately): {_rerun_hint(prefix)}")
-    doc_starts = np.fromfile(idx_path, dtype="<u8", offset=HEADER_SIZE, count=n_docs + 1)
+    doc_starts = np.fromfile(idx_path, dtype="<u8", offset=ihead.header_size, count=n_docs + 1)
     if doc_starts[0] != 0 or int(doc_starts[-1]) != n_tokens or (n_docs and np.any(np.diff(doc_starts.astype(np.int64)) < 1)):
         raise ShardError(
             f"{idx_path}: document offsets disagree with {bin_path.name} "
             f"(expected 0 .. {n_tokens:,}, increasing; got {int(doc_starts[0]):,} .. {int(doc_starts[-1]):,})"
         )
+    if head.max_id is not None and n_tokens and head.max_id >= vocab:
+        raise ShardError(f"{bin_path}: holds token id {head.max_id:,}, outside the vocabulary 0..{vocab - 1:,}: "
+                         f"{_rerun_hint(prefix)}")
     if n_tokens:
-        tokens = np.memmap(bin_path, dtype=dtype, mode="r", offset=HEADER_SIZE, shape=(n_tokens,))
+        tokens = np.memmap(bin_path, dtype=dtype, mode="r", offset=head.header_size, shape=(n_tokens,))
+        _scan_sample(tokens, vocab, bin_path, prefix)
     else:
         tokens = np.zeros(0, dtype)
     return Shard(prefix, tokens, doc_starts.astype(np.uint64, copy=False), n_tokens, n_docs, vocab, hash_hex)
+
+
+def _scan_sample(tokens: np.ndarray, vocab: int, bin_path: Path, prefix: Path) -> None:
+    """Look at SAMPLE_WINDOWS evenly spaced stretches for ids beyond the vocabulary (damage after
+    writing, or a version-1 shard, which has no max id)."""
+    n = tokens.size
+    width = min(SAMPLE_TOKENS, n)
+    for start in np.linspace(0, n - width, num=min(SAMPLE_WINDOWS, max(n // width, 1))).astype(np.int64):
+        part = np.asarray(tokens[start:start + width])
+        hi = int(part.max())
+        if hi >= vocab:
+            at = int(start) + int(np.argmax(part >= vocab))
+            raise ShardError(f"{bin_path}: token id {hi:,} at position {at:,} is outside the vocabulary 0..{vocab - 1:,} "
+                             f"(a damaged shard): {_rerun_hint(prefix)}")
+
+
+@dataclass
+class ShardCheck:
+    """What `verify_shard` found: counts, and one line per problem (none: the shard is sound)."""
+
+    path: Path
+    n_tokens: int = 0
+    n_docs: int = 0
+    version: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_shard(prefix: str | os.PathLike, expected_hash: str | None = None, expected_vocab: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> ShardCheck:
+    """Every byte of a shard against its header: what `open_shard` checks, then the checksum and the
+    largest id over the whole .bin and .idx (version 1 shards have neither: a note says so)."""
+    prefix, bin_path, idx_path = _paths(prefix)
+    check = ShardCheck(prefix)
+    try:
+        shard = open_shard(prefix, expected_hash=expected_hash, expected_vocab=expected_vocab)
+    except ShardError as exc:
+        check.problems.append(str(exc))
+        return check
+    check.n_tokens, check.n_docs = shard.n_tokens, shard.n_docs
+    for path, magic, what in ((bin_path, BIN_MAGIC, "shard"), (idx_path, IDX_MAGIC, "shard index")):
+        head = _read_header(path, magic, what)
+        check.version = head.version
+        total, top = hashlib.sha256(), 0
+        with open(path, "rb") as fh:
+            fh.seek(head.header_size)
+            while chunk := fh.read(1 << 22):
+                total.update(chunk)
+                if magic == BIN_MAGIC:
+                    top = max(top, int(np.frombuffer(chunk, dtype="<u2" if head.code == 2 else "<u4").max()))
+                if progress is not None:
+                    progress(len(chunk))
+        if head.checksum is None:
+            check.notes.append(f"{path}: format version 1 has no checksum: {_rerun_hint(prefix)} to add one")
+        elif total.digest() != head.checksum:
+            check.problems.append(f"{path}: checksum mismatch: the file changed after it was written: {_rerun_hint(prefix)}")
+        if magic == BIN_MAGIC and shard.n_tokens:
+            if top >= shard.vocab_size:
+                check.problems.append(f"{path}: holds token id {top:,}, outside the vocabulary 0..{shard.vocab_size - 1:,}: "
+                                      f"{_rerun_hint(prefix)}")
+            elif head.max_id is not None and top != head.max_id:
+                check.problems.append(f"{path}: largest token id is {top:,}, the header says {head.max_id:,}: "
+                                      f"{_rerun_hint(prefix)}")
+    return check

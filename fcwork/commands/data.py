@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -10,6 +11,7 @@ from rich.table import Table
 from engine.data import pipeline
 from engine.data.corpus import CorpusSummary, read_manifest
 from engine.data.sources import describe_source
+from engine.errors import DataError
 from engine.workspace import Workspace
 from fcwork.progress import rich_progress
 
@@ -37,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = ps.add_parser("show", help="the last corpus build's summary")
     s.add_argument("profile")
     s.set_defaults(func=cmd_show)
+    v = ps.add_parser("verify", help="read every shard of a profile against its checksum, tokenizer and vocabulary")
+    v.add_argument("profile")
+    v.set_defaults(func=cmd_verify)
 
 
 def print_summary(manifest: dict, console: Console) -> None:
@@ -118,4 +123,47 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"{ws.raw_dir(prof.name)}: no corpus yet (run `fcwork data build {prof.name}`)")
         return 1
     print_summary(manifest, Console())
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Every shard (training and held-out) of the profile's domains, every byte; exit 1 on a problem."""
+    from engine.data.shards import verify_shard
+    from engine.data.tokenizer import file_hash, read_report
+
+    ws = Workspace.open(args.workspace)
+    prof = ws.load_profile(args.profile)
+    tok_path = ws.tokenizer_path(prof.tokenizer_name)
+    tok_hash = file_hash(tok_path) if tok_path.exists() else None
+    report = read_report(tok_path.with_suffix(".json"))
+    vocab = report.vocab_size if report else None
+    tok_dir = ws.tok_dir(prof.name)
+    prefixes = [tok_dir / sub / d for d in prof.domains for sub in ("", "heldout")
+                if (tok_dir / sub / f"{d}.bin").exists() or (tok_dir / sub / f"{d}.idx").exists()]
+    if not prefixes:
+        raise DataError(f"{tok_dir}: no shards yet (run `fcwork data pretokenize {prof.name}` first)")
+    total = sum((p.with_name(p.name + ext)).stat().st_size for p in prefixes for ext in (".bin", ".idx")
+                if p.with_name(p.name + ext).exists())
+    console = Console(stderr=True)
+    table = Table("shard", "version", "tokens", "docs", "result", title=f"shards of {prof.name} ({tok_dir})")
+    problems, done = 0, 0
+    with rich_progress(console) as progress:
+
+        def read(n: int) -> None:
+            nonlocal done
+            done += n
+            progress("verify shards", done, total)
+
+        for prefix in prefixes:
+            name = str(prefix.relative_to(tok_dir))
+            check = verify_shard(prefix, tok_hash, vocab, read)
+            problems += len(check.problems)
+            result = "[green]ok[/]" if check.ok else "[red]" + "; ".join(check.problems) + "[/]"
+            table.add_row(name, str(check.version or "?"), f"{check.n_tokens:,}", f"{check.n_docs:,}", result)
+            for note in check.notes:
+                console.print(f"[yellow]note[/] {note}")
+    Console().print(table)
+    if problems:
+        print(f"fcwork: error: {problems} problem{'s' if problems != 1 else ''} in the shards of {prof.name}", file=sys.stderr)
+        return 1
     return 0
