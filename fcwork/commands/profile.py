@@ -41,12 +41,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     prof = Workspace.open(args.workspace).load_profile(args.profile)
     print(f"{prof.path}: ok ({len(prof.sources)} sources, {len(prof.stages)} stages)")
+    from engine.data.corpus import domain_shares
+
     base = prof.path.parent if prof.path else None
+    shares = domain_shares(prof)
     for i, src in enumerate(prof.sources):
         if describe_source(src, base).status != "missing":
             continue
         then = ("optional: `data build` goes on without it" if src.optional else
-                f"domain {src.domain} has no weight: not read" if src.domain not in prof.domains else
+                f"domain {src.domain} has no share of the corpus: not read" if src.domain not in shares else
                 "`data build` fails on it; fix the path, or set optional = true")
         print(f"warning: {prof.path}: sources[{i}] ({src.name}): no files match {src.path!r} ({then})", file=sys.stderr)
     return 0

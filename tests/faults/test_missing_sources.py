@@ -1,6 +1,6 @@
 """A file source whose glob matches nothing: `fcwork profile check` warns naming the source and the
 glob, and `fcwork data build` fails on it, unless the source says `optional = true` (then the
-build goes on and reports it) or its domain has no weight (then nothing reads it)."""
+build goes on and reports it) or its domain has no share of the corpus (then nothing reads it)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ code = 1.0
 chess = 0.0
 [data]
 target_tokens = 8000
+shares = {{ code = 1.0 }}
 [[sources]]
 name = "json"
 domain = "code"
@@ -49,7 +50,7 @@ def test_a_glob_matching_nothing_fails_the_build(workspace):
     assert warnings == [
         f"warning: {path}: sources[1] (typo): no files match 'nowhere/*.py' "
         "(`data build` fails on it; fix the path, or set optional = true)",
-        f"warning: {path}: sources[2] (games): no files match 'games/*.pgn' (domain chess has no weight: not read)",
+        f"warning: {path}: sources[2] (games): no files match 'games/*.pgn' (domain chess has no share of the corpus: not read)",
     ]
     r = fcwork(workspace.root, "data", "build", "globs", "--workers", "1")
     one_error_line(r, f"{path}: sources[1] (typo): no files match 'nowhere/*.py'", "optional = true")
