@@ -477,9 +477,10 @@ def main(run_dir: str | os.PathLike) -> int:
             handler.close()
 
 
-def _fail(trainer: Trainer, message: str, code: int) -> int:
-    """Say why the trainer ends (log, error event, failed status) as far as the disk allows; return `code`."""
-    log.error("%s", message)
+def _fail(trainer: Trainer, message: str, code: int, detail: str = "") -> int:
+    """Say why the trainer ends (log, error event, failed status) as far as the disk allows; return `code`.
+    `detail` (the exception's own words) goes to the log only."""
+    log.error("%s [%s]", message, detail) if detail else log.error("%s", message)
     try:
         trainer.events.write(Event.ERROR, message=message, source=Source.TRAINER)
         trainer.status(RunState.FAILED, message)
@@ -501,8 +502,8 @@ def _run(trainer: Trainer) -> int:
             return _fail(trainer, f"{where}: no space left on device; free some space, then resume the stage",
                          EXIT_USER_ERROR)
         if out_of_memory(exc):  # the stage does not fit the device: a restart would only fail again
-            log.error("out of memory [%s]", (str(exc).strip().splitlines() or [type(exc).__name__])[0])
-            return _fail(trainer, trainer.oom_message(), EXIT_USER_ERROR)
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return _fail(trainer, trainer.oom_message(), EXIT_USER_ERROR, detail)
         log.error("crash:\n%s", traceback.format_exc())
         first = (str(exc).strip().splitlines() or [""])[0]
         return _fail(trainer, f"{type(exc).__name__}: {first}" if first else type(exc).__name__, EXIT_CRASH)
