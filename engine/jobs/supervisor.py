@@ -249,6 +249,8 @@ class Supervisor:
         offset = run.events_size()
         try:
             proc = procs.spawn_trainer(run.path)
+        except procs.LaunchError as exc:
+            return Outcome(USER_ERROR, str(exc))
         except SupervisorError as exc:
             return Outcome(CRASH, str(exc))
         log.info("entry %d: trainer pid %d for %s", entry_id, proc.pid, run.id)
@@ -306,6 +308,7 @@ class Supervisor:
         for ev in events:
             attempt.ingest(ev)
         state, step = attempt.state, attempt.step
+        rc = _trainer_exit(events, rc)
         errors = [str(e.get("message", "")) for e in attempt.errors if e.get("source", Source.TRAINER) != Source.CONTROL]
         reason = errors[-1] if errors else (attempt.message if state == RunState.FAILED else "")
         if rc == 0 or (rc is None and state in (RunState.FINISHED, RunState.STOPPED)):
@@ -330,6 +333,18 @@ class Supervisor:
                 writer.write(kind, **fields)
         except (FcError, OSError) as exc:
             log.error("%s: cannot append a %s event: %s", run.path, kind, exc)
+
+
+def _trainer_exit(events: list[dict[str, Any]], rc: int | None) -> int | None:
+    """The trainer's exit code: the one its final status event says, when it wrote one, over the
+    process's (torchrun's launcher exits 1 whenever a rank fails, a user error or a crash alike)."""
+    if rc in (None, 0):
+        return rc
+    last = next((e for e in reversed(events) if e.get("type") == Event.STATUS), {})
+    said = last.get("exit_code")
+    if last.get("state") in RunState.FINAL and isinstance(said, int) and not isinstance(said, bool):
+        return said
+    return rc
 
 
 # -- entry point ---------------------------------------------------------------------------
