@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -254,6 +255,8 @@ class Supervisor:
         except SupervisorError as exc:
             return Outcome(CRASH, str(exc))
         log.info("entry %d: trainer pid %d for %s", entry_id, proc.pid, run.id)
+        if procs.TORCHRUN_MODULE in proc.args:  # the command other nodes run too (README)
+            log.info("entry %d: launched %s", entry_id, shlex.join(proc.args))
         note = now.message
         self._note(entry_id, pid=proc.pid, message=f"training ({note})" if note.startswith("restart") else "training")
         rc = self._wait(run, proc.pid, proc)

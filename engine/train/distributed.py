@@ -12,7 +12,9 @@ the identity or a no-op, so the single-device trainer is what it was.
   accumulating). FSDP: `fully_shard` on every block and on the root, bf16 parameters and fp32
   gradient reduction when the stage trains in bf16; gradients are reduce-scattered every micro batch.
 - Rank 0 alone writes events, checkpoints and evals. Control requests are read by rank 0 and sent
-  to all (`agree`), so a mix or a stop acts before the same step everywhere.
+  to all (`agree`), so a mix or a stop acts before the same step everywhere. Evals and probes run
+  on rank 0 alone, on the model (DDP) or on an unsharded copy it keeps (FSDP: one more model's
+  weights on rank 0's device) while the other ranks wait at the next step.
 - Checkpoints are full state dicts in the usual files: a sharded model is gathered to rank 0 to
   save and scattered back from the full tensors to load, so checkpoints move between 1 and N devices.
 """
@@ -240,15 +242,23 @@ class Parallel:
         return self._eval_copy
 
 
+def lost_peer(exc: BaseException) -> bool:
+    """Whether `exc` is a collective failing because another rank is gone (gloo's closed connection,
+    a NCCL communicator error): the cause is that rank's, said in trainer.log by torchrun."""
+    text = str(exc)
+    return isinstance(exc, dist.DistBackendError) or any(
+        words in text for words in ("Connection reset by peer", "Connection closed by peer", "Broken pipe"))
+
+
 def start(stage: Any, origin: str) -> Parallel:
     """Join the process group torchrun started for this stage, or `Parallel()` for one process.
     The stage's devices x nodes must be the processes torchrun started (RunError otherwise)."""
     world = int(os.environ.get(WORLD_ENV, "1") or 1)
     if world != stage.world_size:
         raise RunError(
-            f"{origin}.devices: the stage trains on {stage.devices} device(s) x {stage.nodes} node(s) = "
-            f"{stage.world_size} process(es), but the trainer was started as {world} "
-            "(start it through the queue or `fcwork train`, which launch torchrun as the stage says)")
+            f"{origin}.devices: the stage trains in {stage.world_size} processes (devices {stage.devices} x nodes "
+            f"{stage.nodes}), but the trainer runs in {world} (start it through the queue or `fcwork train`, "
+            "which launch torchrun as the stage says)")
     if world == 1:
         return Parallel()
     _die_with_parent()

@@ -503,6 +503,9 @@ def _run(trainer: Trainer) -> int:
                          EXIT_USER_ERROR)
         log.error("crash:\n%s", traceback.format_exc())
         first = (str(exc).strip().splitlines() or [""])[0]
-        return _fail(trainer, f"{type(exc).__name__}: {first}" if first else type(exc).__name__, EXIT_CRASH)
+        message = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        if trainer.par.world > 1 and distributed.lost_peer(exc):
+            message = f"another rank of the group ended (torchrun says which in trainer.log): {message}"
+        return _fail(trainer, message, EXIT_CRASH)
     finally:
         trainer.close()
