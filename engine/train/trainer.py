@@ -300,7 +300,8 @@ class Trainer:
             "mix": self.schedule.weights_at(step),
         }
         if self.dev.peak_flops:
-            fields["mfu"] = float(f"{self.flops_per_token * tokens_per_s / self.dev.peak_flops:.4g}")
+            peak = self.dev.peak_flops * self.par.world  # tokens/s counts every device's tokens
+            fields["mfu"] = float(f"{self.flops_per_token * tokens_per_s / peak:.4g}")
         return fields
 
     def check_control(self, next_step: int) -> bool:
