@@ -264,7 +264,13 @@ def start(stage: Any, origin: str) -> Parallel:
     _die_with_parent()
     rank, local_rank = launched_rank(), int(os.environ.get(LOCAL_RANK_ENV, "0") or 0)
     cuda = stage.device == "cuda" or (stage.device == "auto" and torch.cuda.is_available())
-    if cuda and torch.cuda.is_available():
+    if stage.device == "auto" and not cuda and torch.backends.mps.is_available():
+        raise RunError(f"{origin}.devices: expected 1 on MPS (a Mac has one GPU), got {stage.devices} "
+                       "(device = \"cpu\" runs the ranks on the CPU)")
+    if cuda and torch.cuda.is_available():  # (a "cuda" stage on a machine without: pick_device says so)
+        if stage.devices > torch.cuda.device_count():
+            raise RunError(f"{origin}.devices: expected at most the {torch.cuda.device_count()} CUDA GPUs this "
+                           f"machine has, got {stage.devices}")
         torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device("cuda", local_rank))
         cpu_group = dist.new_group(backend="gloo", timeout=TIMEOUT)
