@@ -147,6 +147,18 @@ def test_launch_command_uses_torchrun_past_one_device(train_workspace, monkeypat
         "--rdzv-id", nodes.name]
 
 
+def test_the_trainers_own_exit_code_counts_over_torchruns():
+    """torchrun's launcher exits 1 whenever a rank fails: the final status says a user error (2)."""
+    from engine.jobs.supervisor import _trainer_exit
+
+    running = {"type": "status", "state": "running"}
+    user_error = [running, {"type": "error"}, {"type": "status", "state": "failed", "exit_code": 2}]
+    assert _trainer_exit(user_error, 1) == 2
+    assert _trainer_exit([running], 1) == 1  # a group that ended without a word: a crash
+    assert _trainer_exit([running, {"type": "status", "state": "stopped", "exit_code": 0}], 1) == 0
+    assert _trainer_exit([running], -9) == -9 and _trainer_exit(user_error, None) is None
+
+
 @pytest.mark.parametrize("key, value, expected", [
     ("devices", 0, "stages[0].devices: expected a positive integer, got 0"),
     ("nodes", "2", 'stages[0].nodes: expected a positive integer, got "2"'),
