@@ -49,6 +49,39 @@ class ControlError(FcError):
     """A run's control.toml is malformed or asks for something the run cannot do."""
 
 
+class ServiceError(FcError):
+    """A login service (launchd agent, systemd user unit) cannot be written, read or removed here."""
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line naming the path and the reason: `/x/y: Permission denied`,
+    `/a -> /b: No space left on device`; a path that exists as a file where a folder is wanted
+    says so instead of the kernel's "File exists"."""
+    import errno
+    import os
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    path = exc.filename
+    if path is None:
+        return reason
+    path = os.fsdecode(path)
+    if exc.errno == errno.EEXIST and os.path.exists(path) and not os.path.isdir(path):
+        reason = "exists and is not a folder"
+    if exc.filename2 is not None:
+        return f"{path} -> {os.fsdecode(exc.filename2)}: {reason}"
+    return f"{path}: {reason}"
+
+
+def differing_prefixes(a: str, b: str, least: int = 12) -> tuple[str, str]:
+    """Prefixes of two hex digests long enough to tell them apart (`least` characters at least),
+    for messages that say "made with abc123..., expected abc124...": never two equal strings
+    unless the digests are equal."""
+    n = least
+    while n < max(len(a), len(b)) and a[:n] == b[:n]:
+        n += 4
+    return a[:n], b[:n]
+
+
 def describe_value(value: Any) -> str:
     """A TOML value as an error message quotes it: `"2k"`, `-5`, `true`, `a table`, `nothing`."""
     if value is None:

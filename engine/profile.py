@@ -94,6 +94,7 @@ class SourceConfig:
     split: str = spec("file", _choice("file", "paragraph"), "'file' or 'paragraph'")
     max_docs: int = spec(0, _non_negative, "a non-negative integer (0: no limit)")
     max_chars: int = spec(0, _non_negative, "a non-negative integer (0: no limit)")
+    optional: bool = False  # true: a glob matching no files is a warning, and `data build` goes on without it
 
     @property
     def builtin(self) -> str | None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import ProfileError
+from engine.atomic import atomic_create_text
+from engine.errors import ProfileError, os_error_line
 from engine.profile import Profile, load_profile
 
 SHIPPED_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
@@ -39,17 +40,24 @@ class Workspace:
         return ws
 
     def init(self) -> None:
-        """Create the folder layout and copy in any shipped profile the user does not have yet."""
+        """Create the folder layout and copy in any shipped profile the user does not have yet.
+
+        Safe to run from many processes at once (first use of a workspace by the TUI, the CLI and
+        the supervisor together): each copy goes through its own temp file and is linked into
+        place, so a copy never replaces a profile that another process (or the user) put there."""
         if self.root.exists() and not self.root.is_dir():
             raise ProfileError(f"{self.root}: workspace path exists and is not a folder")
-        for sub in ("profiles", "data", "tokenizers", "runs"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for shipped in sorted(SHIPPED_PROFILES.glob("*.toml")):
-            target = self.profiles_dir / shipped.name
-            if not target.exists():
-                tmp = target.with_suffix(".toml.tmp")
-                shutil.copyfile(shipped, tmp)
-                os.replace(tmp, target)
+        try:
+            for sub in ("profiles", "data", "tokenizers", "runs"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            for shipped in sorted(SHIPPED_PROFILES.glob("*.toml")):
+                target = self.profiles_dir / shipped.name
+                if not target.exists():
+                    with contextlib.suppress(FileExistsError):  # another process was first: theirs is the same
+                        atomic_create_text(target, shipped.read_text(encoding="utf-8"))
+        except OSError as exc:
+            why = exc.strerror if exc.filename is not None and Path(exc.filename) == self.root else os_error_line(exc)
+            raise ProfileError(f"{self.root}: cannot set up the workspace here ({why})") from None
 
     @property
     def profiles_dir(self) -> Path:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
-from engine.errors import FcError
+from engine.errors import FcError, os_error_line
 
 # Each module in fcwork.commands registers one group of subcommands.
-COMMAND_MODULES = ("profile", "data", "tokenizer", "model", "train", "queue", "runs", "eval", "generate", "export")
+COMMAND_MODULES = ("profile", "data", "tokenizer", "model", "train", "queue", "runs", "eval", "generate", "export",
+                   "service")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +57,23 @@ def _app_workspace(argv: Sequence[str]) -> tuple[bool, str | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except FcError as exc:
+        print(f"fcwork: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `fcwork runs list | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # the last line of defence: a disk, a permission or a path the user gave
+        print(f"fcwork: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fcwork: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     app_only, workspace = _app_workspace(list(sys.argv[1:] if argv is None else argv))
     if app_only:
         from fcwork.app import run_app  # imported only here: the CLI's subcommands never load Textual
@@ -69,14 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.func(args) or 0)
-    except FcError as exc:
-        print(f"fcwork: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fcwork: interrupted", file=sys.stderr)
-        return 130
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ from typing import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from engine.jobs.history import RunFollower, RunHistory
+from engine.jobs.history import RunHistory
 from engine.jobs.protocol import EntryState, Event
-from engine.jobs.rundir import RunDir
+from engine.jobs.rundir import RunDir, RunFollower
 from engine.mix import describe
+from fcwork.format import probe_summary
 
 REFRESH_S = 0.25
 
@@ -117,8 +118,6 @@ def _held(queue, unfinished: list, everything: list) -> list[tuple]:
 
 def eval_line(ev: dict) -> str:
     """A trainer eval event as one line: held-out loss, bits per byte and the probe scores."""
-    from fcwork.commands.eval import probe_summary
-
     line = f"eval at step {ev.get('step')}: held-out loss {ev.get('loss', float('nan')):.4f}"
     if isinstance(ev.get("bpb"), (int, float)):
         line += f", {ev['bpb']:.3f} bits/byte"

@@ -1,4 +1,9 @@
-"""Shared fixtures: a fresh workspace folder per test, and the repository root."""
+"""Shared fixtures: a fresh workspace folder per test, and the repository root.
+
+The fixtures of the helper modules below (tiny_template, tiny_ws; train_workspace; eval_workspace,
+one_torch_thread) are registered here, so every test asks for them by name; test files import
+those modules only for their plain helpers.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+pytest_plugins = ("tests.queue_fixtures", "tests.train_fixtures", "tests.eval_fixtures", "tests.faults.fault_fixtures")
 
 
 @pytest.fixture

@@ -86,9 +86,9 @@ def write_checkpoint(run_dir: Path, step: int = STEP, seed: int = 0, extra: dict
     from safetensors.torch import save_file
 
     from engine.model.decoder import Transformer
-    from engine.jobs.runs import load_run_spec
+    from engine.jobs.rundir import RunDir
 
-    spec = load_run_spec(run_dir)
+    spec = RunDir(run_dir).spec()
     torch.manual_seed(seed)
     model = Transformer(spec.model)
     with torch.no_grad():
@@ -113,8 +113,10 @@ def write_checkpoint(run_dir: Path, step: int = STEP, seed: int = 0, extra: dict
     return ckpt
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def eval_workspace(tmp_path_factory) -> EvalWorkspace:
+    """A workspace with a corpus, tokenizer, shards and two runs with checkpoints, built once per
+    test module: the tests of a module add runs and exports to it, those of another must not see them."""
     from engine.profile import loads_profile
     from engine.jobs.runs import create_run
     from engine.data.shards import write_shard

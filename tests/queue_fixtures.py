@@ -136,7 +136,7 @@ def pid_alive(pid: int) -> bool:
 
 def kill_workspace_processes(root: Path) -> None:
     """SIGKILL the supervisor and trainers still holding locks in a test workspace (ours only)."""
-    from engine.jobs.procs import holder_pid
+    from engine.jobs.locks import holder_pid
 
     locks = [root / "supervisor.lock", *sorted((root / "runs").glob("*/trainer.lock"))]
     for lock in locks:

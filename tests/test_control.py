@@ -14,9 +14,7 @@ from engine.atomic import atomic_write_text
 from engine.errors import ControlError
 from engine.jobs.control import ControlRequest, parse_request, request_ids, request_path
 from engine.jobs.rundir import RunDir
-from tests.train_fixtures import (  # noqa: F401
-    events_of, kill, log_tail, make_run, start_trainer, train_here, train_workspace, wait_for,
-)
+from tests.train_fixtures import events_of, kill, log_tail, make_run, start_trainer, train_here, wait_for
 
 DOMAINS = ["code", "science", "chess"]
 

@@ -38,6 +38,7 @@ name = "sci-missing"
 domain = "science"
 format = "jsonl"
 path = "missing/*.jsonl"
+optional = true
 [[sources]]
 name = "chess-off"
 domain = "chess"

@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-from tests.train_fixtures import (  # noqa: E402,F401
-    events_of, kill, log_tail, make_run, run_trainer, start_trainer, step_losses, train_workspace, wait_for,
+from tests.train_fixtures import (  # noqa: E402
+    events_of, kill, log_tail, make_run, run_trainer, start_trainer, step_losses, wait_for,
 )
 
 CUDA = dict(device="cuda", precision="auto", compile="auto")

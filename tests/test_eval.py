@@ -25,7 +25,7 @@ from engine.eval.probes import data as data_probe
 from engine.eval.probes import science as science_probe
 from engine.eval.run_model import sha256_file
 from tests.conftest import REPO
-from tests.eval_fixtures import clone_run, eval_workspace, load_run_model, one_torch_thread  # noqa: F401
+from tests.eval_fixtures import clone_run, load_run_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -241,11 +241,11 @@ def test_eval_run_appends_a_record_with_metrics_probes_and_samples(eval_workspac
 
 def test_trainer_hook_evaluates_a_model_in_memory(eval_workspace, tmp_path):
     from engine.eval.harness import evaluate_for_run
-    from engine.jobs.runs import load_run_spec
+    from engine.jobs.rundir import RunDir
 
     run = clone_run(eval_workspace.run, tmp_path / "run")
     model = load_run_model(run).train()
-    rec = evaluate_for_run(model, load_run_spec(run), 7, EvalLimits(bpb_docs=1, bpb_tokens=200, chess=2, code=1,
+    rec = evaluate_for_run(model, RunDir(run).spec(), 7, EvalLimits(bpb_docs=1, bpb_tokens=200, chess=2, code=1,
                                                                       data=1, science=2, samples=0))
     assert model.training  # handed back in the mode it came in
     assert rec["step"] == 7 and rec["checkpoint_sha256"] == "" and rec["device"] == "cpu"

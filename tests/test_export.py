@@ -16,7 +16,7 @@ from engine.errors import FcError, ModelError, TokenizerError
 from engine.export import export_run
 from engine.export.common import ExportError
 from tests.conftest import REPO
-from tests.eval_fixtures import clone_run, eval_workspace, load_run_model, one_torch_thread, write_checkpoint  # noqa: F401
+from tests.eval_fixtures import clone_run, load_run_model, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -19,7 +19,6 @@ from engine.model.generate import (
 )
 from engine.model.decoder import Transformer
 from engine.model.config import ModelConfig
-from tests.eval_fixtures import one_torch_thread  # noqa: E402,F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CFG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=97, max_seq_len=48)

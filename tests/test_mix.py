@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ControlError, MixError, ProfileError
-from engine.jobs.control import parse_control
+from engine.jobs.control import parse_request
 from engine.mix import check_mix, describe, normalise, parse_pairs, parse_weights
 from engine.profile import loads_profile
 
@@ -207,5 +207,5 @@ def test_profile_and_control_give_the_rule_message_after_their_file(table, expec
         loads_profile(PROFILE.format(mix=table), "profiles/x.toml")
     assert message(err) == f"profiles/x.toml: {expected}"
     with pytest.raises(ControlError) as err:
-        parse_control(f"request_id = 1\n[mix]\n{table}\n", "runs/r/control.toml", ["code", "science"])
-    assert message(err) == f"runs/r/control.toml: {expected}"
+        parse_request(f"[mix]\n{table}\n", 1, "runs/r/requests/00000001.toml", ["code", "science"])
+    assert message(err) == f"runs/r/requests/00000001.toml: {expected}"

@@ -11,9 +11,8 @@ import signal
 import pytest
 
 from engine.train.checkpoint import WRITE_DELAY_ENV
-from tests.train_fixtures import (  # noqa: F401
-    events_of, kill, log_tail, make_run, start_trainer, step_losses, train_here, train_workspace,
-    wait_for,
+from tests.train_fixtures import (
+    events_of, kill, log_tail, make_run, start_trainer, step_losses, train_here, wait_for,
 )
 
 STAGE = dict(max_steps=40, checkpoint_every=5, eval_every=10, keep_checkpoints=2, micro_batch=8)

@@ -10,8 +10,8 @@ import pytest
 from engine.errors import DataError, RunError, TokenizerError
 from engine.jobs.events import EventWriter, read_events, tail_events
 from engine.jobs.rundir import RunDir
-from engine.jobs.runs import create_run, load_run_spec, run_domains
-from tests.train_fixtures import TRAIN_DOMAINS, finish_run_by_hand, train_workspace  # noqa: F401
+from engine.jobs.runs import create_run, run_domains
+from tests.train_fixtures import TRAIN_DOMAINS, finish_run_by_hand
 
 
 # -- events.jsonl ---------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def test_create_run_freezes_the_stage(train_workspace):
     assert doc["stage"]["model"]["vocab_size"] == train_workspace.vocab_size
     assert doc["stage"]["max_steps"] == prof.stage("short").max_steps
     assert list(doc["mix"]) == TRAIN_DOMAINS and abs(sum(doc["mix"].values()) - 1) < 1e-12
-    spec = load_run_spec(run_dir)
+    spec = RunDir(run_dir).spec()
     assert spec.model.vocab_size == train_workspace.vocab_size and spec.domains == TRAIN_DOMAINS
     # A second run of the same stage in the same second gets a suffix.
     second = create_run(ws, prof, "short")
@@ -153,7 +153,7 @@ def test_init_from_resolves_to_the_latest_finished_run(train_workspace):
     run = create_run(ws, prof, "follow")
     doc = tomllib.loads((run / "stage.toml").read_text())
     assert doc["paths"]["init_from"] == str(first / "ckpt" / "step-8")
-    assert load_run_spec(run).init_from == first / "ckpt" / "step-8"
+    assert RunDir(run).spec().init_from == first / "ckpt" / "step-8"
 
 
 # -- reading runs -----------------------------------------------------------------------------
@@ -189,14 +189,14 @@ def test_load_run_spec_errors_name_the_key(train_workspace):
     text = path.read_text()
     path.write_text(text.replace("lr = ", 'lr = "fast"\nold_lr = ', 1))
     with pytest.raises(RunError) as err:
-        load_run_spec(run)
+        RunDir(run).spec()
     assert str(err.value).startswith(f"{path}: stage.")
     path.write_text(text.replace('seq_len = ', 'seq_len = "2k"\nx = ', 1))
     with pytest.raises(RunError, match=r'stage\.(seq_len: expected a positive integer, got "2k"|x: unknown key)'):
-        load_run_spec(run)
+        RunDir(run).spec()
     path.write_text("[run\n")
     with pytest.raises(RunError, match="invalid TOML"):
-        load_run_spec(run)
+        RunDir(run).spec()
     os.remove(path)
     with pytest.raises(RunError, match="no such file"):
-        load_run_spec(run)
+        RunDir(run).spec()

@@ -15,7 +15,6 @@ from pathlib import Path
 from engine.jobs.queue import StageQueue
 from engine.jobs.procs import ensure_supervisor, supervisor_pid, trainer_pid
 from tests.conftest import REPO
-from tests.queue_fixtures import tiny_template, tiny_ws  # noqa: F401  (fixtures, used by name)
 from tests.queue_fixtures import events, fcwork, needs_trainer, pid_alive, statuses, tiny_profile, wait_for
 
 IDLE = 1.0

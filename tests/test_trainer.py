@@ -14,9 +14,7 @@ import tomli_w
 
 from engine.profile import StageConfig
 from engine.train.lr_schedule import lr_at
-from tests.train_fixtures import (  # noqa: F401
-    TRAIN_DOMAINS, events_of, log_tail, make_run, train_here, train_workspace,
-)
+from tests.train_fixtures import TRAIN_DOMAINS, events_of, log_tail, make_run, train_here
 
 
 @pytest.fixture(scope="module")

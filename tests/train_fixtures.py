@@ -140,9 +140,10 @@ class TrainWorkspace:
     vocab_size: int
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def train_workspace(tmp_path_factory) -> TrainWorkspace:
-    """A workspace with corpus, tokenizer and shards for TRAIN_DOMAINS, built once per session."""
+    """A workspace with corpus, tokenizer and shards for TRAIN_DOMAINS, built once per test module:
+    the tests of a module add runs to it, those of another must not see them."""
     return build_train_workspace(tmp_path_factory.mktemp("trainws") / "ws")
 
 

@@ -1,7 +1,8 @@
 """Corpus build: per-domain quotas from the mix, exact dedup, a held-out split, written atomically.
 
-Domains are built in parallel processes; each draws round-robin from its sources so a
-missing source is made up by the others, and a shortfall is reported, not hidden.
+Domains are built in parallel processes; each draws round-robin from its sources so a source
+that runs dry (or an `optional` one that matches no files) is made up by the others, and a
+shortfall is reported, not hidden; a source that matches no files and is not optional fails the build.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable, Iterator
 from engine.atomic import atomic_dir, atomic_write_text
 from engine.errors import DataError
 from engine.profile import Profile, SourceConfig
-from engine.data.sources import SourceStats, iter_source
+from engine.data.sources import SourceStats, describe_source, iter_source
 
 PROGRESS_EVERY = 64_000  # characters between progress messages from a worker
 
@@ -84,6 +85,7 @@ def config_digest(profile: Profile) -> str:
     """Digest of everything in a profile that changes what the corpus build writes."""
     data = profile.to_dict()
     key = {k: data[k] for k in ("mix", "data", "sources")}
+    key["sources"] = [{k: v for k, v in src.items() if k != "optional"} for src in key["sources"]]  # read the same
     key["seed"] = profile.profile.seed
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -178,6 +180,16 @@ def _build_domain_job(args: tuple) -> DomainSummary:
     return build_domain(*job, progress=report)
 
 
+def check_sources_found(profile: Profile, sources: list[SourceConfig], profile_dir: Path | None) -> None:
+    """A file source whose glob matches nothing fails the build (a typo would otherwise leave its
+    domain quietly filled by the others), unless the source says `optional = true`."""
+    for src in sources:
+        if not src.optional and describe_source(src, profile_dir).status == "missing":
+            i = profile.sources.index(src)
+            raise DataError(f"{profile.path or profile.name}: sources[{i}] ({src.name}): no files match {src.path!r} "
+                            "(fix the path, or set optional = true to build without it)")
+
+
 def build_corpus(
     profile: Profile, raw_dir: Path, workers: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -190,6 +202,7 @@ def build_corpus(
     if no_source:
         raise DataError(f"{profile.path or profile.name}: mix.{no_source[0]}: has a weight but no source in [[sources]]")
     profile_dir = profile.path.parent if profile.path else None
+    check_sources_found(profile, [s for d in quotas for s in by_domain[d]], profile_dir)
     workers = max(1, min(workers or os.cpu_count() or 1, len(quotas)))
     d = profile.data
     summaries: dict[str, DomainSummary] = {}

@@ -28,7 +28,7 @@ from typing import IO, Iterable, Sequence
 
 import numpy as np
 
-from engine.errors import ShardError
+from engine.errors import ShardError, differing_prefixes
 
 BIN_MAGIC = b"FCTOKBIN"
 IDX_MAGIC = b"FCTOKIDX"
@@ -321,9 +321,8 @@ def open_shard(
         raise ShardError(f"{bin_path}: dtype {dtype.name} does not fit vocabulary size {vocab:,} (expected {token_dtype(vocab).name})")
     hash_hex = digest.hex()
     if expected_hash is not None and hash_hex != expected_hash.lower():
-        raise ShardError(
-            f"{bin_path}: made with tokenizer {hash_hex[:8]}…, expected {expected_hash.lower()[:8]}…: {_rerun_hint(prefix)}"
-        )
+        made, want = differing_prefixes(hash_hex, expected_hash.lower(), least=8)
+        raise ShardError(f"{bin_path}: made with tokenizer {made}…, expected {want}…: {_rerun_hint(prefix)}")
     if expected_vocab is not None and vocab != expected_vocab:
         raise ShardError(f"{bin_path}: made for a vocabulary of {vocab:,}, expected {expected_vocab:,}: {_rerun_hint(prefix)}")
 
@@ -340,7 +339,7 @@ def open_shard(
     if doc_starts[0] != 0 or int(doc_starts[-1]) != n_tokens or (n_docs and np.any(np.diff(doc_starts.astype(np.int64)) < 1)):
         raise ShardError(
             f"{idx_path}: document offsets disagree with {bin_path.name} "
-            f"(expected 0 .. {n_tokens:,}, increasing; got {int(doc_starts[0])} .. {int(doc_starts[-1])})"
+            f"(expected 0 .. {n_tokens:,}, increasing; got {int(doc_starts[0]):,} .. {int(doc_starts[-1]):,})"
         )
     if n_tokens:
         tokens = np.memmap(bin_path, dtype=dtype, mode="r", offset=HEADER_SIZE, shape=(n_tokens,))

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ModelError, RunError, TokenizerError
+from engine.errors import ModelError, RunError, TokenizerError, differing_prefixes
 from engine.model.config import ModelConfig
 from engine.jobs.rundir import CKPT_STATE, RunDir
-from engine.jobs.runs import RunSpec
+from engine.jobs.spec import RunSpec
 from engine.data.tokenizer import file_hash
 
 MODEL_FILE = "model.safetensors"
@@ -62,9 +62,10 @@ def check_tokenizer(spec: RunSpec) -> None:
             f"{spec.tokenizer}: tokenizer of run {spec.run_id} is missing (paths.tokenizer in {where})")
     now = file_hash(spec.tokenizer)
     if now != spec.tokenizer_hash:
+        now_p, theirs_p = differing_prefixes(now, spec.tokenizer_hash)
         raise TokenizerError(
-            f"{spec.tokenizer}: changed since run {spec.run_id} trained (sha256 {now[:12]}..., {where} says "
-            f"{spec.tokenizer_hash[:12]}...); restore that tokenizer file or retrain"
+            f"{spec.tokenizer}: changed since run {spec.run_id} trained (sha256 {now_p}..., {where} says "
+            f"{theirs_p}...); restore that tokenizer file or retrain"
         )
 
 
@@ -92,9 +93,10 @@ def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None) -> RunC
         raise RunError(f"{path / CKPT_STATE}: unreadable checkpoint state ({exc})") from None
     theirs = state.get("tokenizer_hash") if isinstance(state, dict) else None
     if theirs and theirs != spec.tokenizer_hash:
+        theirs_p, ours_p = differing_prefixes(str(theirs), spec.tokenizer_hash)
         raise TokenizerError(
-            f"{path / CKPT_STATE}: tokenizer_hash {theirs[:12]}... differs from the run's "
-            f"{spec.tokenizer_hash[:12]}... (the checkpoint was trained with another tokenizer)"
+            f"{path / CKPT_STATE}: tokenizer_hash {theirs_p}... differs from the run's "
+            f"{ours_p}... (the checkpoint was trained with another tokenizer)"
         )
     return RunCheckpoint(spec, step, path, sha256_file(path / MODEL_FILE), state if isinstance(state, dict) else {})
 

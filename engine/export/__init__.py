@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from engine.atomic import atomic_dir
+from engine.errors import os_error_line
 from engine.export.common import (
     DTYPES,
     FORMATS,
@@ -41,20 +42,23 @@ def export_run(
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MANIFEST).exists())):
         raise ExportError(f"--out {target}: exists and is not an earlier fcwork export; pick a new folder "
                           "(an export replaces its folder whole)")
-    with atomic_dir(target) as tmp:
-        if fmt == "hf":
-            from engine.export.hf import export_hf
+    try:
+        with atomic_dir(target) as tmp:
+            if fmt == "hf":
+                from engine.export.hf import export_hf
 
-            export_hf(ckpt, decoder, dtype, tmp)
-        elif fmt == "gguf":
-            from engine.export.gguf import export_gguf
+                export_hf(ckpt, decoder, dtype, tmp)
+            elif fmt == "gguf":
+                from engine.export.gguf import export_gguf
 
-            export_gguf(ckpt, decoder, dtype, tmp, permute_qk=permute_qk)
-        else:
-            from engine.export.mlx import export_mlx
+                export_gguf(ckpt, decoder, dtype, tmp, permute_qk=permute_qk)
+            else:
+                from engine.export.mlx import export_mlx
 
-            export_mlx(ckpt, decoder, dtype, tmp)
-        write_vision(tmp, vision, ckpt)
-        write_manifest(tmp, ckpt, fmt, dtype, {"qk_permuted": permute_qk} if fmt == "gguf" else None)
-        files = listing(tmp)
+                export_mlx(ckpt, decoder, dtype, tmp)
+            write_vision(tmp, vision, ckpt)
+            write_manifest(tmp, ckpt, fmt, dtype, {"qk_permuted": permute_qk} if fmt == "gguf" else None)
+            files = listing(tmp)
+    except OSError as exc:  # a read-only run folder, a full disk, an --out under a file
+        raise ExportError(f"{target}: cannot write the export ({os_error_line(exc)})") from None
     return ExportResult(fmt, dtype, target, ckpt.spec.run_id, ckpt.step, ckpt.sha256, files)

@@ -4,24 +4,20 @@ the TUI draws.
 `RunHistory` keeps the latest state, step, status message and step event, plus bounded series
 (`MAX_POINTS` points each, thinned rather than cut, so a long run keeps its whole span), the mix
 history, evals, errors and control acknowledgements. `RunStore` holds the histories of many runs
-behind one lock for a reader on another thread; `RunFollower` folds one run as it grows.
+behind one lock for a reader on another thread (engine.jobs.rundir.RunFollower folds one run as it grows).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
-from engine.errors import RunError
 from engine.jobs.protocol import Event, RunState
 
-if TYPE_CHECKING:
-    from engine.jobs.rundir import RunDir
 
 MAX_POINTS = 2048          # points a series keeps (older ones thinned, never dropped wholesale)
 MAX_EVALS = 512
@@ -34,6 +30,25 @@ STEP_PREFIXES = (b'{"type":"step"', b'{"type": "step"')
 RATE_WINDOW = 64  # step events the ETA's rate is measured over
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mem_bytes", "mfu")
 META_FIELDS = ("profile", "stage", "created", "max_steps", "tokens_per_step", "start_mix")
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """What a listing needs from stage.toml, read leniently (a missing field is empty, not an error)."""
+
+    run_id: str
+    profile: str = ""
+    stage: str = ""
+    created: str = ""
+    max_steps: int = 0
+    tokens_per_step: int = 0  # seq_len x micro_batch x grad_accum x devices x nodes of the frozen stage
+    mix: dict[str, float] = field(default_factory=dict)  # the starting mix as written
+    devices: int = 1  # trainer processes per node (torchrun's --nproc-per-node when above 1)
+    nodes: int = 1
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.mix)
 
 
 class Series:
@@ -119,18 +134,8 @@ class RunHistory:
     bad_lines: int = 0
     version: int = 0
 
-    @classmethod
-    def of(cls, run: "RunDir") -> "RunHistory":
-        """An empty history of `run` with its metadata from stage.toml (left empty when unreadable)."""
-        h = cls(run.id)
-        with contextlib.suppress(RunError):
-            h.set_meta(run)
-        return h
-
-    def set_meta(self, run: "RunDir") -> None:
-        """Profile, stage, creation time, length, tokens per step and starting mix from stage.toml;
-        raises RunError when it cannot be read."""
-        meta = run.meta()
+    def set_meta(self, meta: RunMeta) -> None:
+        """Profile, stage, creation time, length, tokens per step and starting mix of the run."""
         self.profile, self.stage, self.created = meta.profile, meta.stage, meta.created
         self.max_steps = self.max_steps or meta.max_steps
         self.tokens_per_step, self.start_mix = meta.tokens_per_step, dict(meta.mix)
@@ -358,19 +363,3 @@ class RunStore:
         """Runs whose last status says they are starting, running or stopping, newest first."""
         with self.lock:
             return sorted((r for r, h in self.runs.items() if h.state in RunState.LIVE), reverse=True)
-
-
-class RunFollower:
-    """One run folded as its events are appended: the CLI's live view, the supervisor's verdict."""
-
-    def __init__(self, run: "RunDir", offset: int = 0) -> None:
-        self.run = run
-        self.offset = offset
-        self.history = RunHistory.of(run)
-
-    def poll(self) -> list[dict]:
-        """Fold what was appended since the last poll; returns the new events."""
-        events, self.offset = self.run.read_events(self.offset)
-        for ev in events:
-            self.history.ingest(ev)
-        return events

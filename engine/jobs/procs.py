@@ -1,19 +1,18 @@
-"""Process helpers of the jobs layer: flock-held lock files with a pid in them, the children's
-environment, starting the trainer and the supervisor detached, and exit statuses in words.
+"""Process helpers of the jobs layer: the children's environment, starting the trainer and the
+supervisor detached (each holding its lock file, engine.jobs.locks, for its whole life), keeping
+a Mac awake while a trainer runs, and exit statuses (and a log's last error) in words.
 
 A stage on more than one device (its `devices` x `nodes`) is launched through torchrun
 (`python -m torch.distributed.run`, this interpreter's), which starts one trainer per device; the
 launcher is the process that holds the trainer lock, and its ranks end with it.
-
-Liveness is a held flock, never a pid check: a lock is held exactly as long as its holder
-lives, whoever its parent is, and a pid file alone cannot tell a live process from a reused pid.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from engine.errors import FcError, SupervisorError
+from engine.jobs.locks import holder_pid, open_lock, read_pid, try_flock, write_pid
 from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 
@@ -29,6 +29,7 @@ SUPERVISOR_LOCK = "supervisor.lock"
 START_LOCK = "supervisor.start.lock"
 SUPERVISOR_LOG = "supervisor.log"
 TRAINER_MODULE = "engine.train"
+TRAINER_START_MARK = "=== trainer started"  # the line spawn_trainer writes in trainer.log before each attempt
 TORCHRUN_MODULE = "torch.distributed.run"
 RDZV_ENV = "FCWORK_RDZV_ENDPOINT"  # HOST:PORT of the rendezvous, for stages on more than one node
 SUPERVISOR_MODULE = "engine.jobs.supervisor"
@@ -36,55 +37,6 @@ DEFAULT_IDLE_S = 5.0  # how long an idle supervisor waits for new entries before
 
 _SPAWNED: list[subprocess.Popen] = []  # supervisors this process started, reaped when they end
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-# -- lock files -------------------------------------------------------------------------
-
-def open_lock(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-
-
-def try_flock(fd: int, patience_s: float = 0.0) -> bool:
-    """Take an exclusive flock without blocking; retry for `patience_s` (a probe by another
-    process holds the lock for an instant, which must not read as "taken")."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-
-
-def write_pid(fd: int, pid: int) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{pid}\n".encode(), 0)
-
-
-def read_pid(path: Path) -> int:
-    try:
-        return int(path.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def holder_pid(lock_path: Path) -> int | None:
-    """The pid written in a lock file whose flock is held now (-1 when unreadable), or None
-    when nobody holds it."""
-    if not lock_path.exists():
-        return None
-    fd = open_lock(lock_path)
-    try:
-        if try_flock(fd):
-            return None
-        return read_pid(lock_path) or -1
-    finally:
-        os.close(fd)
 
 
 def supervisor_pid(ws: Workspace) -> int | None:
@@ -154,7 +106,7 @@ def spawn_trainer(run_dir: str | os.PathLike, patience_s: float = 1.0) -> subpro
             raise SupervisorError(f"{run.path}: a trainer (pid {read_pid(run.trainer_lock)}) already runs for this run")
         try:
             with open(run.trainer_log, "ab") as out:
-                out.write(f"\n=== trainer started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+                out.write(f"\n{TRAINER_START_MARK} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
                 out.flush()
                 proc = subprocess.Popen(
                     command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -206,6 +158,47 @@ def ensure_supervisor(ws: Workspace, idle_s: float = DEFAULT_IDLE_S, timeout_s: 
         os.close(start_fd)
 
 
+# -- keeping a Mac awake -------------------------------------------------------------------
+
+class KeepAwake:
+    """On macOS, a power assertion against idle sleep while a trainer runs: `caffeinate -i -w PID`,
+    which also ends by itself when that process does. A Mac left alone sleeps when idle even on
+    power, and a stage started over SSH would stall until someone woke it; display sleep and a
+    closed lid are left to the user. Elsewhere (or without caffeinate) this does nothing."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.pid = 0  # the process it keeps the machine awake for
+
+    def hold(self, pid: int) -> None:
+        """Keep the machine awake while `pid` runs (replacing an assertion held for another)."""
+        if self.proc is not None and self.proc.poll() is None and self.pid == pid:
+            return
+        self.release()
+        exe = shutil.which("caffeinate") if sys.platform == "darwin" and pid > 0 else None
+        if exe is None:
+            return
+        try:
+            self.proc = subprocess.Popen([exe, "-i", "-w", str(pid)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+            self.pid = pid
+        except OSError:
+            self.proc = None  # no assertion is no reason to stop training
+
+    def release(self) -> None:
+        """Let the machine sleep again."""
+        proc, self.proc, self.pid = self.proc, None, 0
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 # -- describing how a process ended -------------------------------------------------------
 
 def last_line(path: Path, limit: int = 300) -> str:
@@ -220,6 +213,37 @@ def last_line(path: Path, limit: int = 300) -> str:
         return ""
     lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and not ln.startswith("===")]
     return lines[-1][:limit] if lines else ""
+
+
+_LOG_LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b:?\s*(.*)")
+
+
+def error_line(path: Path, limit: int = 300) -> str:
+    """The last error a log shows since its last trainer start, as a crash reason: the exception
+    line of its last traceback, or the message of its last ERROR line; "" when it shows none (an
+    INFO line, such as the last checkpoint's, says nothing of why a process ended)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 65536))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(TRAINER_START_MARK)]
+    lines = lines[starts[-1] + 1:] if starts else lines
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i]
+        if line.startswith("Traceback (most recent call last)"):
+            # Frames are indented; the first line after them that is not names the exception.
+            exc = next((ln.strip() for ln in lines[i + 1:] if ln.strip() and not ln[0].isspace()), "")
+            if exc:
+                return exc[:limit]
+            continue
+        level = _LOG_LEVEL.search(line)
+        message = level.group(2).strip() if level else ""
+        if level and level.group(1) in ("ERROR", "CRITICAL") and message and message != "crash:":
+            return message[:limit]
+    return ""
 
 
 def describe_exit(rc: int) -> str:

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from engine.errors import ControlError, RunError
 from engine.jobs import control, events
+from engine.jobs.history import RunHistory, RunMeta
+from engine.jobs.locks import holder_pid
 from engine.jobs.protocol import Event, RunState
+from engine.jobs.spec import RunSpec, parse_run_spec
 
 if TYPE_CHECKING:
-    from engine.jobs.history import RunHistory
-    from engine.jobs.runs import RunSpec
     from engine.workspace import Workspace
 
 STAGE_FILE = "stage.toml"
@@ -35,25 +35,6 @@ CKPT_PREFIX = "step-"
 CKPT_STATE = "state.json"
 EXPORTS_DIR = "exports"
 FOLLOWED_FILES = frozenset({STAGE_FILE, EVENTS_FILE})  # what a watcher of runs/ reacts to
-
-
-@dataclass(frozen=True)
-class RunMeta:
-    """What a listing needs from stage.toml, read leniently (a missing field is empty, not an error)."""
-
-    run_id: str
-    profile: str = ""
-    stage: str = ""
-    created: str = ""
-    max_steps: int = 0
-    tokens_per_step: int = 0  # seq_len x micro_batch x grad_accum x devices x nodes of the frozen stage
-    mix: dict[str, float] = field(default_factory=dict)  # the starting mix as written
-    devices: int = 1  # trainer processes per node (torchrun's --nproc-per-node when above 1)
-    nodes: int = 1
-
-    @property
-    def domains(self) -> list[str]:
-        return list(self.mix)
 
 
 class RunDir:
@@ -160,11 +141,9 @@ class RunDir:
             devices=devices, nodes=nodes,
         )
 
-    def spec(self) -> "RunSpec":
+    def spec(self) -> RunSpec:
         """The validated frozen stage: what the trainer trains and on which data."""
-        from engine.jobs.runs import load_run_spec
-
-        return load_run_spec(self.path)
+        return parse_run_spec(self.read_stage(), str(self.stage_file), self.path)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -186,11 +165,18 @@ class RunDir:
     def writer(self) -> events.EventWriter:
         return events.EventWriter(self.events_file)
 
-    def history(self) -> "RunHistory":
-        """The whole run folded from all its events (what the TUI and `runs show` display)."""
-        from engine.jobs.history import RunHistory
+    def new_history(self) -> RunHistory:
+        """An empty fold of this run with its metadata from stage.toml (left empty when unreadable)."""
+        h = RunHistory(self.id)
+        try:
+            h.set_meta(self.meta())
+        except RunError:
+            pass
+        return h
 
-        h = RunHistory.of(self)
+    def history(self) -> RunHistory:
+        """The whole run folded from all its events (what the TUI and `runs show` display)."""
+        h = self.new_history()
         for ev in self.read_events()[0]:
             h.ingest(ev)
         return h
@@ -200,9 +186,7 @@ class RunDir:
         the same fold as `history()`, fed the two events that decide those fields. A run whose
         events say it trains while no trainer holds its lock ended without a word: it reads as
         crashed (or stopped, when it was stopping), never as running."""
-        from engine.jobs.history import RunHistory
-
-        h = RunHistory.of(self)
+        h = self.new_history()
         last = self.last_events((Event.STATUS, Event.STEP))
         for ev in sorted(last.values(), key=lambda e: e.get("time") or 0):
             h.ingest(ev)
@@ -236,8 +220,6 @@ class RunDir:
 
     def trainer_pid(self) -> int | None:
         """The pid of the trainer running in this run now, or None."""
-        from engine.jobs.procs import holder_pid
-
         return holder_pid(self.trainer_lock)
 
     def trainer_gone(self) -> bool:
@@ -264,3 +246,19 @@ class RunDir:
             if ev.get("type") == Event.ANSWER and ev.get("request_id") == request_id:
                 found = ev
         return found, offset
+
+
+class RunFollower:
+    """One run folded as its events are appended: the CLI's live view, the supervisor's verdict."""
+
+    def __init__(self, run: RunDir, offset: int = 0) -> None:
+        self.run = run
+        self.offset = offset
+        self.history = run.new_history()
+
+    def poll(self) -> list[dict]:
+        """Fold what was appended since the last poll; returns the new events."""
+        events, self.offset = self.run.read_events(self.offset)
+        for ev in events:
+            self.history.ingest(ev)
+        return events

@@ -1,33 +1,29 @@
-"""The frozen stage of a run: made when a stage is launched, read back (validated) by the trainer.
+"""Launching a stage: a new run folder with its frozen stage.toml (engine.jobs.spec reads it back).
 
-A run folder holds everything about one training launch (docs/formats.md); its frozen stage
-resolves what the profile only names (model shape, tokenizer hash, shard folder, init checkpoint,
-starting mix), so a later profile edit never changes a run in flight. No torch here.
+The frozen stage resolves what the profile only names: model shape, tokenizer hash, shard
+folder, init checkpoint (the latest finished run of the stage named by `init_from`), starting
+mix. No torch here.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import tomli_w
 
 from engine.atomic import atomic_write_text
 from engine.data.tokenizer import file_hash
-from engine.errors import DataError, MixError, RunError, TokenizerError
+from engine.errors import DataError, RunError, TokenizerError
 from engine.jobs.protocol import RunState
 from engine.jobs.rundir import RunDir
 from engine.mix import normalise
-from engine.model.config import ModelConfig
-from engine.profile import Profile, StageConfig, parse_stage
+from engine.profile import Profile, StageConfig
 from engine.workspace import Workspace
 
-
-# -- creating a run ---------------------------------------------------------------------
 
 def run_domains(profile: Profile, stage: StageConfig) -> dict[str, float]:
     """The run's starting mix, normalised, over every domain that has data (weight 0 kept, so it
@@ -130,65 +126,3 @@ def create_run(ws: Workspace, profile: Profile, stage_name: str) -> Path:
         shutil.rmtree(run.path, ignore_errors=True)  # no half-made run folder
         raise
     return run.path
-
-
-# -- reading runs -----------------------------------------------------------------------
-
-@dataclass
-class RunSpec:
-    """A run's frozen stage.toml, validated: what the trainer trains and on which data."""
-
-    run_dir: Path
-    run_id: str
-    profile: str
-    stage: StageConfig
-    model: ModelConfig
-    tokenizer: Path
-    tokenizer_hash: str
-    shards: Path
-    init_from: Path | None
-    mix: dict[str, float]  # the starting mix, normalised; its keys are the run's domains
-
-    @property
-    def domains(self) -> list[str]:
-        return list(self.mix)
-
-
-def load_run_spec(run_dir: str | os.PathLike) -> RunSpec:
-    """Read and validate a run's frozen stage; every problem is a one-line RunError naming the key."""
-    run = RunDir(run_dir)
-    origin = str(run.stage_file)
-    doc = run.read_stage()
-    for table in ("run", "paths", "stage", "mix"):
-        if not isinstance(doc.get(table), dict):
-            raise RunError(f"{origin}: [{table}]: missing (expected a table)")
-    paths = doc["paths"]
-    for key in ("tokenizer", "tokenizer_hash", "shards", "init_from"):
-        if not isinstance(paths.get(key), str):
-            raise RunError(f"{origin}: paths.{key}: expected a string, got {paths.get(key)!r}")
-    for key in ("tokenizer", "tokenizer_hash", "shards"):
-        if not paths[key]:
-            raise RunError(f"{origin}: paths.{key}: expected a non-empty string")
-    try:
-        mix = normalise(doc["mix"])
-    except MixError as exc:
-        raise RunError(f"{origin}: {exc}") from None
-    model = doc["stage"].get("model")
-    if not isinstance(model, dict):
-        raise RunError(f"{origin}: stage.model: expected a table with the resolved model shape, got {model!r}")
-    stage_mix = doc["stage"].get("mix")
-    domains = {**dict.fromkeys(stage_mix if isinstance(stage_mix, dict) else (), 0.0), **mix}
-
-    def fail(msg: str) -> RunError:
-        return RunError(f"{origin}: {msg}")
-
-    stage = parse_stage(doc["stage"], "stage", fail, domains)
-    cfg = ModelConfig(**model)
-    if cfg.vocab_size <= 0:
-        raise RunError(f"{origin}: stage.model.vocab_size: expected the tokenizer's vocabulary size, got {cfg.vocab_size}")
-    meta = doc["run"]
-    return RunSpec(
-        run_dir=run.path, run_id=str(meta.get("id") or run.id), profile=str(meta.get("profile", "")),
-        stage=stage, model=cfg, tokenizer=Path(paths["tokenizer"]), tokenizer_hash=paths["tokenizer_hash"],
-        shards=Path(paths["shards"]), init_from=Path(paths["init_from"]) if paths["init_from"] else None, mix=mix,
-    )

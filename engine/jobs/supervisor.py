@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from engine.errors import FcError, QueueError, SupervisorError
-from engine.jobs import procs
+from engine.jobs import locks, procs
 from engine.jobs.history import RunHistory
 from engine.jobs.protocol import EXIT_USER_ERROR, EntryState, Event, RunState, Source
 from engine.jobs.queue import MissingEntry, QueueEntry, StageQueue
@@ -71,6 +71,7 @@ class Supervisor:
         # holds the truth meanwhile; each pass tries to record them again.
         self.unrecorded: dict[int, tuple[str, str]] = {}
         self._reported: set[int] = set()  # unrecorded entries whose first failure was logged
+        self.awake = procs.KeepAwake()  # macOS: no idle sleep while a trainer runs
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         log.info("got %s: stopping the current trainer cleanly, then exiting", signal.Signals(signum).name)
@@ -78,13 +79,13 @@ class Supervisor:
 
     def run(self) -> int:
         lock_path = self.ws.root / procs.SUPERVISOR_LOCK
-        fd = procs.open_lock(lock_path)
-        if not procs.try_flock(fd, patience_s=2.0):
+        fd = locks.open_lock(lock_path)
+        if not locks.try_flock(fd, patience_s=2.0):
             os.close(fd)
-            log.info("another supervisor (pid %s) holds %s; exiting", procs.read_pid(lock_path), lock_path)
+            log.info("another supervisor (pid %s) holds %s; exiting", locks.read_pid(lock_path), lock_path)
             return 0
         self._lock_fd = fd
-        procs.write_pid(fd, os.getpid())
+        locks.write_pid(fd, os.getpid())
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -97,6 +98,7 @@ class Supervisor:
         return 0
 
     def _release(self) -> None:
+        self.awake.release()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -269,6 +271,7 @@ class Supervisor:
         SIGTERM after the stop timeout). Returns its exit code, "gone" (not our child), or
         ABANDONED when it would not stop."""
         stop_sent: float | None = None
+        self.awake.hold(pid)
         while True:
             if proc is not None:
                 rc = proc.poll()
@@ -318,12 +321,12 @@ class Supervisor:
             stopped = state in (RunState.STOPPING, RunState.STOPPED)
             return Outcome(RunState.STOPPED if stopped else RunState.FINISHED, "", step)
         if rc == EXIT_USER_ERROR:
-            return Outcome(USER_ERROR, reason or procs.last_line(run.trainer_log) or "trainer reported a user error", step)
+            return Outcome(USER_ERROR, reason or procs.error_line(run.trainer_log) or "trainer reported a user error", step)
         why = procs.describe_exit(rc) if rc is not None else "trainer ended without a final status"
         if rc is not None and rc < 0:
             reason = why  # a signal says more than whatever the trainer logged before it
         elif not reason:
-            tail = procs.last_line(run.trainer_log)
+            tail = procs.error_line(run.trainer_log)  # never an INFO line: that says nothing of why it ended
             reason = f"{why}: {tail}" if tail else why
         if state not in RunState.FINAL:
             self._event(run, Event.STATUS, state=RunState.FAILED, step=step, pid=0, message=reason)

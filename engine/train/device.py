@@ -76,11 +76,12 @@ class DeviceInfo:
             torch.mps.synchronize()
 
     def memory_bytes(self) -> int:
-        """CUDA: peak allocated; MPS: currently allocated; CPU: the process's resident set."""
+        """CUDA: peak allocated; MPS: what the Metal driver has allocated for this process (what the
+        OS sees and what runs out: the tensors plus the allocator's cache); CPU: the resident set."""
         if self.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
         if self.device.type == "mps":
-            return int(torch.mps.current_allocated_memory())
+            return int(torch.mps.driver_allocated_memory())
         return process_rss()
 
 

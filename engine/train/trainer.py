@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.errors import DataError, FcError, RunError
+from engine.errors import DataError, FcError, RunError, differing_prefixes
 from engine.eval.harness import EvalLimits, evaluate_for_run, load_heldout, probe_docs
 from engine.jobs.events import EventWriter
 from engine.jobs.control import ControlRequest, request_path
 from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Answer, Event, RunState, Source
 from engine.jobs.rundir import RunDir
-from engine.jobs.runs import RunSpec
+from engine.jobs.spec import RunSpec
 from engine.mix import normalise
 from engine.data.sampler import MixSchedule, Sampler
 from engine.data.tokenizer import Tokenizer
@@ -179,9 +179,10 @@ class Trainer:
         state = ckpt.read_state(where)
         theirs = state.get("tokenizer_hash", "")
         if theirs != self.spec.tokenizer_hash:
+            theirs_p, ours_p = differing_prefixes(str(theirs), self.spec.tokenizer_hash)
             raise RunError(
-                f"{where}: init_from checkpoint was trained with tokenizer {theirs[:12] or '?'}..., this run uses "
-                f"{self.spec.tokenizer_hash[:12]}... (retrain the earlier stage with this tokenizer)"
+                f"{where}: init_from checkpoint was trained with tokenizer {theirs_p or '?'}..., this run uses "
+                f"{ours_p}... (retrain the earlier stage with this tokenizer)"
             )
         self.par.load_weights(where, self.model, self.dev.device)
 
@@ -392,6 +393,25 @@ class Trainer:
         summary = {name: {k: v for k, v in p.items() if k != "n"} for name, p in rec["metrics"]["probes"].items()}
         return {"probes": summary, "bpb": rec["metrics"]["bpb"], "probe_seconds": round(time.perf_counter() - start, 2)}
 
+    def oom_message(self) -> str:
+        """What to change when the stage ran out of memory, with the estimate `fcwork model info` gives."""
+        from engine.model.info import memory_estimate
+
+        st = self.spec.stage
+        tips = [f"micro_batch = {st.micro_batch // 2}"] if st.micro_batch > 1 else []
+        tips += [] if st.activation_checkpointing else ["activation_checkpointing = true"]
+        tip = " or ".join(tips) or "a shorter seq_len or a smaller model"
+        message = f"out of memory at micro-batch {st.micro_batch}: try {tip}"
+        device = self.dev.type if self.dev else "auto"
+        precision = self.dev.precision if self.dev else "auto"
+        try:
+            est = memory_estimate(self.spec.model, st.seq_len, st.micro_batch, st.activation_checkpointing,
+                                  precision, device, devices=st.world_size, strategy=st.strategy)
+        except FcError:
+            return message
+        return (f"{message} (`fcwork model info` estimates {est['total'] / 2**30:,.2f} GiB for this stage "
+                f"on {est['device']}, {est['precision']})")
+
     def save(self) -> None:
         """Checkpoint (every rank calls it: a sharded model is gathered; rank 0 writes)."""
         st = self.spec.stage
@@ -428,6 +448,19 @@ def token_losses(net: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
     targets = tokens[:, 1:]
     return cross_entropy(net(tokens[:, :-1]).flatten(0, 1), targets.flatten()).view(targets.shape)
+
+
+# What CUDA's and MPS's allocators say when a tensor does not fit (torch.OutOfMemoryError is CUDA's;
+# MPS raises a plain RuntimeError), and the CPU allocator's refusal.
+OOM_PHRASES = ("out of memory", "DefaultCPUAllocator: can't allocate memory")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is the device running out of memory (not a bug, not worth a restart)."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and any(p in str(exc) for p in OOM_PHRASES)
 
 
 def build_optimizer(model: torch.nn.Module, st, dev: DeviceInfo) -> torch.optim.Optimizer:
@@ -502,6 +535,9 @@ def _run(trainer: Trainer) -> int:
             where = getattr(exc, "filename", None) or trainer.run_dir
             return _fail(trainer, f"{where}: no space left on device; free some space, then resume the stage",
                          EXIT_USER_ERROR)
+        if out_of_memory(exc):  # the stage does not fit the device: a restart would only fail again
+            log.error("out of memory [%s]", (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+            return _fail(trainer, trainer.oom_message(), EXIT_USER_ERROR)
         log.error("crash:\n%s", traceback.format_exc())
         first = (str(exc).strip().splitlines() or [""])[0]
         message = f"{type(exc).__name__}: {first}" if first else type(exc).__name__

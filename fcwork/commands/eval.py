@@ -4,23 +4,16 @@ held-out data (bits per byte per domain, probes, samples) and show runs side by 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+
 
 from rich.console import Console
 from rich.table import Table
 
-from engine.errors import FcError
+from engine.errors import FcError, os_error_line
 from engine.jobs.protocol import EntryState
 from engine.workspace import Workspace
-
-# (probe, metric, label) rows of the probe tables, in display order.
-PROBE_ROWS = (
-    ("chess", "legal", "chess: legal next move"),
-    ("chess", "match", "chess: game's move"),
-    ("code", "compile", "code: body compiles"),
-    ("data", "exact", "data: exact answer"),
-    ("science", "accuracy", "science: cloze accuracy"),
-)
+from fcwork.format import PROBE_ROWS, fmt_num
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -89,22 +82,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = resolve_run(ws, args.runs[0])
     console = Console()
     if args.show:
-        rec = _stored(run_dir, args.step)
-    else:
-        from engine.eval.harness import eval_run
+        show_record(console, _stored(run_dir, args.step))
+        return 0
+    from engine.eval.harness import append_eval, eval_run
 
-        limits = _limits(args)
-        device = eval_device(ws, args.device, console)
-        with console.status(f"evaluating {run_dir.name} on {device}..."):
-            rec = eval_run(run_dir, args.step, limits, device=device, threads=args.threads)
-    show_record(console, rec)
+    limits = _limits(args)
+    device = eval_device(ws, args.device, console)
+    with console.status(f"evaluating {run_dir.name} on {device}..."):
+        rec = eval_run(run_dir, args.step, limits, device=device, threads=args.threads, save=False)
+    show_record(console, rec)  # shown first: a run folder we cannot write to costs the record, not the eval
+    try:
+        append_eval(run_dir, rec)
+    except OSError as exc:
+        print(f"fcwork: error: the eval above could not be saved: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     return 0
-
-
-def probe_summary(probes: dict) -> str:
-    """Probe scores on one line, e.g. "chess: legal next move 0.250, code: body compiles 0.500"."""
-    return ", ".join(f"{label} {probes[p][m]:.3f}" for p, m, label in PROBE_ROWS
-                     if isinstance(probes.get(p, {}).get(m), (int, float)))
 
 
 def eval_device(ws: Workspace, want: str, console: Console) -> str:
@@ -150,10 +142,6 @@ def _stored(run_dir, step: int | None) -> dict:
     return recs[-1]
 
 
-def _num(value: Any, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
-
-
 def show_record(console: Console, rec: dict) -> None:
     """One eval: bits per byte and loss per domain, probe scores, sample generations."""
     m = rec.get("metrics", {})
@@ -162,16 +150,16 @@ def show_record(console: Console, rec: dict) -> None:
                   f"  ({rec.get('seconds', 0):.1f} s on {rec.get('device', '?')})")
     t = Table("domain", "bits/byte", "loss", "tokens", "bytes", title="held-out")
     for d, bpb in m.get("domain_bpb", {}).items():
-        t.add_row(d, _num(bpb), _num(m.get("domain_loss", {}).get(d)), str(m.get("domain_tokens", {}).get(d, "-")),
-                  str(m.get("domain_bytes", {}).get(d, "-")))
-    t.add_row("all", _num(m.get("bpb")), _num(m.get("loss")), "", "", style="bold")
+        t.add_row(d, fmt_num(bpb), fmt_num(m.get("domain_loss", {}).get(d)),
+                  str(m.get("domain_tokens", {}).get(d, "-")), str(m.get("domain_bytes", {}).get(d, "-")))
+    t.add_row("all", fmt_num(m.get("bpb")), fmt_num(m.get("loss")), "", "", style="bold")
     console.print(t)
     probes = m.get("probes", {})
     if probes:
         pt = Table("probe", "score", "items", title="probes (answers checked by python-chess, compile(), Python)")
         for probe, metric, label in PROBE_ROWS:
             if probe in probes and metric in probes[probe]:
-                pt.add_row(label, _num(probes[probe][metric], 3), str(probes[probe].get("n", "")))
+                pt.add_row(label, fmt_num(probes[probe][metric], 3), str(probes[probe].get("n", "")))
         console.print(pt)
     for note in rec.get("notes", []):
         console.print(f"[yellow]{note}[/]")
@@ -194,14 +182,14 @@ def compare(run_dirs: list, step: int | None) -> int:
     table = Table("metric", *[f"{d.name}\nstep {r.get('step')}" for d, r in zip(run_dirs, recs)],
                   title="evals side by side")
     ms = [r.get("metrics", {}) for r in recs]
-    table.add_row("bits/byte, all", *[_num(m.get("bpb")) for m in ms], style="bold")
-    table.add_row("loss, all", *[_num(m.get("loss")) for m in ms])
+    table.add_row("bits/byte, all", *[fmt_num(m.get("bpb")) for m in ms], style="bold")
+    table.add_row("loss, all", *[fmt_num(m.get("loss")) for m in ms])
     domains = list(dict.fromkeys(d for m in ms for d in m.get("domain_bpb", {})))
     for d in domains:
-        table.add_row(f"bits/byte, {d}", *[_num(m.get("domain_bpb", {}).get(d)) for m in ms])
+        table.add_row(f"bits/byte, {d}", *[fmt_num(m.get("domain_bpb", {}).get(d)) for m in ms])
     for probe, metric, label in PROBE_ROWS:
         if any(metric in m.get("probes", {}).get(probe, {}) for m in ms):
-            table.add_row(label, *[_num(m.get("probes", {}).get(probe, {}).get(metric), 3) for m in ms])
+            table.add_row(label, *[fmt_num(m.get("probes", {}).get(probe, {}).get(metric), 3) for m in ms])
     versions = [r.get("probe_versions", {}) for r in recs]
     if any(v != versions[0] for v in versions):
         table.caption = "probe versions differ between these evals: compare probe scores with care"

@@ -41,7 +41,12 @@ def read_prompt(arg: str) -> str:
         return arg
     if sys.stdin.isatty():
         raise FcError("prompt: '-' reads stdin, which is a terminal here (e.g. echo 'def f(' | fcwork generate RUN -)")
-    return sys.stdin.read()
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FcError(f"prompt: stdin is not UTF-8 text ({exc.reason} at byte {exc.start:,}: "
+                      f"{data[exc.start:exc.start + 4]!r})") from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rich.console import Console
 from rich.table import Table
 
+from engine.data.sources import describe_source
 from engine.profile import dumps_profile
 from engine.workspace import Workspace
 
@@ -39,6 +41,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     prof = Workspace.open(args.workspace).load_profile(args.profile)
     print(f"{prof.path}: ok ({len(prof.sources)} sources, {len(prof.stages)} stages)")
+    base = prof.path.parent if prof.path else None
+    for i, src in enumerate(prof.sources):
+        if describe_source(src, base).status != "missing":
+            continue
+        then = ("optional: `data build` goes on without it" if src.optional else
+                f"domain {src.domain} has no weight: not read" if src.domain not in prof.domains else
+                "`data build` fails on it; fix the path, or set optional = true")
+        print(f"warning: {prof.path}: sources[{i}] ({src.name}): no files match {src.path!r} ({then})", file=sys.stderr)
     return 0
 
 

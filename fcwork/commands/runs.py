@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
 
 from rich.console import Console
 from rich.table import Column, Table
@@ -12,6 +12,7 @@ from engine.errors import FcError
 from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 from fcwork.commands.train import eval_events, resolve_run
+from fcwork.format import PROBE_ROWS, fmt_num as _fmt_loss
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_show)
 
 
-def _fmt_loss(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -77,8 +76,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         console.print(table)
         probed = [e for e in evals if e.get("probes")]
         if probed:
-            from fcwork.commands.eval import PROBE_ROWS
-
             rows = [(p, m, label) for p, m, label in PROBE_ROWS if any(m in e["probes"].get(p, {}) for e in probed)]
             pt = Table("step", *[label for _, _, label in rows], title="probes during training")
             for e in probed:

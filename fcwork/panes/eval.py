@@ -19,10 +19,10 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Label, Static
 
 from engine.eval.harness import read_evals
+from engine.jobs.procs import child_env
 from engine.jobs.protocol import Event
 from engine.jobs.rundir import RunDir
-from engine.jobs.procs import child_env
-from fcwork.commands.eval import PROBE_ROWS
+from fcwork.format import PROBE_LABELS, fmt_loss_bpb, fmt_num
 from fcwork.panes.base import Pane
 from fcwork.widgets.generate_screen import GenerateScreen
 from fcwork.widgets.modals import PickManyScreen, PickScreen
@@ -39,16 +39,6 @@ EXPORT_CHOICES = [
     ("mlx q8 (mlx-lm's converter; needs mlx)", ("mlx", "q8")),
 ]
 DEFAULT_RUNS = 3
-
-
-def fmt_eval(loss: Any, bpb: Any) -> str:
-    if not isinstance(loss, (int, float)):
-        return "-"
-    return f"{loss:.4f}" + (f" ({bpb:.3f})" if isinstance(bpb, (int, float)) else "")
-
-
-def fmt_num(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
 
 class EvalPane(Pane):
@@ -209,15 +199,16 @@ class EvalPane(Pane):
         table.add_row("step", *[str(rec.get("step", "-")) for _, rec in shown], key="step")
         table.add_row("weights", *[f"ckpt {str(rec['checkpoint_sha256'])[:8]}" if rec.get("checkpoint_sha256")
                                    else "in training" for _, rec in shown], key="weights")
-        table.add_row("bpb all", *[fmt_num(m.get("bpb")) for m in ms], key="bpb")
+        table.add_row("bpb all", *[fmt_num(m.get("bpb"), 3) for m in ms], key="bpb")
         for d in dict.fromkeys(d for m in ms for d in (m.get("domain_bpb") or {})):
-            table.add_row(f"bpb {d}", *[fmt_num((m.get("domain_bpb") or {}).get(d)) for m in ms], key=f"bpb/{d}")
-        labels = {(p, k): label for p, k, label in PROBE_ROWS}
+            table.add_row(f"bpb {d}", *[fmt_num((m.get("domain_bpb") or {}).get(d), 3) for m in ms], key=f"bpb/{d}")
+        labels = PROBE_LABELS
         probes = dict.fromkeys((p, k) for m in ms for p, v in (m.get("probes") or {}).items() for k in v
                                if k not in ("n", "chance"))
         for p, k in sorted(probes, key=lambda pk: list(labels).index(pk) if pk in labels else len(labels)):
             table.add_row(labels.get((p, k), f"{p} {k}"),
-                          *[fmt_num(((m.get("probes") or {}).get(p) or {}).get(k)) for m in ms], key=f"probe/{p}/{k}")
+                          *[fmt_num(((m.get("probes") or {}).get(p) or {}).get(k), 3) for m in ms],
+                          key=f"probe/{p}/{k}")
         run, rec = shown[0]
         text = [f"Samples of {run} at step {rec.get('step', '-')}"]
         for domain, items in (rec.get("samples") or {}).items():
@@ -260,7 +251,7 @@ class EvalPane(Pane):
         for i, (label, _) in enumerate(columns):
             table.add_column(label, key=f"c{i}")
         table.add_row("step", *[str(e.get("step", "-")) for _, e in columns], key="step")
-        table.add_row("all", *[fmt_eval(e.get("loss"), None) for _, e in columns], key="all")
+        table.add_row("all", *[fmt_loss_bpb(e.get("loss"), None) for _, e in columns], key="all")
         for d in domains:
-            table.add_row(d, *[fmt_eval((e.get("domain_loss") or {}).get(d), (e.get("domain_bpb") or {}).get(d))
+            table.add_row(d, *[fmt_loss_bpb((e.get("domain_loss") or {}).get(d), (e.get("domain_bpb") or {}).get(d))
                                for _, e in columns], key=d)

@@ -16,11 +16,11 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Sparkline
 
 from engine.jobs.protocol import Event, RunState
+from fcwork.format import fmt_eta, fmt_number
 from fcwork.panes.base import Pane
-from fcwork.panes.queue import fmt_eta
 from fcwork.widgets.modals import PickScreen
 from fcwork.widgets.textline import TextLine
-from fcwork.widgets.plot import PALETTE, Line, LinePlot, MixStrips, fmt_number
+from fcwork.widgets.plot import PALETTE, Line, LinePlot, MixStrips
 
 REDRAW_S = 1 / 3
 VIEWS = ("total", "domains", "held-out")

@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Label, Static
 
 from engine.errors import FcError
 from engine.jobs.protocol import EntryState
+from fcwork.format import fmt_eta
 from fcwork.messages import ShowRun
 from fcwork.panes.base import Pane
 from fcwork.widgets.colors import theme_color
@@ -33,17 +34,6 @@ STATE_COLORS = {EntryState.RUNNING: "success", EntryState.FAILED: "error", Entry
 
 def fmt_gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
-
-
-def fmt_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
 
 
 @dataclass

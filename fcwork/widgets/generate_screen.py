@@ -25,6 +25,13 @@ from engine.jobs.procs import child_env
 MAX_NEW_TOKENS = 200
 
 
+def generate_command(workspace: Path, run_id: str, prompt: str, chat: bool) -> list[str]:
+    """The `fcwork generate` child's argv; the prompt goes after `--`, so a prompt such as `--help`
+    or `-n 5` is text to continue, not an option."""
+    return [sys.executable, "-m", "fcwork.cli", "--workspace", str(workspace), "generate", run_id,
+            "-n", str(MAX_NEW_TOKENS), *(["--chat"] if chat else []), "--", prompt]
+
+
 class GenerateScreen(ModalScreen[None]):
     """A prompt, the streamed continuation from `run_id`'s latest checkpoint, and a status line."""
 
@@ -75,9 +82,7 @@ class GenerateScreen(ModalScreen[None]):
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
     def _generate(self, prompt: str, chat: bool) -> None:
-        args = [sys.executable, "-m", "fcwork.cli", "--workspace", str(self.workspace), "generate", self.run_id,
-                prompt, "-n", str(MAX_NEW_TOKENS)] + (["--chat"] if chat else [])
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        proc = subprocess.Popen(generate_command(self.workspace, self.run_id, prompt, chat), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env={**child_env(), "COLUMNS": "200"})
         self.proc = proc
         if not self.is_attached:

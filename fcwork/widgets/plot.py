@@ -15,6 +15,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
+from fcwork.format import fmt_mix, fmt_number
 from fcwork.widgets.colors import theme_style
 
 # Braille dot bits by (column in cell, row in cell).
@@ -33,19 +34,6 @@ class Line:
     ys: Sequence[float]
     color: str = "primary"
     last: float | None = field(default=None)
-
-
-def fmt_number(v: float) -> str:
-    """Short form for axis labels and legends: 3 significant digits, k/M/G for large values."""
-    if v is None or not math.isfinite(v):
-        return "-"
-    a = abs(v)
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if a >= scale:
-            return f"{v / scale:.3g}{unit}"
-    if a and a < 1e-3:
-        return f"{v:.1e}"
-    return f"{v:.3g}"
 
 
 def _segment(x0: int, y0: int, x1: int, y1: int) -> list[tuple[int, int]]:
@@ -188,7 +176,7 @@ def render_strips(changes: Sequence[tuple[float, dict[str, float]]], domains: Se
     out = Text(no_wrap=True, overflow="crop")
     out.append(title, style=Style(bold=True))
     if changes:
-        out.append("  now: " + "  ".join(f"{d} {changes[-1][1].get(d, 0.0):.2f}" for d in domains))
+        out.append("  now: " + fmt_mix({d: changes[-1][1].get(d, 0.0) for d in domains}, 2))
     out.truncate(width)
     cols = width - gutter
     if cols < 4:

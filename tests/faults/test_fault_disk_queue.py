@@ -15,9 +15,7 @@ from engine.jobs.procs import ensure_supervisor, supervisor_pid
 from engine.jobs.queue import StageQueue
 from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
-from tests.queue_fixtures import (  # noqa: F401  (fixtures, used by name)
-    events, kill_workspace_processes, needs_trainer, tiny_template, wait_for,
-)
+from tests.queue_fixtures import events, kill_workspace_processes, needs_trainer, wait_for
 
 IDLE = 1.0
 

@@ -14,7 +14,6 @@ from engine.jobs.procs import ensure_supervisor, supervisor_pid
 from engine.jobs.queue import QueueEntry, StageQueue
 from engine.jobs.rundir import RunDir
 from tests.conftest import REPO
-from tests.queue_fixtures import tiny_template, tiny_ws  # noqa: F401  (fixtures, used by name)
 from tests.queue_fixtures import events, needs_trainer, wait_for
 
 IDLE = 1.0

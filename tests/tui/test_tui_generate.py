@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Log
 
-from tests.eval_fixtures import clone_run, eval_workspace  # noqa: F401  (fixture, used by name)
+from tests.eval_fixtures import clone_run
 from tui_fixtures import REPO_ROOT, make_app, notifications, show_pane, wait_for
 
 pytestmark = pytest.mark.anyio

@@ -1,11 +1,10 @@
-"""The events follower and run history behind the TUI (no Textual), and the app's import cost."""
+"""The events follower and run history behind the TUI (no Textual). The app's import cost is
+checked in tests/test_layers.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from engine.jobs.events import EventTail
@@ -106,11 +105,6 @@ def test_history_ignores_malformed_fields():
     h.ingest({"type": "mix", "step": 4, "mix": {"a": 1.0}, "request_id": True})
     h.ingest({"type": "whatever"})
     assert h.step == 3 and "loss" not in h.series and h.acks == {}
-
-
-def test_importing_the_app_loads_neither_torch_nor_sentencepiece():
-    code = "import fcwork.app, sys; assert 'torch' not in sys.modules and 'sentencepiece' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
 def test_step_event_fixture_is_what_the_trainer_writes():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from textual.widgets import Input
 
-from train_fixtures import build_train_workspace, kill, log_tail, make_run, start_trainer
+from tests.train_fixtures import build_train_workspace, kill, log_tail, make_run, start_trainer
 from tui_fixtures import make_app, settle, wait_for
 
 pytestmark = pytest.mark.anyio

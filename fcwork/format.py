@@ -1,0 +1,75 @@
+"""Text formatting shared by the CLI commands, the live CLI views, the panes and the widgets.
+
+Plain functions over plain values: no Textual, no rich, no engine imports, so any layer of
+fcwork may import it. A helper used by one module only stays in that module; one needed in
+two places (a command and a pane, two panes) lives here instead of being imported across.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# (probe, metric, label) rows of the probe tables, in display order.
+PROBE_ROWS = (
+    ("chess", "legal", "chess: legal next move"),
+    ("chess", "match", "chess: game's move"),
+    ("code", "compile", "code: body compiles"),
+    ("data", "exact", "data: exact answer"),
+    ("science", "accuracy", "science: cloze accuracy"),
+)
+# (probe, metric) -> label, in display order.
+PROBE_LABELS = {(p, m): label for p, m, label in PROBE_ROWS}
+
+
+def probe_summary(probes: dict) -> str:
+    """Probe scores on one line, e.g. "chess: legal next move 0.250, code: body compiles 0.500"."""
+    return ", ".join(f"{label} {probes[p][m]:.3f}" for p, m, label in PROBE_ROWS
+                     if isinstance(probes.get(p, {}).get(m), (int, float)))
+
+
+def fmt_num(value: Any, digits: int = 4) -> str:
+    """A loss, bits per byte or score with `digits` decimals; "-" when missing or not a number."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+def fmt_loss_bpb(loss: Any, bpb: Any) -> str:
+    """A held-out loss with its bits per byte in brackets, e.g. "2.3456 (1.234)"; "-" without a loss."""
+    if not isinstance(loss, (int, float)):
+        return "-"
+    return f"{loss:.4f}" + (f" ({bpb:.3f})" if isinstance(bpb, (int, float)) else "")
+
+
+def fmt_number(v: float) -> str:
+    """Short form for axis labels and legends: 3 significant digits, k/M/G for large values."""
+    if v is None or not math.isfinite(v):
+        return "-"
+    a = abs(v)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if a >= scale:
+            return f"{v / scale:.3g}{unit}"
+    if a and a < 1e-3:
+        return f"{v:.1e}"
+    return f"{v:.3g}"
+
+
+def fmt_eta(seconds: float | None) -> str:
+    """Time left as 1h05m, 4m09s or 37s; "-" when unknown."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def fmt_mix(mix: dict[str, float], digits: int = 3) -> str:
+    """A mix for reading in the TUI: "science 0.300  code 0.300"."""
+    return "  ".join(f"{d} {w:.{digits}f}" for d, w in mix.items())
+
+
+def fmt_mix_args(mix: dict[str, float], digits: int = 2) -> str:
+    """A mix in the `DOMAIN=WEIGHT` form the CLI takes: "science=0.30 code=0.30"."""
+    return " ".join(f"{d}={w:.{digits}f}" for d, w in mix.items())
