@@ -157,6 +157,12 @@ class StageConfig:
     grad_clip: float = spec(1.0, _non_negative, "a non-negative number (0: off)")
     device: str = spec("auto", _choice("auto", "cpu", "cuda", "mps"), "'auto', 'cpu', 'cuda' or 'mps'")
     precision: str = spec("auto", _choice("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'")
+    # Past one device: processes per node (torchrun's --nproc-per-node), nodes, and how the model is
+    # spread over them. grad_accum stays per device: a step trains micro_batch x grad_accum x devices
+    # x nodes sequences.
+    devices: int = spec(1, _positive, "a positive integer")
+    nodes: int = spec(1, _positive, "a positive integer")
+    strategy: str = spec("ddp", _choice("ddp", "fsdp"), "'ddp' or 'fsdp'")
     compile: str = spec("auto", _choice("auto", "on", "off"), "'auto', 'on' or 'off'")
     activation_checkpointing: bool = False
     checkpoint_every: int = spec(100, _positive, "a positive integer")
@@ -174,6 +180,11 @@ class StageConfig:
         """The model shape this stage trains, with the tokenizer's vocabulary filled in."""
         cfg = PRESETS[self.model] if isinstance(self.model, str) else ModelConfig(**self.model)
         return cfg.with_vocab(vocab_size) if vocab_size else cfg
+
+    @property
+    def world_size(self) -> int:
+        """The trainer's processes, one per device: devices x nodes (1: no process group)."""
+        return self.devices * self.nodes
 
 
 @dataclass
@@ -411,6 +422,8 @@ def _check_stage(st: StageConfig, where: str, earlier: list[str] | None, mix: di
         problems = cfg.check()
         if problems:
             raise fail(f"{where}.model.{problems[0]}")
+    if st.device == "mps" and st.devices > 1:
+        raise fail(f"{where}.devices: expected 1 on device \"mps\" (a Mac has one GPU), got {st.devices}")
     model = st.model_config()
     if st.seq_len > model.max_seq_len:
         raise fail(f"{where}.seq_len: expected at most the model's max_seq_len ({model.max_seq_len}), got {st.seq_len}")

@@ -41,8 +41,10 @@ class RunMeta:
     stage: str = ""
     created: str = ""
     max_steps: int = 0
-    tokens_per_step: int = 0  # seq_len x micro_batch x grad_accum of the frozen stage
+    tokens_per_step: int = 0  # seq_len x micro_batch x grad_accum x devices x nodes of the frozen stage
     mix: dict[str, float] = field(default_factory=dict)  # the starting mix as written
+    devices: int = 1  # trainer processes per node (torchrun's --nproc-per-node when above 1)
+    nodes: int = 1
 
     @property
     def domains(self) -> list[str]:

@@ -1,6 +1,10 @@
 """Process helpers of the jobs layer: the children's environment, starting the trainer and the
 supervisor detached (each holding its lock file, engine.jobs.locks, for its whole life), keeping
 a Mac awake while a trainer runs, and exit statuses (and a log's last error) in words.
+
+A stage on more than one device (its `devices` x `nodes`) is launched through torchrun
+(`python -m torch.distributed.run`, this interpreter's), which starts one trainer per device; the
+launcher is the process that holds the trainer lock, and its ranks end with it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from engine.errors import SupervisorError
+from engine.errors import FcError, SupervisorError
 from engine.jobs.locks import holder_pid, open_lock, read_pid, try_flock, write_pid
 from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
@@ -26,6 +30,8 @@ START_LOCK = "supervisor.start.lock"
 SUPERVISOR_LOG = "supervisor.log"
 TRAINER_MODULE = "engine.train"
 TRAINER_START_MARK = "=== trainer started"  # the line spawn_trainer writes in trainer.log before each attempt
+TORCHRUN_MODULE = "torch.distributed.run"
+RDZV_ENV = "FCWORK_RDZV_ENDPOINT"  # HOST:PORT of the rendezvous, for stages on more than one node
 SUPERVISOR_MODULE = "engine.jobs.supervisor"
 DEFAULT_IDLE_S = 5.0  # how long an idle supervisor waits for new entries before exiting
 
@@ -54,14 +60,46 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def trainer_command(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", TRAINER_MODULE, str(run_dir)]
+class LaunchError(SupervisorError):
+    """The trainer cannot be launched as its stage asks; no restart would help (the user's to fix)."""
+
+
+def trainer_command(run_dir: Path, devices: int = 1, nodes: int = 1, endpoint: str = "") -> list[str]:
+    """`python -m engine.train RUN_DIR`, through torchrun for more than one device: `--standalone` on
+    one node, else a c10d rendezvous at `endpoint` (HOST:PORT) whose id is the run's."""
+    train = ["-m", TRAINER_MODULE, str(run_dir)]
+    if devices * nodes == 1:
+        return [sys.executable, *train]
+    cmd = [sys.executable, "-m", TORCHRUN_MODULE, "--nproc-per-node", str(devices)]
+    if nodes == 1:
+        cmd.append("--standalone")
+    else:
+        cmd += ["--nnodes", str(nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+                "--rdzv-id", Path(run_dir).name]
+    return cmd + train
+
+
+def launch_command(run: RunDir) -> list[str]:
+    """The command that trains `run` as its frozen stage says (devices, nodes); LaunchError when a
+    stage on several nodes has no rendezvous endpoint in $FCWORK_RDZV_ENDPOINT."""
+    try:
+        meta = run.meta()
+        devices, nodes = meta.devices, meta.nodes
+    except FcError:  # an unreadable stage.toml: the trainer says what is wrong with it
+        devices = nodes = 1
+    endpoint = os.environ.get(RDZV_ENV, "")
+    if nodes > 1 and not endpoint:
+        raise LaunchError(f"{run.stage_file}: stage.nodes = {nodes}: set {RDZV_ENV}=HOST:PORT (a free port on "
+                          "the first node) where the supervisor runs, and start the other nodes as the README says")
+    return trainer_command(run.path, devices, nodes, endpoint)
 
 
 def spawn_trainer(run_dir: str | os.PathLike, patience_s: float = 1.0) -> subprocess.Popen:
     """Start the trainer for `run_dir` in its own session, holding its trainer lock for its
-    whole life (the lock's fd is handed to it); refuse when a trainer already runs there."""
+    whole life (the lock's fd is handed to it: torchrun's launcher for a stage on several
+    devices); refuse when a trainer already runs there."""
     run = RunDir(run_dir)
+    command = launch_command(run)
     fd = open_lock(run.trainer_lock)
     try:
         if not try_flock(fd, patience_s):
@@ -71,7 +109,7 @@ def spawn_trainer(run_dir: str | os.PathLike, patience_s: float = 1.0) -> subpro
                 out.write(f"\n{TRAINER_START_MARK} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
                 out.flush()
                 proc = subprocess.Popen(
-                    trainer_command(run.path), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, close_fds=True, pass_fds=(fd,), env=child_env(), cwd=run.path,
                 )
         except OSError as exc:

@@ -129,13 +129,16 @@ class RunDir:
             v = stage.get(key, default)
             return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
+        devices, nodes = max(number("devices", 1), 1), max(number("nodes", 1), 1)
+
         return RunMeta(
             run_id=str(run.get("id") or self.id), profile=str(run.get("profile", "")),
             stage=str(run.get("stage") or stage.get("name", "")), created=str(run.get("created", "")),
             max_steps=number("max_steps"),
-            tokens_per_step=number("seq_len") * number("micro_batch") * number("grad_accum", 1),
+            tokens_per_step=number("seq_len") * number("micro_batch") * number("grad_accum", 1) * devices * nodes,
             mix={str(d): float(w) for d, w in (mix.items() if isinstance(mix, dict) else ())
                  if isinstance(w, (int, float)) and not isinstance(w, bool)},
+            devices=devices, nodes=nodes,
         )
 
     def spec(self) -> RunSpec:

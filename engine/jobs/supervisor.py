@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -251,9 +252,13 @@ class Supervisor:
         offset = run.events_size()
         try:
             proc = procs.spawn_trainer(run.path)
+        except procs.LaunchError as exc:
+            return Outcome(USER_ERROR, str(exc))
         except SupervisorError as exc:
             return Outcome(CRASH, str(exc))
         log.info("entry %d: trainer pid %d for %s", entry_id, proc.pid, run.id)
+        if procs.TORCHRUN_MODULE in proc.args:  # the command other nodes run too (README)
+            log.info("entry %d: launched %s", entry_id, shlex.join(proc.args))
         note = now.message
         self._note(entry_id, pid=proc.pid, message=f"training ({note})" if note.startswith("restart") else "training")
         rc = self._wait(run, proc.pid, proc)
@@ -309,6 +314,7 @@ class Supervisor:
         for ev in events:
             attempt.ingest(ev)
         state, step = attempt.state, attempt.step
+        rc = _trainer_exit(events, rc)
         errors = [str(e.get("message", "")) for e in attempt.errors if e.get("source", Source.TRAINER) != Source.CONTROL]
         reason = errors[-1] if errors else (attempt.message if state == RunState.FAILED else "")
         if rc == 0 or (rc is None and state in (RunState.FINISHED, RunState.STOPPED)):
@@ -333,6 +339,18 @@ class Supervisor:
                 writer.write(kind, **fields)
         except (FcError, OSError) as exc:
             log.error("%s: cannot append a %s event: %s", run.path, kind, exc)
+
+
+def _trainer_exit(events: list[dict[str, Any]], rc: int | None) -> int | None:
+    """The trainer's exit code: the one its final status event says, when it wrote one, over the
+    process's (torchrun's launcher exits 1 whenever a rank fails, a user error or a crash alike)."""
+    if rc in (None, 0):
+        return rc
+    last = next((e for e in reversed(events) if e.get("type") == Event.STATUS), {})
+    said = last.get("exit_code")
+    if last.get("state") in RunState.FINAL and isinstance(said, int) and not isinstance(said, bool):
+        return said
+    return rc
 
 
 # -- entry point ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from engine.model.config import PRESETS, ModelConfig
 
 DEVICES = ("cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -118,12 +119,19 @@ def memory_estimate(
     precision: str = "auto",
     device: str = "auto",
     include_vision: bool = False,
+    devices: int = 1,
+    strategy: str = "ddp",
 ) -> dict:
-    """Training memory in bytes: fp32 weights, grads, AdamW moments (fp32), activations and logits.
+    """Training memory in bytes on each device: fp32 weights, grads, AdamW moments (fp32),
+    activations and logits.
 
     An upper-bound style estimate for one micro-batch (every term counted at its peak). With
     activation checkpointing only each block's input is kept, plus one block's activations
-    while it is recomputed. The vision budget counts only with `include_vision`.
+    while it is recomputed. The vision budget counts only with `include_vision`. On `devices`
+    (all of them, every node's) with DDP each device holds everything; with FSDP the weights,
+    gradients and moments are split `devices` ways, and `gathered` counts the whole parameters
+    in use: the root's (embedding, lm head) and two blocks' (one computing, one prefetched) in
+    the compute dtype, plus one block's unsharded gradients in fp32 before they are reduced.
     """
     _need_vocab(cfg)
     for name, value in (("seq_len", seq_len), ("micro_batch", micro_batch)):
@@ -135,6 +143,10 @@ def memory_estimate(
     if device not in DEVICES:
         raise ModelError(f"device: expected 'auto', 'cpu', 'cuda' or 'mps', got {device!r}")
     precision = resolve_precision(precision, device)
+    if strategy not in STRATEGIES:
+        raise ModelError(f"strategy: expected 'ddp' or 'fsdp', got {strategy!r}")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices <= 0:
+        raise ModelError(f"devices: expected a positive integer, got {devices!r}")
     counts = param_breakdown(cfg)
     params = counts["total"] if include_vision else counts["decoder"]
     a = 2 if precision == "bf16" else 4
@@ -150,18 +162,28 @@ def memory_estimate(
     # their size at the peak: the upcast and log-softmax in the forward, the softmax-gradient and
     # its cast in the backward.
     logits = tokens * cfg.vocab_size * (a + 4 + 4)
+    shards = devices if strategy == "fsdp" else 1
+    gathered = 0
+    if shards > 1:
+        block = (counts["attention"] + counts["mlp"] + counts["norms"] - cfg.dim) // cfg.n_layers
+        root = counts["embedding"] + counts["lm_head"] + cfg.dim
+        gathered = a * (root + 2 * block) + 4 * block
     out = {
         "device": device,
         "precision": precision,
+        "devices": devices,
+        "strategy": strategy,
         "params": params,
-        "weights": 4 * params,
-        "grads": 4 * params,
-        "optimizer": 8 * params,
-        "cast_weights": 2 * params if precision == "bf16" else 0,
+        "weights": -(-4 * params // shards),
+        "grads": -(-4 * params // shards),
+        "optimizer": -(-8 * params // shards),
+        # FSDP gathers bf16 parameters itself (its mixed-precision policy): no autocast copies.
+        "cast_weights": 2 * params if precision == "bf16" and shards == 1 else 0,
+        "gathered": gathered,
         "activations": activations,
         "logits": logits,
     }
-    out["total"] = sum(v for k, v in out.items() if k not in ("device", "precision", "params"))
+    out["total"] = sum(v for k, v in out.items() if k not in ("device", "precision", "devices", "strategy", "params"))
     return out
 
 

@@ -87,11 +87,19 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` atomically, then delete all but the newest `keep`; returns its folder.
     Refuses (NoSpaceError) when the disk cannot hold it, and never leaves its temp folder behind."""
+    return write_checkpoint(ckpt_root, step, model_tensors(model), optimizer_tensors(optimizer), state, keep)
+
+
+def write_checkpoint(
+    ckpt_root: Path, step: int, weights: dict[str, torch.Tensor], moments: dict[str, torch.Tensor],
+    state: dict[str, Any], keep: int,
+) -> Path:
+    """`save_checkpoint` of tensors already on the CPU in the files' layout (`model_tensors` and
+    `optimizer_tensors`, or the same gathered from the ranks of a sharded model)."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{CKPT_PREFIX}{step}"
     tmp = ckpt_root / f".{CKPT_PREFIX}{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    weights, moments = model_tensors(model), optimizer_tensors(optimizer)
     need = _expected_bytes(ckpt_root, [weights, moments])
     free = shutil.disk_usage(ckpt_root).free
     if free < need + SPACE_MARGIN:
@@ -185,6 +193,16 @@ def read_state(ckpt: Path) -> dict[str, Any]:
 
 def load_weights(ckpt: Path, model: torch.nn.Module, device: torch.device | str = "cpu") -> None:
     """Load model.safetensors into `model`, refusing a missing, extra or misshapen tensor (ModelError)."""
+    tensors = read_weights(ckpt, model_tensors_shapes(model), device)
+    missing, _ = model.load_state_dict(tensors, strict=False)
+    untied = [m for m in missing if m not in _tied_names(model)]
+    if untied:
+        raise ModelError(f"{ckpt / MODEL_FILE}: {untied[0]}: missing")
+
+
+def read_weights(ckpt: Path, expected: dict[str, tuple[int, ...]], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """model.safetensors as tensors, checked against `expected` names and shapes (`model_tensors_shapes`
+    of the model they are for): a missing, extra or misshapen tensor is a ModelError."""
     path = ckpt / MODEL_FILE
     try:
         tensors = load_file(str(path), device=str(device))
@@ -192,7 +210,6 @@ def load_weights(ckpt: Path, model: torch.nn.Module, device: torch.device | str 
         raise ModelError(f"{path}: missing") from None
     except Exception as exc:  # safetensors raises its own error types for a damaged file
         raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
-    expected = model_tensors_shapes(model)
     for name, shape in expected.items():
         if name not in tensors:
             raise ModelError(f"{path}: {name}: missing (the checkpoint is of another model shape)")
@@ -202,10 +219,7 @@ def load_weights(ckpt: Path, model: torch.nn.Module, device: torch.device | str 
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise ModelError(f"{path}: {extra[0]}: not a tensor of this model (the checkpoint is of another model shape)")
-    missing, _ = model.load_state_dict(tensors, strict=False)
-    untied = [m for m in missing if m not in _tied_names(model)]
-    if untied:
-        raise ModelError(f"{path}: {untied[0]}: missing")
+    return tensors
 
 
 def model_tensors_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -214,19 +228,32 @@ def model_tensors_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {n: tuple(t.shape) for n, t in model.state_dict().items() if n not in tied}
 
 
-def _tied_names(model: torch.nn.Module) -> set[str]:
-    seen: set[int] = set()
-    tied = set()
+def tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """{name: the name it is saved under} of the tensors that share another's storage (a tied lm head)."""
+    first: dict[int, str] = {}
+    tied = {}
     for name, t in model.state_dict().items():
         key = t.untyped_storage().data_ptr()
-        if key in seen:
-            tied.add(name)
-        seen.add(key)
+        if key in first:
+            tied[name] = first[key]
+        first.setdefault(key, name)
     return tied
+
+
+def _tied_names(model: torch.nn.Module) -> set[str]:
+    return set(tied_names(model))
 
 
 def load_optimizer(ckpt: Path, optimizer: torch.optim.Optimizer, device: torch.device | str = "cpu") -> None:
     """Load optim.pt (a flat dict of tensors, read with weights_only=True) into `optimizer`."""
+    current = optimizer.state_dict()
+    state = read_optimizer(ckpt, sum(len(g["params"]) for g in current["param_groups"]), device)
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
+def read_optimizer(ckpt: Path, n_params: int, device: torch.device | str = "cpu") -> dict[int, dict[str, torch.Tensor]]:
+    """optim.pt as {parameter index: {key: tensor}}; RunError when unreadable or for more than `n_params`
+    parameters. Indices count the optimizer's parameters group after group, as its state_dict does."""
     path = ckpt / OPTIM_FILE
     try:
         flat = torch.load(path, map_location=device, weights_only=True)
@@ -238,10 +265,9 @@ def load_optimizer(ckpt: Path, optimizer: torch.optim.Optimizer, device: torch.d
     for name, tensor in flat.items():
         index, _, key = name.partition(".")
         state.setdefault(int(index), {})[key] = tensor
-    current = optimizer.state_dict()
-    if len(state) and max(state) >= sum(len(g["params"]) for g in current["param_groups"]):
+    if len(state) and max(state) >= n_params:
         raise RunError(f"{path}: optimizer state for parameter {max(state)}, but the model has fewer")
-    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+    return state
 
 
 # -- random number generators as JSON --------------------------------------------------------

@@ -1,8 +1,9 @@
 """The training loop of one run: read the frozen stage, resume or initialise, train, report, stop.
 
-Components do the work (device, data, checkpoint, lr_schedule, evaluate, watch); this file wires
-them and keeps the loop short. Everything that matters is in RUN_DIR: stage.toml in, events.jsonl
-and ckpt/ out, control.toml watched. `main` maps the outcome to the exit code the supervisor
+Components do the work (device, data, checkpoint, lr_schedule, evaluate, watch, distributed); this
+file wires them and keeps the loop short. Everything that matters is in RUN_DIR: stage.toml in,
+events.jsonl and ckpt/ out, requests/ watched. Launched by torchrun, every rank runs this loop on its
+share of each step's micro batches and rank 0 alone writes (engine/train/distributed.py). `main` maps the outcome to the exit code the supervisor
 reads: 0 finished or stopped, 2 a user/config error, 1 a crash.
 """
 
@@ -31,6 +32,7 @@ from engine.mix import normalise
 from engine.data.sampler import MixSchedule, Sampler
 from engine.data.tokenizer import Tokenizer
 from engine.train import checkpoint as ckpt
+from engine.train import distributed
 from engine.train.data import heldout_windows, open_training_shards, window_bytes
 from engine.train.device import DeviceInfo, eager, pick_device
 from engine.train.evaluate import evaluate
@@ -51,18 +53,22 @@ class Trainer:
         self.events = events
         self.spec: RunSpec | None = None
         self.dev: DeviceInfo | None = None
+        self.par = distributed.Parallel()
         self.step = 0
         self.stop_reason = ""
 
     # -- status -------------------------------------------------------------------------
 
-    def status(self, state: str, message: str = "") -> None:
+    def status(self, state: str, message: str = "", exit_code: int | None = None) -> None:
+        """A status event; a final one says the exit code (torchrun's own says only that a rank failed)."""
         fields: dict[str, Any] = {
             "state": state, "step": self.step, "max_steps": self.spec.stage.max_steps if self.spec else 0,
-            "pid": os.getpid(), "device": self.dev.name if self.dev else "",
+            "pid": os.getpid(), "device": self.par.describe(self.dev.name) if self.dev else "",
         }
         if message:
             fields["message"] = message
+        if exit_code is not None:
+            fields["exit_code"] = exit_code
         self.events.write(Event.STATUS, **fields)
 
     # -- setup --------------------------------------------------------------------------
@@ -72,6 +78,7 @@ class Trainer:
         self.signals = StopSignals()  # first: a SIGTERM during a slow start-up still stops cleanly
         self.spec = spec = self.run.spec()
         st = spec.stage
+        self.par = distributed.start(st, origin=f"{self.run.stage_file}: stage")  # first: it picks the GPU
         self.dev = pick_device(st.device, st.precision, origin=f"{self.run.stage_file}: stage")
         done = self.run.checkpoints()
         self.step = done[-1][0] if done else 0
@@ -83,16 +90,16 @@ class Trainer:
         if threads > 0:
             torch.set_num_threads(threads)
         shards = self.build_data()
-        self.build_model()
+        compile_on = st.compile == "on" or (st.compile == "auto" and self.dev.type == "cuda")
+        self.build_model(compile_on)
         origin, last_request = self.restore(done)
         self.sampler = Sampler(shards, st.seq_len, st.seed, self.schedule)
         self.domain_names = list(self.sampler.domains)  # domain ids index this (sorted) list
-        compile_on = st.compile == "on" or (st.compile == "auto" and self.dev.type == "cuda")
-        if compile_on:
-            self.model.compile()
-        self.watcher = ControlWatcher(self.run.requests_dir, spec.domains, last_request)
+        # Rank 0 reads the requests and hands them to the others (check_control).
+        self.watcher = ControlWatcher(self.run.requests_dir, spec.domains, last_request) if self.par.main else None
         log.info("run %s: stage %s, %s params, %s on %s (%s), compile %s", spec.run_id, st.name,
-                 f"{self.model.num_params():,}", origin, self.dev.name, self.dev.precision, "on" if compile_on else "off")
+                 f"{self.model.num_params():,}", origin, self.par.describe(self.dev.name), self.dev.precision,
+                 "on" if compile_on else "off")
         self.status(RunState.RUNNING, origin)
 
     def build_data(self) -> dict:
@@ -104,16 +111,17 @@ class Trainer:
             self.eval_windows = heldout_windows(spec.shards, spec.domains, spec.tokenizer_hash,
                                                 spec.model.vocab_size, st.seq_len, st.eval_batches * st.micro_batch)
             self.eval_bytes = window_bytes(self.eval_windows, spec.tokenizer) if self.eval_windows else None
-            if st.eval_probes:
+            if st.eval_probes and self.par.main:
                 # Rows per forward as in a training micro batch: the memory the stage already budgets for.
                 self.probe_limits = replace(EvalLimits.during_training(), batch=min(8, st.micro_batch))
                 self.probe_text = load_heldout(spec.shards, spec.domains, probe_docs(self.probe_limits))
                 self.probe_tokenizer = Tokenizer.load(spec.tokenizer) if self.probe_text else None
-        self.tokens_per_step = st.micro_batch * st.grad_accum * st.seq_len
+        self.tokens_per_step = st.micro_batch * st.grad_accum * self.par.world * st.seq_len
         return shards
 
-    def build_model(self) -> None:
-        """The model (seeded), its optimizer, and the FLOPs per token that MFU is measured against."""
+    def build_model(self, compile_on: bool) -> None:
+        """The model (seeded, so every rank builds the same), spread over the ranks (`self.net` is what
+        a training step calls), its optimizer, and the FLOPs per token that MFU is measured against."""
         from engine.model.decoder import Transformer
 
         cfg, st = self.spec.model, self.spec.stage
@@ -121,6 +129,7 @@ class Trainer:
         with torch.device(self.dev.device):
             self.model = Transformer(cfg)
         self.model.set_activation_checkpointing(st.activation_checkpointing)
+        self.net = self.par.wrap(self.model, self.dev.precision, compile_on)
         self.optimizer = build_optimizer(self.model, st, self.dev)
         # 6 N (forward + backward of the matmuls; the embedding lookup is free) + attention scores.
         matmul_params = self.model.num_params() - (0 if cfg.tie_embeddings else self.model.embed.weight.numel())
@@ -158,8 +167,8 @@ class Trainer:
             last_request = int(state.get("last_request_id", 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise RunError(f"{where / 'state.json'}: missing or malformed field ({exc})") from None
-        ckpt.load_weights(where, self.model, self.dev.device)
-        ckpt.load_optimizer(where, self.optimizer, self.dev.device)
+        self.par.load_weights(where, self.model, self.dev.device)
+        self.par.load_optimizer(where, self.model, self.optimizer, self.dev.device)
         self.step, self.schedule = step, schedule
         self.tokens_drawn.update(state.get("tokens_drawn", {}))
         ckpt.set_rng_state(state.get("rng", {}))
@@ -175,7 +184,7 @@ class Trainer:
                 f"{where}: init_from checkpoint was trained with tokenizer {theirs_p or '?'}..., this run uses "
                 f"{ours_p}... (retrain the earlier stage with this tokenizer)"
             )
-        ckpt.load_weights(where, self.model, self.dev.device)
+        self.par.load_weights(where, self.model, self.dev.device)
 
     def replay_requests(self, last_request: int) -> int:
         """Requests answered after the checkpoint we resumed from stay answered: their mixes go back in
@@ -202,7 +211,7 @@ class Trainer:
                 return self.stop()
             if self.saved_step != self.step:
                 self.save()
-            self.status(RunState.FINISHED)
+            self.status(RunState.FINISHED, exit_code=EXIT_OK)
             return EXIT_OK
         finally:
             self.close()
@@ -226,17 +235,20 @@ class Trainer:
         return True
 
     def close(self) -> None:
-        """Stop watching control requests and give the signals back (also after a failed setup)."""
+        """Stop watching control requests, give the signals back and leave the process group (also
+        after a failed setup)."""
         watcher, signals = getattr(self, "watcher", None), getattr(self, "signals", None)
         if watcher is not None:
             watcher.close()
         if signals is not None:
             signals.restore()
         self.watcher = self.signals = None
+        self.par.close()
 
     def train_step(self, step: int) -> dict[str, Any] | None:
-        """One optimizer step over grad_accum micro batches; the step event's fields on log steps."""
-        st, dev, model = self.spec.stage, self.dev, self.model
+        """One optimizer step over grad_accum micro batches (on each rank); the step event's fields on
+        log steps, with the losses of all ranks."""
+        st, dev, model, par = self.spec.stage, self.dev, self.model, self.par
         lr = lr_at(step, st)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -246,30 +258,32 @@ class Trainer:
         dom_sum = torch.zeros(n_dom, device=dev.device)  # per-sequence mean losses, summed by domain
         dom_count = np.zeros(n_dom, dtype=np.int64)
         for micro in range(st.grad_accum):
-            first = ((step - 1) * st.grad_accum + micro) * st.micro_batch  # the sequence index (formats.md)
+            first = distributed.sequence_index(step, micro, st.grad_accum, st.micro_batch, par.rank, par.world)
             tokens, domain_ids = self.sampler.batch(step, first, st.micro_batch)
             dom_count += np.bincount(domain_ids, minlength=n_dom)
             x = torch.as_tensor(tokens).to(dev.device, non_blocking=True)
-            with dev.autocast():
-                per_token = model.loss(x[:, :-1], x[:, 1:], reduction="none")
-            loss = per_token.mean()
-            (loss / st.grad_accum).backward()
+            with par.accumulating(self.net, micro == st.grad_accum - 1):
+                with dev.autocast():
+                    per_token = token_losses(self.net, x)
+                loss = per_token.mean()
+                (loss / st.grad_accum).backward()  # DDP and FSDP average the ranks' gradients
             loss_sum += loss.detach()
             if logging_step:
                 dom_sum.index_add_(0, torch.as_tensor(domain_ids).to(dev.device), per_token.detach().mean(dim=1))
+        if par.world > 1:  # the whole step's domains, from the sampler's hashes alone: no collective
+            first = distributed.sequence_index(step, 0, st.grad_accum, st.micro_batch, 0, par.world)
+            every = self.sampler.draw(step, first, st.grad_accum * par.world * st.micro_batch)[0]
+            dom_count = np.bincount(every, minlength=n_dom)
         for i, d in enumerate(self.domain_names):
             self.tokens_drawn[d] = self.tokens_drawn.get(d, 0) + int(dom_count[i]) * (st.seq_len + 1)
         grads = [p for p in model.parameters() if p.grad is not None]
-        if st.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(grads, st.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in grads])
+        grad_norm = par.clip_grads(grads, st.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if not logging_step:
             return None
-        loss_value = (loss_sum / st.grad_accum).item()  # waits for the device, so the timing is real
-        sums = dom_sum.tolist()
+        sums = par.sum(torch.cat([loss_sum[None], dom_sum])).tolist()  # waits for the device: real timing
+        loss_value, sums = sums[0] / (st.grad_accum * par.world), sums[1:]
         domain_loss = {d: sums[i] / int(dom_count[i]) for i, d in enumerate(self.domain_names) if dom_count[i]}
         return self.step_event(step, loss_value, domain_loss, lr, float(grad_norm))
 
@@ -287,13 +301,14 @@ class Trainer:
             "mix": self.schedule.weights_at(step),
         }
         if self.dev.peak_flops:
-            fields["mfu"] = float(f"{self.flops_per_token * tokens_per_s / self.dev.peak_flops:.4g}")
+            peak = self.dev.peak_flops * self.par.world  # tokens/s counts every device's tokens
+            fields["mfu"] = float(f"{self.flops_per_token * tokens_per_s / peak:.4g}")
         return fields
 
     def check_control(self, next_step: int) -> bool:
         """Act on new control requests (in id order) or a signal before `next_step`; True means stop
         now. Every request gets one answer; of several mixes drained together the last one wins."""
-        requests = self.watcher.poll()
+        requests, signal_name = self.par.agree(self.watcher.poll() if self.watcher else [], self.signals.requested)
         last_mix = max((r.request_id for r in requests if isinstance(r, ControlRequest) and r.mix is not None),
                        default=None)
         for r in requests:
@@ -315,8 +330,8 @@ class Trainer:
             if r.stop:
                 self.stop_reason = f"stop requested (control request {r.request_id})"
             self.answer(r.request_id, Answer.APPLIED, next_step, **note)
-        if self.signals.requested and not self.stop_reason:
-            self.stop_reason = f"{self.signals.requested} received"
+        if signal_name and not self.stop_reason:
+            self.stop_reason = f"{signal_name} received"
         return bool(self.stop_reason)
 
     def answer(self, request_id: int, outcome: str, step: int, **fields: Any) -> None:
@@ -343,30 +358,34 @@ class Trainer:
         self.status(RunState.STOPPING, self.stop_reason)
         if self.saved_step != self.step:
             self.save()
-        else:  # this step's checkpoint exists: record the requests acted on since it was written
+        elif self.par.main:  # this step's checkpoint exists: record the requests acted on since it was written
             ckpt.update_state(self.run.checkpoint_path(self.step), {
                 "mix_schedule": self.schedule.to_list(), "last_request_id": self.watcher.last_request_id})
-        self.status(RunState.STOPPED, self.stop_reason)
+        self.status(RunState.STOPPED, self.stop_reason, exit_code=EXIT_OK)
         return EXIT_OK
 
     def run_eval(self) -> None:
-        """Held-out loss on the fixed windows; with eval_probes, the probes too (a record in evals.jsonl)."""
-        res = evaluate(self.model, self.eval_windows, self.spec.stage.micro_batch, self.dev, self.eval_bytes)
+        """Held-out loss on the fixed windows; with eval_probes, the probes too (a record in evals.jsonl).
+        Rank 0 evaluates the whole model; the other ranks go on to the next step and wait for it there."""
+        model = self.par.eval_model(self.model, self.dev.device)
+        if model is None:
+            return
+        res = evaluate(model, self.eval_windows, self.spec.stage.micro_batch, self.dev, self.eval_bytes)
         fields: dict[str, Any] = {"step": self.step, "loss": res.loss, "domain_loss": res.domain_loss}
         if res.domain_bpb:
             fields["domain_bpb"] = res.domain_bpb
         if self.probe_text:
-            fields.update(self.run_probes())
+            fields.update(self.run_probes(model))
         self.events.write(Event.EVAL, **fields)
         self.mark = (time.perf_counter(), self.step)  # keep eval time out of the next tokens/s
 
-    def run_probes(self) -> dict[str, Any]:
+    def run_probes(self, model: torch.nn.Module) -> dict[str, Any]:
         """The eval harness on the weights in memory: probe scores for the eval event, the full record
         appended to evals.jsonl. A failing probe is logged and reported, never fatal to training."""
         start = time.perf_counter()
         try:
             with eager():
-                rec = evaluate_for_run(self.model, self.spec, self.step, self.probe_limits,
+                rec = evaluate_for_run(model, self.spec, self.step, self.probe_limits,
                                        self.probe_tokenizer, self.probe_text, self.dev.name)
         except Exception as exc:  # noqa: BLE001 - a probe bug must not cost the run
             log.exception("step %d: probes failed", self.step)
@@ -387,18 +406,24 @@ class Trainer:
         precision = self.dev.precision if self.dev else "auto"
         try:
             est = memory_estimate(self.spec.model, st.seq_len, st.micro_batch, st.activation_checkpointing,
-                                  precision, device)
+                                  precision, device, devices=st.world_size, strategy=st.strategy)
         except FcError:
             return message
         return (f"{message} (`fcwork model info` estimates {est['total'] / 2**30:,.2f} GiB for this stage "
                 f"on {est['device']}, {est['precision']})")
 
     def save(self) -> None:
+        """Checkpoint (every rank calls it: a sharded model is gathered; rank 0 writes)."""
         st = self.spec.stage
+        weights, moments = self.par.full_state(self.model, self.optimizer)
+        self.saved_step = self.step
+        if not self.par.main:
+            return
         state = {
             "step": self.step,
             "tokens": self.step * self.tokens_per_step,
-            "sequence_cursor": self.step * st.grad_accum * st.micro_batch,
+            "sequence_cursor": self.step * st.grad_accum * self.par.world * st.micro_batch,
+            "world_size": self.par.world,
             "tokens_drawn": self.tokens_drawn,
             "epochs": self.sampler.epochs(self.tokens_drawn),
             "rng": ckpt.rng_state(),
@@ -410,12 +435,19 @@ class Trainer:
             "run_id": self.spec.run_id,
             "time": time.time(),
         }
-        where = ckpt.save_checkpoint(self.run.ckpt_dir, self.step, self.model, self.optimizer, state,
-                                     st.keep_checkpoints)
-        self.saved_step = self.step
+        where = ckpt.write_checkpoint(self.run.ckpt_dir, self.step, weights, moments, state, st.keep_checkpoints)
         self.events.write(Event.CHECKPOINT, step=self.step, path=str(where))
         log.info("checkpoint %s", where.name)
         self.mark = (time.perf_counter(), self.step)  # keep checkpoint time out of the next tokens/s
+
+
+def token_losses(net: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-token next-token loss [B, T] of rows of T + 1 tokens, through `net`'s own call (DDP's
+    gradient hooks are armed there); the same numbers as Transformer.loss(..., reduction="none")."""
+    from engine.model.decoder import cross_entropy
+
+    targets = tokens[:, 1:]
+    return cross_entropy(net(tokens[:, :-1]).flatten(0, 1), targets.flatten()).view(targets.shape)
 
 
 # What CUDA's and MPS's allocators say when a tensor does not fit (torch.OutOfMemoryError is CUDA's;
@@ -442,11 +474,13 @@ def build_optimizer(model: torch.nn.Module, st, dev: DeviceInfo) -> torch.optim.
 
 # -- entry point ----------------------------------------------------------------------------
 
-def _setup_logging(run_dir: Path) -> list[logging.Handler]:
-    """Log to stderr; also to RUN_DIR/trainer.log unless stderr already is that file (the supervisor's)."""
-    log.setLevel(logging.INFO)
+def _setup_logging(run_dir: Path, rank: int = 0) -> list[logging.Handler]:
+    """Log to stderr; also to RUN_DIR/trainer.log unless stderr already is that file (the supervisor's).
+    Ranks other than 0 log warnings and errors only, marked with their rank."""
+    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     log.propagate = False
-    fmt = logging.Formatter("%(asctime)s trainer[%(process)d] %(levelname)s %(message)s")
+    who = f"trainer[%(process)d] rank {rank}" if rank else "trainer[%(process)d]"
+    fmt = logging.Formatter(f"%(asctime)s {who} %(levelname)s %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     log_path = RunDir(run_dir).trainer_log
     try:
@@ -467,9 +501,10 @@ def main(run_dir: str | os.PathLike) -> int:
     if not run.exists():
         print(f"fcwork-train: error: {run.path}: not a run folder (no {run.stage_file.name})", file=sys.stderr)
         return EXIT_USER_ERROR
-    handlers = _setup_logging(run.path)
+    rank = distributed.launched_rank()
+    handlers = _setup_logging(run.path, rank)
     try:
-        with run.writer() as events:
+        with run.writer() if rank == 0 else distributed.NoEvents() as events:
             return _run(Trainer(run.path, events))
     finally:
         for handler in handlers:
@@ -483,7 +518,7 @@ def _fail(trainer: Trainer, message: str, code: int, detail: str = "") -> int:
     log.error("%s [%s]", message, detail) if detail else log.error("%s", message)
     try:
         trainer.events.write(Event.ERROR, message=message, source=Source.TRAINER)
-        trainer.status(RunState.FAILED, message)
+        trainer.status(RunState.FAILED, message, exit_code=code)
     except OSError as exc:  # a full disk: the exit code still tells the supervisor
         log.error("cannot record the failure in the events: %s", exc)
     return code
@@ -506,6 +541,9 @@ def _run(trainer: Trainer) -> int:
             return _fail(trainer, trainer.oom_message(), EXIT_USER_ERROR, detail)
         log.error("crash:\n%s", traceback.format_exc())
         first = (str(exc).strip().splitlines() or [""])[0]
-        return _fail(trainer, f"{type(exc).__name__}: {first}" if first else type(exc).__name__, EXIT_CRASH)
+        message = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        if trainer.par.world > 1 and distributed.lost_peer(exc):
+            message = f"another rank of the group ended (torchrun says which in trainer.log): {message}"
+        return _fail(trainer, message, EXIT_CRASH)
     finally:
         trainer.close()

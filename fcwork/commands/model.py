@@ -9,6 +9,7 @@ from rich.table import Table
 
 from engine.model.info import (
     DEVICES,
+    STRATEGIES,
     default_vocab,
     memory_estimate,
     param_breakdown,
@@ -31,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--device", choices=("auto", *DEVICES), default="auto", help="device to estimate for")
     i.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     i.add_argument("--vision", action="store_true", help="count the vision budget as trained too")
+    i.add_argument("--devices", type=int, default=1, help="devices in all (a stage's devices x nodes; default 1)")
+    i.add_argument("--strategy", choices=STRATEGIES, default="ddp",
+                   help="ddp: every device holds everything; fsdp: weights, grads and moments split by devices")
     i.set_defaults(func=cmd_info)
 
 
@@ -48,7 +52,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     seq_len = args.seq_len if args.seq_len is not None else cfg.max_seq_len
     counts = param_breakdown(cfg)
     mem = memory_estimate(
-        cfg, seq_len, args.micro_batch, args.checkpointing, args.precision, args.device, args.vision
+        cfg, seq_len, args.micro_batch, args.checkpointing, args.precision, args.device, args.vision,
+        args.devices, args.strategy,
     )
     console = Console()
 
@@ -83,22 +88,29 @@ def cmd_info(args: argparse.Namespace) -> int:
         table.add_row(key, f"{counts[key]:,}", f"{100 * counts[key] / total:.1f}%", how.get(key, ""), style=style)
     console.print(table)
 
+    where = mem["device"] if args.devices == 1 else f"each of {args.devices} x {mem['device']} ({args.strategy})"
     title = (
-        f"training memory on {mem['device']} ({mem['precision']}), micro-batch {args.micro_batch} x {seq_len}, "
+        f"training memory on {where} ({mem['precision']}), micro-batch {args.micro_batch} x {seq_len}, "
         f"activation checkpointing {'on' if args.checkpointing else 'off'}"
     )
+    split = f", split {args.devices} ways" if mem["weights"] < 4 * mem["params"] else ""
     mt = Table("part", "bytes", "size", "how", title=title)
     notes = {
         "weights": f"{_m(mem['params'])} params x 4 (fp32)"
         + (", decoder only (--vision adds the vision budget)" if counts["vision"] and not args.vision else ""),
-        "grads": "x 4 (fp32)",
-        "optimizer": "AdamW moments, x 8 (2 x fp32)",
-        "cast_weights": "bf16 copies made by autocast, x 2" if mem["cast_weights"] else "none in fp32",
+        "grads": f"x 4 (fp32){split}",
+        "optimizer": f"AdamW moments, x 8 (2 x fp32){split}",
+        "gathered": "whole parameters in use: embedding, lm head and two blocks, one block's grads",
+        "cast_weights": "bf16 copies made by autocast, x 2" if mem["cast_weights"] else
+        "none: FSDP gathers them in bf16" if mem["gathered"] and mem["precision"] == "bf16" else "none in fp32",
         "activations": "each block's input only, one block recomputed" if args.checkpointing else "every block's",
         "logits": f"{args.micro_batch * seq_len:,} tokens x vocab x (compute dtype + 2 x fp32)",
         "total": "an upper-bound estimate",
     }
-    for key in ("weights", "grads", "optimizer", "cast_weights", "activations", "logits", "total"):
+    notes["weights"] += split
+    for key in ("weights", "grads", "optimizer", "cast_weights", "gathered", "activations", "logits", "total"):
+        if key == "gathered" and not mem[key]:
+            continue
         mt.add_row(key, f"{mem[key]:,}", _gib(mem[key]), notes[key], style="bold" if key == "total" else None)
     console.print(mt)
     return 0

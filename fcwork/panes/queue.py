@@ -68,7 +68,7 @@ def entry_info(ws: Any, entry: Any, device: str, profiles: dict) -> EntryInfo:
     vocab = report.vocab_size if report else prof.tokenizer.vocab_size
     try:
         est = memory_estimate(st.model_config(vocab), st.seq_len, st.micro_batch, st.activation_checkpointing,
-                              st.precision, dev)
+                              st.precision, dev, devices=st.world_size, strategy=st.strategy)
         memory = fmt_gib(est["total"])
     except FcError:
         memory = "-"
