@@ -18,14 +18,12 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-import tomllib
 
+from engine.compat import tomllib
 from engine.jobs.procs import LaunchError, RDZV_ENV, ensure_supervisor, launch_command, spawn_trainer
 from engine.jobs.queue import StageQueue
 from engine.jobs.rundir import RunDir
-from tests.train_fixtures import (  # noqa: F401  (train_workspace is a fixture)
-    TrainWorkspace, events_of, log_tail, make_run, step_losses, train_here, train_workspace, wait_for,
-)
+from tests.train_fixtures import TrainWorkspace, events_of, log_tail, make_run, step_losses, train_here, wait_for
 
 TOL = 1e-5
 SHORT = dict(max_steps=20, checkpoint_every=10, eval_every=10, eval_probes=False)

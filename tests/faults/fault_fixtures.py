@@ -11,7 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
-import tomllib
+from engine.compat import tomllib
 from pathlib import Path
 from typing import Iterator
 

@@ -7,7 +7,7 @@ import hashlib
 import re
 import shutil
 import struct
-import tomllib
+from engine.compat import tomllib
 
 import pytest
 import tomli_w
