@@ -189,7 +189,8 @@ def test_mix_edit_rebuilds_nothing_and_growth_appends_to_shards(tmp_path):
 
 @needs_trainer
 def test_saved_mix_change_keeps_an_old_run_resumable(tiny_ws):
-    from engine.jobs.runs import create_run, load_run_spec
+    from engine.jobs.rundir import RunDir
+    from engine.jobs.runs import create_run
     from tests.train_fixtures import events_of, log_tail, run_trainer, start_trainer, wait_for
 
     ws = tiny_ws
@@ -201,7 +202,7 @@ def test_saved_mix_change_keeps_an_old_run_resumable(tiny_ws):
     wait_for(lambda: list((run / "ckpt").glob("step-*")), 120, "a checkpoint")
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, log_tail(run)
-    tok_hash = load_run_spec(run).tokenizer_hash
+    tok_hash = RunDir(run).spec().tokenizer_hash
 
     prof = save_mix(prof.path, {"code": 0.1, "science": 0.9})  # what the Manifest pane's save does
     assert prepare_data(ws, prof) == []  # `fcwork run` / `data prepare`: nothing to redo
@@ -211,7 +212,7 @@ def test_saved_mix_change_keeps_an_old_run_resumable(tiny_ws):
     assert events_of(run, "status")[-1]["state"] == "finished"
     assert not events_of(run, "error")
     second = create_run(ws, prof, "second")  # init_from = "first": the run from before the edit
-    spec = load_run_spec(second)
+    spec = RunDir(second).spec()
     assert spec.tokenizer_hash == tok_hash and spec.init_from is not None and first in spec.init_from.parents
     assert run_trainer(second, timeout=300) == 0, log_tail(second)
 

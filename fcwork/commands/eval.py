@@ -120,10 +120,11 @@ def eval_device(ws: Workspace, want: str, console: Console) -> str:
     queue = StageQueue(ws)
     warn_orphans(queue)
     try:
-        running = [e for e in queue.read() if e.state == EntryState.RUNNING and e.run_id]
+        running = [e for e in queue.read() if e.state == EntryState.RUNNING]
     except FcError:
         running = []
-    busy = [e for e in running if RunDir(ws.runs_dir / e.run_id).trainer_pid() is not None]
+    # Starting (no run yet) or training counts; a run whose trainer is gone does not hold the device.
+    busy = [e for e in running if not (e.run_id and RunDir(ws.runs_dir / e.run_id).trainer_gone())]
     if busy:
         console.print(f"evaluating on cpu: stage {busy[0].stage} (entry {busy[0].id}) is training "
                       f"(--device {accel} to use it anyway)")
