@@ -240,6 +240,9 @@ def test_cli_train_and_runs(tiny_ws):
     assert r.returncode == 0, r.stderr
     assert "step-16" in r.stdout and "held-out loss by domain" in r.stdout and "science" in r.stdout
     assert "probes during training" in r.stdout and "code: body compiles" in r.stdout
+    assert "passes over each domain: code " in " ".join(r.stdout.split())  # epochs from the step events
+    steps = [e for e in events(run_dir) if e.get("type") == "step"]
+    assert set(steps[-1]["epochs"]) == {"code", "science"} and steps[-1]["epochs"]["code"] > steps[0]["epochs"]["code"] > 0
     r = fcwork(ws.root, "runs", "show", "no-such-run")
     assert r.returncode == 2 and "no run 'no-such-run'" in r.stderr
     r = fcwork(ws.root, "mix", run_dir.name, "code=1")

@@ -298,6 +298,7 @@ class Trainer:
             "step": step, "tokens": step * self.tokens_per_step, "loss": loss, "domain_loss": domain_loss,
             "lr": lr, "grad_norm": grad_norm, "tokens_per_s": round(tokens_per_s, 2),
             "step_time": round(elapsed / steps, 6), "mem_bytes": self.dev.memory_bytes(),
+            "epochs": {d: round(e, 4) for d, e in self.sampler.epochs(self.tokens_drawn).items()},
             "mix": self.schedule.weights_at(step),
         }
         if self.dev.peak_flops:

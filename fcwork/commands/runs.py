@@ -64,6 +64,13 @@ def cmd_show(args: argparse.Namespace) -> int:
                   + (f" (latest {ckpts[-1][1].name})" if ckpts else ""))
     if s.message:
         console.print(f"message: {s.message}")
+    epochs = s.last.get("epochs") or {}
+    if epochs and s.step:
+        # Passes so far, and where the stage ends at this pace (the mix may still change it).
+        whole = (s.max_steps or s.step) / s.step
+        console.print("passes over each domain: " + ", ".join(
+            f"{d} {e:.2f}x (about {e * whole:.1f}x by step {s.max_steps})" if s.max_steps else f"{d} {e:.2f}x"
+            for d, e in epochs.items()))
     evals = eval_events(run.path)
     if evals:
         domains = list(dict.fromkeys(d for e in evals for d in e.get("domain_loss", {})))
