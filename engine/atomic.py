@@ -47,17 +47,22 @@ def atomic_create_text(path: str | os.PathLike, text: str) -> None:
         os.link(tmp, path)  # unlike a rename, a link never replaces what is there
     finally:
         os.unlink(tmp)
-    _sync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _sync_dir(folder: Path) -> None:
-    """Make a new name in `folder` survive a power cut."""
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file (or a folder's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a new name in `folder` survive a power cut (some filesystems refuse: the rename is still atomic)."""
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(folder)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -469,11 +469,6 @@ def dumps_profile(profile: Profile) -> str:
     return tomli_w.dumps(profile.to_dict())
 
 
-def save_profile(profile: Profile, path: str | Path) -> None:
-    """Write the profile atomically."""
-    atomic_write_text(path, dumps_profile(profile))
-
-
 def save_mix(path: str | Path, mix: dict[str, float]) -> Profile:
     """Replace the `[mix]` table of the profile at `path`, keeping the rest of the file as data."""
     path = Path(path)

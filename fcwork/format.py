@@ -68,8 +68,3 @@ def fmt_eta(seconds: float | None) -> str:
 def fmt_mix(mix: dict[str, float], digits: int = 3) -> str:
     """A mix for reading in the TUI: "science 0.300  code 0.300"."""
     return "  ".join(f"{d} {w:.{digits}f}" for d, w in mix.items())
-
-
-def fmt_mix_args(mix: dict[str, float], digits: int = 2) -> str:
-    """A mix in the `DOMAIN=WEIGHT` form the CLI takes: "science=0.30 code=0.30"."""
-    return " ".join(f"{d}={w:.{digits}f}" for d, w in mix.items())

@@ -58,10 +58,6 @@ def tokenizer_state(ws: Workspace, profile: Profile) -> str:
     return "current"
 
 
-def tokenizer_is_current(ws: Workspace, profile: Profile) -> bool:
-    return tokenizer_state(ws, profile) == "current"
-
-
 def _stamp(ws: Workspace, profile: Profile) -> dict:
     try:
         stamp = json.loads((ws.tok_dir(profile.name) / SHARD_STAMP).read_text())
@@ -118,12 +114,6 @@ def build_data(ws: Workspace, profile: Profile, progress: ProgressFn = _noop, wo
     """`fcwork data build`: build new domains, grow those whose budget rose, keep the rest."""
     return build_corpus(profile, ws.raw_dir(profile.name), workers=workers, rebuild=rebuild,
                         progress=lambda d, done, total: progress(f"corpus {d}", done, total))
-
-
-def corpus_domains(ws: Workspace, profile: Profile) -> list[str]:
-    """Domains of the built corpus (the tokenizer and the shards cover all of them, whatever the mix)."""
-    manifest = read_manifest(ws.raw_dir(profile.name)) or {}
-    return list(manifest.get("domains", {}))
 
 
 def train_profile_tokenizer(ws: Workspace, profile: Profile, progress: ProgressFn = _noop) -> TokenizerReport:

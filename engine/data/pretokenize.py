@@ -31,7 +31,6 @@ MIN_CHUNK_BYTES = 256 << 10
 MAX_CHUNK_BYTES = 4 << 20
 CHUNKS_PER_WORKER = 8  # enough chunks that workers finish close together
 SMALL_INPUT_BYTES = 1 << 20  # below this (and below two chunks) starting a pool costs more than it saves
-SPLITS = ("train", "heldout")
 
 ProgressFn = Callable[[str, int, int], None]
 

@@ -39,6 +39,7 @@ from typing import IO, Callable, Iterable, Sequence
 
 import numpy as np
 
+from engine.atomic import fsync_dir
 from engine.errors import ShardError, differing_prefixes
 
 BIN_MAGIC = b"FCTOKBIN"
@@ -251,7 +252,7 @@ class ShardWriter:
             os.replace(bin_tmp, self.bin_path)
             os.replace(idx_tmp, self.idx_path)
             self._files = []
-            _fsync_dir(self.prefix.parent)
+            fsync_dir(self.prefix.parent)
         except BaseException:
             self.abort()
             raise
@@ -276,15 +277,6 @@ class ShardWriter:
             self.abort()
         elif not self._closed:
             self.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def write_shard(

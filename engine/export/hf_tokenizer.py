@@ -19,7 +19,7 @@ from typing import Any
 
 from engine.atomic import atomic_write_text
 from engine.errors import TokenizerError
-from engine.export.spm_model import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, SpmModel, read_spm_model
+from engine.export.spm_model import CONTROL, NORMAL, UNKNOWN, USER_DEFINED, SpmModel, read_spm_model
 from engine.data.tokenizer import BOS_ID, EOS_ID
 
 SPACE = "\u2581"
@@ -136,8 +136,3 @@ def write_hf_tokenizer(tokenizer_path: str | os.PathLike, out_dir: Path, add_bos
     atomic_write_text(out_dir / "special_tokens_map.json",
                       json.dumps(special, indent=2, ensure_ascii=False) + "\n")
     return spm
-
-
-def byte_piece_ids(spm: SpmModel) -> list[int]:
-    """Ids of the <0xNN> byte-fallback pieces (for formats that mark them)."""
-    return spm.ids_of(BYTE)

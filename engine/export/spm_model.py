@@ -40,9 +40,6 @@ class SpmModel:
     remove_extra_whitespaces: bool
     byte_fallback: bool
 
-    def ids_of(self, kind: int) -> list[int]:
-        return [i for i, p in enumerate(self.pieces) if p.type == kind]
-
 
 def _varint(buf: bytes, pos: int, where: str) -> tuple[int, int]:
     value = shift = 0

@@ -238,15 +238,6 @@ class RunDir:
     def read_request(self, request_id: int, domains: Iterable[str] | None = None) -> control.ControlRequest:
         return control.read_request(self.requests_dir, request_id, domains)
 
-    def answer_of(self, request_id: int, offset: int = 0) -> tuple[dict[str, Any] | None, int]:
-        """The `answer` event of a request if it is in the events after `offset`, and where to read on."""
-        found = None
-        events, offset = self.read_events(offset)
-        for ev in events:
-            if ev.get("type") == Event.ANSWER and ev.get("request_id") == request_id:
-                found = ev
-        return found, offset
-
 
 class RunFollower:
     """One run folded as its events are appended: the CLI's live view, the supervisor's verdict."""

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.atomic import atomic_write_text
+from engine.atomic import atomic_write_text, fsync_dir, fsync_path
 from engine.errors import FcError, ModelError, RunError
 from engine.jobs.rundir import CKPT_PREFIX, CKPT_STATE, RunDir
 
@@ -40,21 +40,6 @@ SPACE_MARGIN = 16 << 20  # left free for events, logs and the queue after a chec
 
 class NoSpaceError(FcError):
     """The disk cannot hold the next checkpoint (a user's problem: free space, then resume)."""
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync_file(path)
-    except OSError:  # some filesystems refuse to fsync a folder; the rename is still atomic
-        pass
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -113,8 +98,8 @@ def write_checkpoint(
         torch.save(moments, tmp / OPTIM_FILE)
         (tmp / CKPT_STATE).write_text(json.dumps(state, separators=(",", ":")) + "\n", encoding="utf-8")
         for name in (MODEL_FILE, OPTIM_FILE, CKPT_STATE):
-            _fsync_file(tmp / name)
-        _fsync_dir(tmp)
+            fsync_path(tmp / name)
+        fsync_dir(tmp)
     except (OSError, RuntimeError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_no_space(exc):
@@ -123,7 +108,7 @@ def write_checkpoint(
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
+    fsync_dir(ckpt_root)
     for _, old in RunDir(ckpt_root.parent).checkpoints()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

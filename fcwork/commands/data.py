@@ -13,35 +13,25 @@ from engine.data.corpus import CorpusSummary, read_manifest
 from engine.data.sources import describe_source
 from engine.errors import DataError
 from engine.workspace import Workspace
+from fcwork.commands import profile_action
 from fcwork.progress import rich_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build the corpus and the token shards")
     ps = p.add_subparsers(dest="data_cmd", metavar="ACTION", required=True)
-    b = ps.add_parser("build", help="build the corpus of a profile (budgets, dedup, held-out split); grows an "
-                                    "existing one when its budget rose")
-    b.add_argument("profile")
+    b = profile_action(ps, "build", "build the corpus of a profile (budgets, dedup, held-out split); grows an "
+                                    "existing one when its budget rose", cmd_build)
     b.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     b.add_argument("--rebuild", action="store_true", help="start every domain over instead of growing it")
-    b.set_defaults(func=cmd_build)
-    t = ps.add_parser("pretokenize", help="encode the corpus into shards with the profile's tokenizer")
-    t.add_argument("profile")
+    t = profile_action(ps, "pretokenize", "encode the corpus into shards with the profile's tokenizer", cmd_pretokenize)
     t.add_argument("--workers", type=int, default=None, help="encoder processes (default: one per core)")
-    t.set_defaults(func=cmd_pretokenize)
-    a = ps.add_parser("prepare", help="corpus, tokenizer and shards, each only when out of date")
-    a.add_argument("profile")
+    a = profile_action(ps, "prepare", "corpus, tokenizer and shards, each only when out of date", cmd_prepare)
     a.add_argument("--force", action="store_true", help="redo every step (rebuild, retrain the tokenizer, re-encode)")
-    a.set_defaults(func=cmd_prepare)
-    src = ps.add_parser("sources", help="the profile's sources: status, files and size on disk")
-    src.add_argument("profile")
-    src.set_defaults(func=cmd_sources)
-    s = ps.add_parser("show", help="the last corpus build's summary")
-    s.add_argument("profile")
-    s.set_defaults(func=cmd_show)
-    v = ps.add_parser("verify", help="read every shard of a profile against its checksum, tokenizer and vocabulary")
-    v.add_argument("profile")
-    v.set_defaults(func=cmd_verify)
+    profile_action(ps, "sources", "the profile's sources: status, files and size on disk", cmd_sources)
+    profile_action(ps, "show", "the last corpus build's summary", cmd_show)
+    profile_action(ps, "verify", "read every shard of a profile against its checksum, tokenizer and vocabulary",
+                   cmd_verify)
 
 
 def print_summary(manifest: dict, console: Console) -> None:

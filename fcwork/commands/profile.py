@@ -11,18 +11,15 @@ from rich.table import Table
 from engine.data.sources import describe_source
 from engine.profile import dumps_profile
 from engine.workspace import Workspace
+from fcwork.commands import profile_action
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="list, check or show profiles")
     ps = p.add_subparsers(dest="profile_cmd", metavar="ACTION", required=True)
     ps.add_parser("list", help="profiles in the workspace").set_defaults(func=cmd_list)
-    c = ps.add_parser("check", help="validate a profile")
-    c.add_argument("profile")
-    c.set_defaults(func=cmd_check)
-    s = ps.add_parser("show", help="print a profile with every default filled in")
-    s.add_argument("profile")
-    s.set_defaults(func=cmd_show)
+    profile_action(ps, "check", "validate a profile", cmd_check)
+    profile_action(ps, "show", "print a profile with every default filled in", cmd_show)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -11,22 +11,17 @@ from engine.data import pipeline
 from engine.errors import TokenizerError
 from engine.data.tokenizer import Tokenizer, TokenizerReport, read_report
 from engine.workspace import Workspace
+from fcwork.commands import profile_action
 from fcwork.progress import rich_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="train and inspect the tokenizer")
     ps = p.add_subparsers(dest="tok_cmd", metavar="ACTION", required=True)
-    t = ps.add_parser("train", help="train SentencePiece on a domain-balanced sample of the corpus")
-    t.add_argument("profile")
-    t.set_defaults(func=cmd_train)
-    s = ps.add_parser("show", help="vocab size, hash and tokens per character per domain")
-    s.add_argument("profile")
-    s.set_defaults(func=cmd_show)
-    e = ps.add_parser("encode", help="show the pieces and ids of a text")
-    e.add_argument("profile")
+    profile_action(ps, "train", "train SentencePiece on a domain-balanced sample of the corpus", cmd_train)
+    profile_action(ps, "show", "vocab size, hash and tokens per character per domain", cmd_show)
+    e = profile_action(ps, "encode", "show the pieces and ids of a text", cmd_encode)
     e.add_argument("text")
-    e.set_defaults(func=cmd_encode)
 
 
 def print_report(report: TokenizerReport, console: Console) -> None:
