@@ -1,8 +1,8 @@
 """The trainer's step time with control-file watching and event writing on vs off.
 
 Two real Trainers (engine.train.trainer) on the same run settings live side by side in this
-process: "on" is the trainer as shipped (events.jsonl written and flushed every step, control.toml
-watched by the watchfiles thread and polled every step); "off" has an event sink that writes
+process: "on" is the trainer as shipped (events.jsonl written and flushed every step, the requests
+folder watched by the watchfiles thread and polled every step); "off" has an event sink that writes
 nothing and a watcher that never looks. Blocks of steps alternate between the two (so load
 changes on a shared machine hit both alike) through the trainer's own loop (`run_until`), with one
 step event per step (log_every = 1, the worst case) and no evals or checkpoints. Prints the median

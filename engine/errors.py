@@ -46,7 +46,7 @@ class RunError(FcError):
 
 
 class ControlError(FcError):
-    """A run's control.toml is malformed or asks for something the run cannot do."""
+    """A control request is malformed or asks for something the run cannot do."""
 
 
 class ServiceError(FcError):

@@ -1,4 +1,4 @@
-"""The domain mix: the one rule for a mix wherever it enters (profile, stage.toml, control.toml,
+"""The domain mix: the one rule for a mix wherever it enters (profile, stage.toml, a control request,
 the `fcwork mix` arguments, the Manifest pane) and the one way it is printed.
 
 A mix is a table of domain = weight: each domain a name of letters, digits, '_', '-' or '.';

@@ -1,8 +1,8 @@
 """Manifest pane: the profile's sources with size and token estimates, and the mix as editable numbers.
 
 Enter in a weight checks the whole mix (engine.mix), shows it normalised, and sends it to
-the running stage through control.toml; the trainer's `mix` event with the same request id
-is shown as "applied at step N". ctrl+o writes the typed weights back into the profile.
+the running stage as a control request; the trainer's `answer` event for that request is shown
+as "applied at step N" (or superseded, or rejected with why). ctrl+o writes the typed weights back into the profile.
 ctrl+b prepares the profile's data (corpus, tokenizer, shards, each only when out of date) in a
 child process (fcwork.jobs), with its progress shown under the sources.
 """

@@ -126,6 +126,7 @@ def run_events(steps: int, max_steps: int = 300, finished: bool = False, mix_at:
         if mix_at is not None and s == mix_at:
             mix = {"science": 0.2, "code": 0.4, "chess": 0.1, "data": 0.2, "chat": 0.1}
             evs.append({"type": "mix", "time": T0 + s, "step": s, "mix": dict(mix), "request_id": 1})
+            evs.append({"type": "answer", "time": T0 + s, "step": s, "request_id": 1, "outcome": "applied"})
         evs.append(step_event(s, mix))
         if s % 50 == 0:
             evs.append(eval_event(s))
@@ -162,8 +163,9 @@ def make_workspace(root: Path, live_steps: int = 120) -> Workspace:
     ws.profile_path("default").write_text(PROFILE, encoding="utf-8")
     make_run(ws, RUN_DONE, run_events(300, finished=True, mix_at=None))
     live = make_run(ws, RUN_LIVE, run_events(live_steps))
-    # The request the history's `mix` event acknowledges, as `fcwork train mix` left it.
-    (live / "control.toml").write_text(tomli_w.dumps({"request_id": 1, "mix": {
+    # The request the history's `mix` and `answer` events answer, as `fcwork mix` left it.
+    (live / "requests").mkdir()
+    (live / "requests" / "00000001.toml").write_text(tomli_w.dumps({"mix": {
         "science": 0.2, "code": 0.4, "chess": 0.1, "data": 0.2, "chat": 0.1}}), encoding="utf-8")
     write_queue(ws, [
         QueueEntry(id=1, profile="default", stage="base", state="done", run_id=RUN_DONE, message="finished",
