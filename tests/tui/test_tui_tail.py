@@ -92,7 +92,7 @@ def test_history_folds_events_and_acks():
     assert {rid: a["step"] for rid, a in h.acks.items()} == {1: 60}  # request 1 answered at step 60
     assert [m[0] for m in h.mixes] == [1, 60] and h.mixes[1][1]["code"] == 0.4
     assert len(h.evals) == 2 and h.series["eval/code"].last is not None
-    assert {e["type"] for e in notable} == {"status", "mix", "eval", "checkpoint"}
+    assert {e["type"] for e in notable} == {"status", "mix", "answer", "eval", "checkpoint"}
     h.tokens_per_step = 8192
     assert h.eta_seconds() == (300 - 120) * 8192 / 8192.0
     assert store.running() == ["r1"]
