@@ -108,17 +108,21 @@ class Parallel:
             on_gpu = next(model.parameters()).device.type == "cuda"
             return DistributedDataParallel(model, device_ids=[self.local_rank] if on_gpu else None,
                                            gradient_as_bucket_view=True)
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if precision == "bf16" else MixedPrecisionPolicy()
+        # The mesh on the model's own device: left to itself FSDP takes the GPU whenever there is one,
+        # and would move a stage that trains on the CPU there.
+        mesh = init_device_mesh(next(model.parameters()).device.type, (self.world,))
         last = len(model.layers) - 1
         for i, block in enumerate(model.layers):
             if compile_on:
                 block.compile()
             # The last block's parameters are needed again at once by the backward: keep them gathered.
-            fully_shard(block, mp_policy=policy, reshard_after_forward=i < last)
-        fully_shard(model, mp_policy=policy)
+            fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=i < last)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
         return model
 
     def accumulating(self, wrapped: torch.nn.Module, last_micro: bool) -> ContextManager:
