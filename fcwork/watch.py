@@ -232,10 +232,12 @@ class WorkspaceWatcher:
             return  # not written yet: the next scan tries again
         self._meta.add(run_id)
         try:
-            with self.store.lock:
-                self.store.history(run_id).set_meta(run)
+            meta = run.meta()  # read outside the store's lock: the panes draw under it
         except FcError as exc:
             self._say(str(exc))
+            return
+        with self.store.lock:
+            self.store.history(run_id).set_meta(meta)
 
     def _read_run(self, run_id: str) -> bool:
         tail = self.tails[run_id]

@@ -12,12 +12,14 @@ import pytest
 from textual.command import CommandList, CommandPalette
 from textual.widgets import DataTable, Input, TabbedContent
 
+from engine.jobs.control import request_path
+from engine.jobs.rundir import RunDir
 from engine.profile import load_profile
 from engine.jobs.queue import StageQueue
 from fcwork.panes.queue import QueuePane
 from fcwork.widgets.modals import ConfirmScreen, PickManyScreen, PickScreen
 from tui_fixtures import (REPO_ROOT, RUN_DONE, RUN_LIVE, empty_workspace, make_app, make_run, make_workspace,
-                          key_latency, notifications, run_events, settle, show_pane, step_event, wait_for,
+                          key_latency, notifications, requests_of, run_events, settle, show_pane, step_event, wait_for,
                           write_events)
 
 pytestmark = pytest.mark.anyio  # anyio's pytest plugin runs the async tests on asyncio
@@ -103,15 +105,15 @@ async def test_mix_edit_writes_control_and_shows_the_ack(tmp_path):
         await pilot.press("0", ".", "6")
         assert app.query_one("#bar-1").value == pytest.approx(0.6 / 1.3)
         await pilot.press("enter")
-        control = ws.runs_dir / RUN_LIVE / "control.toml"
-        await wait_for(pilot, lambda: tomllib.loads(control.read_text())["request_id"] == 2, what="control.toml")
-        data = tomllib.loads(control.read_text())
+        await wait_for(pilot, lambda: requests_of(ws, RUN_LIVE) == [1, 2], what="request 2")
+        data = tomllib.loads(request_path(RunDir(ws.runs_dir / RUN_LIVE).requests_dir, 2).read_text())
         assert data["mix"]["code"] == pytest.approx(0.6 / 1.3)
         assert sum(data["mix"].values()) == pytest.approx(1.0)
         status = app.query_one("#mix-status")
         await wait_for(pilot, lambda: "request 2 sent" in str(status.render()), what="sent status")
-        ack = {"type": "mix", "time": 0.0, "step": 121, "mix": data["mix"], "request_id": data["request_id"]}
-        write_events(ws.runs_dir / RUN_LIVE / "events.jsonl", [ack], mode="a")
+        ack = [{"type": "mix", "time": 0.0, "step": 121, "mix": data["mix"], "request_id": 2},
+               {"type": "answer", "time": 0.0, "step": 121, "request_id": 2, "outcome": "applied"}]
+        write_events(ws.runs_dir / RUN_LIVE / "events.jsonl", ack, mode="a")
         await wait_for(pilot, lambda: "applied at step 121" in str(status.render()), what="ack")
 
 
@@ -127,7 +129,7 @@ async def test_bad_weight_is_a_one_line_error_and_nothing_is_sent(tmp_path):
         await pilot.pause()
         assert "expected at least one positive weight" in str(app.query_one("#mix-status").render())
         assert any("positive weight" in m for m in notifications(app))
-        assert tomllib.loads((ws.runs_dir / RUN_LIVE / "control.toml").read_text())["request_id"] == 1
+        assert requests_of(ws, RUN_LIVE) == [1]
 
 
 async def test_save_mix_to_profile_and_pick_up_outside_edits(tmp_path):
@@ -182,7 +184,7 @@ async def test_apply_without_a_running_stage_only_checks(tmp_path):
         await pilot.pause()
         assert "no stage is running" in str(app.query_one("#mix-status").render())
         assert any("No stage is running" in m for m in notifications(app))
-        assert not list(ws.runs_dir.glob("*/control.toml"))
+        assert not list(ws.runs_dir.glob("*/requests/*.toml"))
 
 
 async def test_open_another_profile_from_the_palette(tmp_path):

@@ -1,5 +1,5 @@
 """The app against the real trainer: a live run's metrics appear, and a mix typed in the Manifest
-pane goes through control.toml to `python -m engine.train`, whose `mix` ack the pane shows."""
+pane goes through a control request (runs/<id>/requests/) to `python -m engine.train`, whose `answer` the pane shows."""
 
 from __future__ import annotations
 

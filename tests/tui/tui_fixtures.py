@@ -10,6 +10,8 @@ from pathlib import Path
 import tomli_w
 
 from engine.jobs.queue import QueueEntry, dumps_queue
+from engine.jobs.control import request_ids, request_path
+from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -126,6 +128,7 @@ def run_events(steps: int, max_steps: int = 300, finished: bool = False, mix_at:
         if mix_at is not None and s == mix_at:
             mix = {"science": 0.2, "code": 0.4, "chess": 0.1, "data": 0.2, "chat": 0.1}
             evs.append({"type": "mix", "time": T0 + s, "step": s, "mix": dict(mix), "request_id": 1})
+            evs.append({"type": "answer", "time": T0 + s, "step": s, "request_id": 1, "outcome": "applied"})
         evs.append(step_event(s, mix))
         if s % 50 == 0:
             evs.append(eval_event(s))
@@ -151,6 +154,11 @@ def make_run(ws: Workspace, run_id: str, events: list[dict], stage: str = "base"
     return run_dir
 
 
+def requests_of(ws: Workspace, run_id: str) -> list[int]:
+    """The ids of the control requests in a run's folder."""
+    return request_ids(RunDir(ws.runs_dir / run_id).requests_dir)
+
+
 def write_queue(ws: Workspace, entries: list[QueueEntry]) -> None:
     ws.queue_path.write_text(dumps_queue(entries), encoding="utf-8")
 
@@ -162,9 +170,11 @@ def make_workspace(root: Path, live_steps: int = 120) -> Workspace:
     ws.profile_path("default").write_text(PROFILE, encoding="utf-8")
     make_run(ws, RUN_DONE, run_events(300, finished=True, mix_at=None))
     live = make_run(ws, RUN_LIVE, run_events(live_steps))
-    # The request the history's `mix` event acknowledges, as `fcwork train mix` left it.
-    (live / "control.toml").write_text(tomli_w.dumps({"request_id": 1, "mix": {
-        "science": 0.2, "code": 0.4, "chess": 0.1, "data": 0.2, "chat": 0.1}}), encoding="utf-8")
+    # The request the history's `mix` and `answer` events acknowledge, as `fcwork mix` left it.
+    request = request_path(RunDir(live).requests_dir, 1)
+    request.parent.mkdir()
+    request.write_text(tomli_w.dumps({"mix": {"science": 0.2, "code": 0.4, "chess": 0.1, "data": 0.2, "chat": 0.1}}),
+                       encoding="utf-8")
     write_queue(ws, [
         QueueEntry(id=1, profile="default", stage="base", state="done", run_id=RUN_DONE, message="finished",
                    added=T0 - 7200),
