@@ -73,3 +73,27 @@ def fmt_mix(mix: dict[str, float], digits: int = 3) -> str:
 def fmt_mix_args(mix: dict[str, float], digits: int = 2) -> str:
     """A mix in the `DOMAIN=WEIGHT` form the CLI takes: "science=0.30 code=0.30"."""
     return " ".join(f"{d}={w:.{digits}f}" for d, w in mix.items())
+
+
+def fmt_bytes(n: float) -> str:
+    """A size on disk: "512 B", "1.2 kB", "3.4 GB" (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def mix_history_lines(mixes: Any, digits: int = 3) -> list[str]:
+    """A run's mix history, one line per mix in force: "from step 60 (request 1): science=0.200 ..."
+    (`mixes`: (step, weights, request id or None) as RunHistory keeps them)."""
+    out = []
+    for step, weights, request in mixes:
+        origin = f" (request {request})" if request is not None else ""
+        out.append(f"from step {step}{origin}: " + " ".join(f"{d}={w:.{digits}f}" for d, w in weights.items()))
+    return out
+
+
+def export_lines(exports: Any) -> list[str]:
+    """A run's exports, one line each: "hf-f32-step300  12.3 MB" (`exports`: (name, bytes) pairs)."""
+    return [f"{name}  {fmt_bytes(size)}" for name, size in exports]

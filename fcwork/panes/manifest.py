@@ -25,6 +25,7 @@ from engine.errors import FcError
 from engine.jobs.protocol import Answer, Event
 from engine.jobs.rundir import RunDir
 from engine.mix import describe, normalise, parse_weights
+from fcwork.format import fmt_bytes
 from fcwork.panes.base import Pane
 from fcwork.widgets.bars import Bar
 from fcwork.widgets.colors import theme_color
@@ -32,14 +33,6 @@ from fcwork.widgets.row_table import RowTable
 
 
 SOURCES_S = 2.0  # how often the shown pane re-checks its sources on disk
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def fmt_count(n: float) -> str:
