@@ -40,17 +40,27 @@ def fmt_loss_bpb(loss: Any, bpb: Any) -> str:
     return f"{loss:.4f}" + (f" ({bpb:.3f})" if isinstance(bpb, (int, float)) else "")
 
 
-def fmt_number(v: float) -> str:
-    """Short form for axis labels and legends: 3 significant digits, k/M/G for large values."""
+def fmt_number(v: float, digits: int = 3) -> str:
+    """Short form for axis labels and legends: `digits` significant digits, k/M/G for large values."""
     if v is None or not math.isfinite(v):
         return "-"
     a = abs(v)
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if a >= scale:
-            return f"{v / scale:.3g}{unit}"
+            return f"{v / scale:.{digits}g}{unit}"
     if a and a < 1e-3:
-        return f"{v:.1e}"
-    return f"{v:.3g}"
+        return f"{v:.{max(0, digits - 2)}e}"
+    return f"{v:.{digits}g}"
+
+
+def fmt_progress(step: int, total: int = 0) -> str:
+    """Steps done of a total for a narrow column: exact below 100,000 ("120/300"), else short
+    ("1.23M/1.5M"); a step alone when the total is unknown."""
+    if total and total < 100_000:
+        return f"{step}/{total}"
+    if total:
+        return f"{fmt_number(step)}/{fmt_number(total)}"
+    return str(step) if step < 100_000 else fmt_number(step)
 
 
 def fmt_eta(seconds: float | None) -> str:
