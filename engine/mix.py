@@ -64,9 +64,11 @@ def parse_weights(
 
 
 def parse_pairs(
-    pairs: Iterable[str], domains: Iterable[str] | None = None, key: str = "mix", *, domains_of: str = "the run"
+    pairs: Iterable[str], domains: Iterable[str] | None = None, key: str = "mix", *, domains_of: str = "the run",
+    partial: bool = False,
 ) -> dict[str, float]:
     """`science=0.5 code=0.3` arguments into a checked mix (a domain given twice: the last wins).
+    With `partial` they are changes to a mix (see `merge`), which may all be 0.
 
     The argument at fault is the origin of an error, so it is the message's prefix
     (`chess=1: mix.chess: expected a domain of the run (code, science)`).
@@ -83,10 +85,25 @@ def parse_pairs(
         except MixError as exc:
             raise MixError(f"{pair}: {exc}") from None
     try:
-        _any_positive(out, key)
+        if not partial or not out:
+            _any_positive(out, key)
     except MixError as exc:
         raise MixError(f"{' '.join(pairs)}: {exc}" if pairs else str(exc)) from None
     return out
+
+
+def merge(current: Mapping[str, float], changes: Mapping[str, float], only: bool = False,
+          key: str = "mix") -> dict[str, float]:
+    """A mix edit as a user means it, normalised: the domains named in `changes` take their new
+    weights and every other domain of `current` keeps its weight (`only`: drops to 0). `current`
+    is in force (it sums to 1 or not, only its ratios count); the result is in its order, then
+    any new domains in theirs. Refuses what `check_mix` refuses (all weights 0, ...)."""
+    if only:
+        out = {d: 0.0 for d in current}
+    else:
+        out = dict(normalise(current, key)) if any(w > 0 for w in current.values()) else dict(current)
+    out.update(changes)
+    return normalise(out, key)
 
 
 def describe(mix: Mapping[str, float], digits: int | None = 3) -> str:

@@ -470,14 +470,31 @@ def dumps_profile(profile: Profile) -> str:
 
 
 def save_mix(path: str | Path, mix: dict[str, float]) -> Profile:
-    """Replace the `[mix]` table of the profile at `path`, keeping the rest of the file as data."""
+    """Set the weights of the profile's `[mix]` table at `path` in place: comments, layout, key
+    order and the rest of the file (`1_500_000`, `[[sources]]` tables) stay as written; a domain
+    of the table not in `mix` is removed, a new one added at its end. The result is checked as
+    a profile before it replaces the file (atomically)."""
+    import tomlkit  # format-preserving TOML: only the [mix] values change (tomli-w rewrites the whole file)
+    from tomlkit.exceptions import TOMLKitError
+
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, TOMLKitError) as exc:
         raise ProfileError(f"{path}: cannot update the mix: {exc}") from None
-    data["mix"] = {d: float(w) for d, w in mix.items()}
-    prof = parse_profile(data, str(path))
-    atomic_write_text(path, tomli_w.dumps(data))
+    table = doc.get("mix")
+    if not isinstance(table, dict):
+        table = tomlkit.table()
+        doc["mix"] = table
+    for domain in [d for d in table if d not in mix]:
+        del table[domain]
+    for domain, weight in mix.items():
+        weight = float(weight)
+        # An integer weight stays an integer (`code = 3`), any other is written as a float.
+        keep_int = isinstance(table.get(domain), int) and not isinstance(table.get(domain), bool) and weight.is_integer()
+        table[domain] = int(weight) if keep_int else weight
+    text = tomlkit.dumps(doc)
+    prof = parse_profile(tomllib.loads(text), str(path))
+    atomic_write_text(path, text)
     prof.path = path
     return prof

@@ -8,7 +8,6 @@ Neither torch nor sentencepiece is imported here: start-up stays well under a se
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from functools import partial
@@ -18,18 +17,22 @@ from typing import Any, Callable
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.widget import Widget
-from textual.widgets import Footer, Label, TabbedContent, TabPane
+from textual.widgets import Footer, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.errors import FcError
 from engine.jobs.history import RunStore
 from engine.jobs.protocol import EntryState, Event
 from engine.workspace import Workspace
+from fcwork.keys import GLOBAL_KEYS, PANES, pane_class, pane_keys
 from fcwork.messages import (ProfileChanged, QueueChanged, RunNotices, RunsChanged, ShowRun, WatchFailed,
                              WorkerFailed)
 from fcwork.palette import WorkbenchCommands, pane_commands
 from fcwork.panes.base import Pane
 from fcwork.watch import POLL_S, WorkspaceWatcher
+from fcwork.widgets.help_screen import HelpScreen
+from fcwork.widgets.modals import ConfirmScreen
+from fcwork.widgets.textline import TextLine
 
 # Debugging/benchmark knob: exit right after the first paint (bench/tui_startup.py sets it).
 EXIT_AFTER_PAINT_ENV = "FCWORK_TUI_EXIT_AFTER_PAINT"
@@ -37,20 +40,11 @@ EXIT_AFTER_PAINT_ENV = "FCWORK_TUI_EXIT_AFTER_PAINT"
 # FCWORK_SUPERVISOR_RESTART=0 to leave that to `fcwork queue start`.
 SUPERVISOR_CHECK_S = 5.0
 RESTART_ENV = "FCWORK_SUPERVISOR_RESTART"
-# Pane id -> (tab title, module, class). Each pane's module is imported when the pane mounts, so
-# the first frame waits only for the pane it shows.
-PANES = {
-    "manifest": ("Manifest", "fcwork.panes.manifest", "ManifestPane"),
-    "tokenizer": ("Tokenizer", "fcwork.panes.tokenizer", "TokenizerPane"),
-    "queue": ("Queue", "fcwork.panes.queue", "QueuePane"),
-    "metrics": ("Metrics", "fcwork.panes.metrics", "MetricsPane"),
-    "eval": ("Eval", "fcwork.panes.eval", "EvalPane"),
-}
-
-
-def pane_class(pane_id: str) -> type[Pane]:
-    _, module, name = PANES[pane_id]
-    return getattr(importlib.import_module(module), name)
+# Work of the app's own workers that dies with it (worker group -> what to call it when quitting).
+IN_APP_JOBS = {"manifest-data": "the data build", "tok-train": "the tokenizer training", "eval": "the eval",
+               "export": "the export"}
+# Each pane's module (fcwork.keys.PANES) is imported when the pane mounts, so the first frame waits
+# only for the pane it shows.
 
 
 class PaneSlot(Widget):
@@ -81,11 +75,14 @@ class FcworkApp(App):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere find it too
     TITLE = "fcwork"
     COMMANDS = App.COMMANDS | {WorkbenchCommands}
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (23, "-tall")]  # Screen.-short: 60x20 and such drop spacing
     BINDINGS = [
         # The tab labels show these keys ("F1 Manifest"), so the footer keeps its room for the pane's own.
         *[Binding(f"f{i}", f"pane('{p}')", PANES[p][0], show=False) for i, p in enumerate(PANES, 1)],
         *[Binding(str(i), f"pane('{p}')", PANES[p][0], show=False) for i, p in enumerate(PANES, 1)],
-        Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "request_quit", "Quit"),
+        Binding("ctrl+q", "request_quit", "Quit", priority=True, show=False),
     ]
 
     def __init__(self, workspace: str | os.PathLike | None = None, profile: str = "default",
@@ -106,21 +103,21 @@ class FcworkApp(App):
             else restart_supervisor
 
     def compose(self) -> ComposeResult:
-        yield Label(self._title(), markup=False, id="title")
+        yield TextLine(self._title(), id="title")
         with TabbedContent(id="tabs"):
             for i, (pane_id, (title, _, _)) in enumerate(PANES.items(), 1):
                 with TabPane(f"F{i} {title}", id=f"tab-{pane_id}"):
                     make = partial(self._make_pane, pane_id)
                     # The hidden panes mount right after the first paint: a faster first frame.
                     yield make(pane_class(pane_id)) if pane_id == self.active_pane else PaneSlot(pane_id, make)
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)  # ctrl+p is in `?`: the room is the pane's
 
     def _make_pane(self, pane_id: str, cls: type[Pane]) -> Pane:
         return cls(self.ws, self.store, id=pane_id)
 
     def _title(self) -> str:
         name = self.profile.name if self.profile is not None else self.profile_name
-        return f"fcwork  workspace {self.ws.root.name}  profile {name}"
+        return f"fcwork  profile {name}  workspace {self.ws.root.name}"  # a long folder name is cut last
 
     def notify(self, message: str, *, title: str = "", severity: str = "information",
                timeout: float | None = None, markup: bool = False) -> None:
@@ -128,6 +125,7 @@ class FcworkApp(App):
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def on_mount(self) -> None:
+        self.query_one(Tabs).can_focus = False  # tab moves between the pane's widgets; F1-F5 switch panes
         self.call_after_refresh(self._after_first_paint)
 
     async def _after_first_paint(self) -> None:
@@ -200,6 +198,29 @@ class FcworkApp(App):
         if pane is not None:
             await pane.run_action(action)
 
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        title, _, _ = PANES.get(self.active_pane, ("", "", ""))
+        sections = [(f"{title} pane", pane_keys(pane_class(self.active_pane)))] if title else []
+        self.push_screen(HelpScreen(f"Keys of fcwork{f' ({title})' if title else ''}", sections + [
+            ("Everywhere", GLOBAL_KEYS)]))
+
+    def action_request_quit(self) -> None:
+        """q and ctrl+q: ask first (a stray q must not close the app), then quit."""
+        if isinstance(self.screen, ConfirmScreen) and self.screen.question.startswith("Quit fcwork?"):
+            self.exit()  # pressed again on the question: that is a yes
+            return
+        jobs = sorted({IN_APP_JOBS[w.group] for w in self.workers if w.group in IN_APP_JOBS and w.is_running})
+        question = "Quit fcwork? Queued stages keep training in the background; fcwork reattaches."
+        if jobs:
+            question += f" This stops {', '.join(jobs)}."
+        self.push_screen(ConfirmScreen(question), lambda yes: self.exit() if yes else None)
+
+    def action_help_quit(self) -> None:
+        """ctrl+c (copy in a text box) elsewhere says how to quit, in plain words."""
+        self.notify("Press q or ctrl+q to quit", title="Do you want to quit?")
+
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self.active_pane = event.pane.id.removeprefix("tab-") if event.pane and event.pane.id else ""
         for pane_id, pane in self.panes.items():
@@ -244,9 +265,10 @@ class FcworkApp(App):
         if msg.profile is None:
             self.notify(msg.error, title="profile", severity="error", timeout=10)
             return
-        reloaded = self.profile is not None and self.profile.name == msg.profile.name
+        own = any([pane.expects_profile(msg.profile) for pane in self.panes.values()])
+        reloaded = self.profile is not None and self.profile.name == msg.profile.name and not own
         self.profile = msg.profile
-        self.query_one("#title", Label).update(self._title())
+        self.query_one("#title", TextLine).set(self._title())
         for pane in self.panes.values():
             pane.set_profile(msg.profile)
         if reloaded:

@@ -40,17 +40,27 @@ def fmt_loss_bpb(loss: Any, bpb: Any) -> str:
     return f"{loss:.4f}" + (f" ({bpb:.3f})" if isinstance(bpb, (int, float)) else "")
 
 
-def fmt_number(v: float) -> str:
-    """Short form for axis labels and legends: 3 significant digits, k/M/G for large values."""
+def fmt_number(v: float, digits: int = 3) -> str:
+    """Short form for axis labels and legends: `digits` significant digits, k/M/G for large values."""
     if v is None or not math.isfinite(v):
         return "-"
     a = abs(v)
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if a >= scale:
-            return f"{v / scale:.3g}{unit}"
+            return f"{v / scale:.{digits}g}{unit}"
     if a and a < 1e-3:
-        return f"{v:.1e}"
-    return f"{v:.3g}"
+        return f"{v:.{max(0, digits - 2)}e}"
+    return f"{v:.{digits}g}"
+
+
+def fmt_progress(step: int, total: int = 0) -> str:
+    """Steps done of a total for a narrow column: exact below 100,000 ("120/300"), else short
+    ("1.23M/1.5M"); a step alone when the total is unknown."""
+    if total and total < 100_000:
+        return f"{step}/{total}"
+    if total:
+        return f"{fmt_number(step)}/{fmt_number(total)}"
+    return str(step) if step < 100_000 else fmt_number(step)
 
 
 def fmt_eta(seconds: float | None) -> str:
@@ -68,3 +78,32 @@ def fmt_eta(seconds: float | None) -> str:
 def fmt_mix(mix: dict[str, float], digits: int = 3) -> str:
     """A mix for reading in the TUI: "science 0.300  code 0.300"."""
     return "  ".join(f"{d} {w:.{digits}f}" for d, w in mix.items())
+
+
+def fmt_mix_args(mix: dict[str, float], digits: int = 2) -> str:
+    """A mix in the `DOMAIN=WEIGHT` form the CLI takes: "science=0.30 code=0.30"."""
+    return " ".join(f"{d}={w:.{digits}f}" for d, w in mix.items())
+
+
+def fmt_bytes(n: float) -> str:
+    """A size on disk: "512 B", "1.2 kB", "3.4 GB" (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def mix_history_lines(mixes: Any, digits: int = 3) -> list[str]:
+    """A run's mix history, one line per mix in force: "from step 60 (request 1): science=0.200 ..."
+    (`mixes`: (step, weights, request id or None) as RunHistory keeps them)."""
+    out = []
+    for step, weights, request in mixes:
+        origin = f" (request {request})" if request is not None else ""
+        out.append(f"from step {step}{origin}: " + " ".join(f"{d}={w:.{digits}f}" for d, w in weights.items()))
+    return out
+
+
+def export_lines(exports: Any) -> list[str]:
+    """A run's exports, one line each: "hf-f32-step300  12.3 MB" (`exports`: (name, bytes) pairs)."""
+    return [f"{name}  {fmt_bytes(size)}" for name, size in exports]

@@ -2,7 +2,9 @@
 
 `python -m fcwork.jobs tokenizer WORKSPACE PROFILE` trains the profile's tokenizer (what
 `fcwork tokenizer train` does); `python -m fcwork.jobs data WORKSPACE PROFILE` prepares the
-profile's data, each of corpus, tokenizer and shards only when out of date (`fcwork data prepare`). Each progress callback becomes `{"label", "done", "total"}`
+profile's data, each of corpus, tokenizer and shards only when out of date (`fcwork data prepare`);
+`python -m fcwork.jobs eval WORKSPACE RUN` evaluates the run's latest checkpoint and appends the
+record to its evals.jsonl (`fcwork eval RUN`). Each progress callback becomes `{"label", "done", "total"}`
 on stdout; the end is `{"result": {...}}` (exit 0) or `{"error": "one line"}` (exit 2). A child
 keeps SentencePiece out of the app's process and its GIL, and dies with nothing else.
 """
@@ -17,7 +19,7 @@ import tempfile
 from dataclasses import asdict
 from typing import Callable, Iterator
 
-JOBS = ("tokenizer", "data")
+JOBS = ("tokenizer", "data", "eval")
 
 
 def _emit(obj: dict) -> None:
@@ -26,15 +28,18 @@ def _emit(obj: dict) -> None:
 
 
 def run_job(job: str, workspace: str, profile: str) -> dict:
-    """Run one job in this process; returns its result as plain data."""
+    """Run one job in this process; returns its result as plain data (`profile` is the run for eval)."""
     from engine.data import pipeline
     from engine.workspace import Workspace
 
     ws = Workspace.open(workspace)
-    prof = ws.load_profile(profile)
 
     def progress(label: str, done: int, total: int) -> None:
         _emit({"label": label, "done": done, "total": total})
+
+    if job == "eval":
+        return _eval(ws, profile, progress)
+    prof = ws.load_profile(profile)
 
     if job == "tokenizer":
         return asdict(pipeline.train_profile_tokenizer(ws, prof, progress))
@@ -43,12 +48,29 @@ def run_job(job: str, workspace: str, profile: str) -> dict:
     raise ValueError(f"job: expected one of {', '.join(JOBS)}, got {job!r}")
 
 
+def _eval(ws, run: str, progress: Callable[[str, int, int], None]) -> dict:
+    """`fcwork eval RUN` with its progress as JSON lines: the device as the CLI picks it."""
+    from rich.console import Console
+
+    from engine.eval.harness import append_eval, eval_run
+    from engine.jobs.rundir import RunDir
+    from fcwork.commands.eval import eval_device
+
+    run_dir = RunDir.resolve(ws, run).path
+    device = eval_device(ws, "auto", Console(stderr=True))
+    rec = eval_run(run_dir, None, device=device, save=False, progress=progress)
+    append_eval(run_dir, rec)
+    m = rec.get("metrics") or {}
+    return {"run": rec.get("run"), "step": rec.get("step"), "bpb": m.get("bpb"), "device": device,
+            "seconds": rec.get("seconds"), "checkpoint_sha256": rec.get("checkpoint_sha256")}
+
+
 def main(argv: list[str] | None = None) -> int:
     from engine.errors import FcError
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3 or args[0] not in JOBS:
-        _emit({"error": f"usage: python -m fcwork.jobs {{{','.join(JOBS)}}} WORKSPACE PROFILE, got {args!r}"})
+        _emit({"error": f"usage: python -m fcwork.jobs {{{','.join(JOBS)}}} WORKSPACE PROFILE|RUN, got {args!r}"})
         return 2
     try:
         result = run_job(*args)
@@ -100,7 +122,7 @@ def follow(proc: subprocess.Popen, on_progress: Callable[[str, int, int], None])
         raise FcError(error)
     if code != 0 or result is None:
         last = (stderr.strip().splitlines() or [f"exit code {code}"])[-1]
-        raise FcError(f"{proc.args[2]} job failed: {last}")
+        raise FcError(f"{proc.args[3]} job failed: {last}")
     return result
 
 

@@ -232,7 +232,7 @@ class WorkspaceWatcher:
             return  # not written yet: the next scan tries again
         self._meta.add(run_id)
         try:
-            meta = run.meta()
+            meta = run.meta()  # read outside the store's lock: the panes draw under it
         except FcError as exc:
             self._say(str(exc))
             return

@@ -299,25 +299,37 @@ def sample_generations(lm: ModelLM, heldout: dict[str, list[str]], limits: EvalL
     return out
 
 
-def evaluate_model(model, tokenizer, heldout: dict[str, list[str]], limits: EvalLimits | None = None) -> EvalReport:
-    """Bits per byte per domain, the probes whose domain has held-out text, and sample generations."""
+Progress = Callable[[str, int, int], None]  # (what now, parts done, parts in all)
+
+
+def evaluate_model(model, tokenizer, heldout: dict[str, list[str]], limits: EvalLimits | None = None,
+                   progress: Progress | None = None) -> EvalReport:
+    """Bits per byte per domain, the probes whose domain has held-out text, and sample generations.
+    `progress` hears of each part as it starts: scoring, each probe, the samples."""
     limits = limits or EvalLimits()
     limits.check()
     start = time.perf_counter()
     was_training = model.training
+    parts = 1 + len(limits.probes) + (1 if limits.samples else 0)
+    tell = progress or (lambda label, done, total: None)
     model.eval()
     try:
         lm = ModelLM(model, tokenizer, limits.batch)
+        tell(f"bits per byte of {len(heldout)} domains", 0, parts)
         domains = score_domains(lm, heldout, limits)
         probes, notes = {}, []
-        for name in limits.probes:
+        for i, name in enumerate(limits.probes, 1):
+            tell(f"{name} probe", i, parts)
             mod = probe_module(name)
             texts = heldout.get(mod.DOMAIN, [])
             if not texts:
                 notes.append(f"{name} probe skipped: no held-out {mod.DOMAIN!r} text")
                 continue
             probes[name] = mod.run(lm, texts, getattr(limits, name), limits.seed)
+        if limits.samples:
+            tell("sample generations", parts - 1, parts)
         samples = sample_generations(lm, heldout, limits) if limits.samples else {}
+        tell("done", parts, parts)
     finally:
         model.train(was_training)
     return EvalReport(domains, probes, samples, time.perf_counter() - start, notes)
@@ -377,10 +389,12 @@ def read_evals(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def eval_run(run_dir: str | os.PathLike, step: int | None = None, limits: EvalLimits | None = None,
-             device: str = "cpu", save: bool = True, threads: int | None = None) -> dict[str, Any]:
+             device: str = "cpu", save: bool = True, threads: int | None = None,
+             progress: Progress | None = None) -> dict[str, Any]:
     """Evaluate checkpoint `step` (the latest when None) of a run; append the record to evals.jsonl.
 
-    `threads` sets torch's CPU threads (one is fastest for tiny models on a busy machine).
+    `threads` sets torch's CPU threads (one is fastest for tiny models on a busy machine);
+    `progress` hears of each part (see `evaluate_model`).
     """
     from engine.eval.run_model import find_checkpoint, load_model, load_tokenizer
 
@@ -396,8 +410,10 @@ def eval_run(run_dir: str | os.PathLike, step: int | None = None, limits: EvalLi
         import torch
 
         torch.set_num_threads(threads)
+    if progress:
+        progress(f"loading {ckpt.path.name} on {device}", 0, 0)
     model = load_model(ckpt, device)
-    report = evaluate_model(model, tok, heldout, limits)
+    report = evaluate_model(model, tok, heldout, limits, progress)
     rec = record(report, ckpt.spec.run_id, ckpt.step, str(ckpt.path.relative_to(ckpt.spec.run_dir)), ckpt.sha256,
                  limits, device)
     if save:

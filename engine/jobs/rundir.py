@@ -162,6 +162,18 @@ class RunDir:
         """The last event of each wanted type (read backwards: cheap on a long run)."""
         return events.tail_events(self.events_file, set(want))
 
+    def current_mix(self) -> dict[str, float]:
+        """The mix in force now: that of the latest `mix` or `step` event (whichever is later),
+        else the starting mix of stage.toml."""
+        last = self.last_events((Event.MIX, Event.STEP))
+        found = sorted((ev for ev in last.values() if isinstance(ev.get("mix"), dict) and ev["mix"]),
+                       key=lambda ev: (ev.get("step") if isinstance(ev.get("step"), int) else -1,
+                                       ev.get("type") == Event.MIX))
+        if found:
+            return {str(d): float(w) for d, w in found[-1]["mix"].items()
+                    if isinstance(w, (int, float)) and not isinstance(w, bool)}
+        return self.meta().mix
+
     def writer(self) -> events.EventWriter:
         return events.EventWriter(self.events_file)
 
@@ -215,6 +227,18 @@ class RunDir:
     def latest_checkpoint(self) -> Path | None:
         found = self.checkpoints()
         return found[-1][1] if found else None
+
+    # -- exports ------------------------------------------------------------------------------
+
+    def exports(self) -> list[tuple[str, int]]:
+        """Finished exports as (folder name, bytes), by name (temp folders of an export under way are not listed)."""
+        if not self.exports_dir.is_dir():
+            return []
+        found = []
+        for p in sorted(self.exports_dir.iterdir()):
+            if p.is_dir() and not p.name.startswith("."):
+                found.append((p.name, sum(f.stat().st_size for f in p.rglob("*") if f.is_file())))
+        return found
 
     # -- the trainer --------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from engine.errors import FcError
 from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 from fcwork.commands.train import eval_events, resolve_run
-from fcwork.format import PROBE_ROWS, fmt_num as _fmt_loss
+from engine.mix import describe
+from fcwork.format import PROBE_ROWS, export_lines, fmt_num as _fmt_loss, mix_history_lines
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +64,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     console.print("checkpoints: " + (", ".join(p.name for _, p in ckpts) if ckpts else "none")
                   + (f" (latest {ckpts[-1][1].name})" if ckpts else ""))
     if s.message:
-        console.print(f"message: {s.message}")
+        console.print(f"message: {s.message}", highlight=False)
     epochs = s.last.get("epochs") or {}
     if epochs and s.step:
         # Passes so far, and where the stage ends at this pace (the mix may still change it).
@@ -71,6 +72,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         console.print("passes over each domain: " + ", ".join(
             f"{d} {e:.2f}x (about {e * whole:.1f}x by step {s.max_steps})" if s.max_steps else f"{d} {e:.2f}x"
             for d, e in epochs.items()))
+    mixes = run.history().mixes
+    console.print("mix history:" + ("".join(f"\n  {line}" for line in mix_history_lines(mixes)) if mixes
+                                    else f" none recorded (stage.toml: {describe(run.meta().mix)})"), highlight=False)
+    exports = run.exports()
+    console.print(f"exports in {run.exports_dir}:" + "".join(f"\n  {line}" for line in export_lines(exports))
+                  if exports else "exports: none (fcwork export RUN --format hf|gguf|mlx)", highlight=False, soft_wrap=True)
     evals = eval_events(run.path)
     if evals:
         domains = list(dict.fromkeys(d for e in evals for d in e.get("domain_loss", {})))

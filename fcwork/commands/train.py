@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from engine.errors import ProfileError, RunError
+from engine.errors import MixError, ProfileError, RunError
 from engine.jobs.protocol import Answer, EntryState, Event, RunState
 from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
@@ -31,9 +31,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--detach", action="store_true", help="queue the stages and return at once")
     r.add_argument("--force-data", action="store_true", help="redo corpus, tokenizer and shards")
     r.set_defaults(func=cmd_run)
-    m = sub.add_parser("mix", help="change the domain mix of a running stage (applied at its next step)")
+    m = sub.add_parser(
+        "mix", help="change the domain mix of a running stage (applied at its next step)",
+        description="Change the mix of a running stage. The domains you name take the weights you give; every "
+                    "other domain keeps the weight it trains with now; then the mix is normalised to sum to 1. "
+                    "With --only, the domains you name are the whole mix and every other one drops to 0. "
+                    "Example: with science=0.5 code=0.5 in force, `fcwork mix RUN code=1` trains on "
+                    "science=0.333 code=0.667, and `fcwork mix RUN --only code=1` on code alone.",
+    )
     m.add_argument("run", help="run id (a folder under runs/) or path")
-    m.add_argument("weights", nargs="+", metavar="DOMAIN=WEIGHT")
+    m.add_argument("weights", nargs="+", metavar="DOMAIN=WEIGHT",
+                   help="new weights of the named domains (relative to the others' current weights)")
+    m.add_argument("--only", action="store_true",
+                   help="these domains and nothing else: every domain not named gets weight 0")
     m.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the trainer's answer")
     m.set_defaults(func=cmd_mix)
 
@@ -181,19 +191,23 @@ def summary_table(ws: Workspace, entries: list) -> Table:
 # -- fcwork mix -----------------------------------------------------------------------
 
 def cmd_mix(args: argparse.Namespace) -> int:
-    from engine.mix import describe, normalise, parse_pairs
+    from engine.mix import describe, merge, normalise, parse_pairs
 
     ws = Workspace.open(args.workspace)
     run = RunDir.resolve(ws, args.run)
     domains = run.meta().domains
-    mix = parse_pairs(args.weights, domains)  # a bad argument is a MixError naming it
-    # Domains left out keep their weight of 0: a mix names every domain it trains on.
-    mix = {d: mix.get(d, 0.0) for d in domains}
+    changes = parse_pairs(args.weights, domains, partial=not args.only)  # a bad argument is a MixError naming it
     if run.trainer_pid() is None:
         raise RunError(f"{run.path}: no trainer is running for this run; a mix change needs a training stage")
+    current = run.current_mix()
+    # The named domains change; the others keep their weights (--only: drop to 0); then normalised.
+    try:
+        mix = merge({d: current.get(d, 0.0) for d in domains}, changes, only=args.only)
+    except MixError as exc:  # e.g. every domain would be 0
+        raise MixError(f"{' '.join(args.weights)}: {exc}") from None
     offset = run.events_size()
     request = run.send_request(mix=mix)
-    print(f"mix request {request} sent to {run.id}: {describe(mix, digits=None)}")
+    print(f"mix request {request} sent to {run.id}: {describe(mix)}")
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         events, offset = run.read_events(offset)

@@ -20,6 +20,8 @@ class Pane(Vertical):
     """Base of the five panes."""
 
     TITLE = ""
+    # Keys the pane's widgets handle that are not its own bindings: (keys, what they do), for `?`.
+    HELP_KEYS: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, ws: Workspace, store: RunStore, **kw: Any) -> None:
         super().__init__(**kw)
@@ -41,6 +43,11 @@ class Pane(Vertical):
 
     def set_queue(self, entries: list, running_run: str | None, error: str = "") -> None:
         pass
+
+    def expects_profile(self, profile: Any) -> bool:
+        """Whether this profile on disk is the pane's own write (the app then does not call it a change
+        made outside)."""
+        return False
 
     def set_runs(self, run_ids: list[str]) -> None:
         pass

@@ -1,23 +1,30 @@
 """Eval pane: held-out loss per domain (bits per byte where the trainer reports it), runs side by side.
 
 The first table is the trainer's own `eval` events: for each picked run, its latest evaluation,
-one column per run. The second is the eval harness's latest runs/<id>/evals.jsonl record of each run
-(bits per byte per domain, probe scores), with its sample generations for the first run below; `e`
-runs the harness on the first run, `g` prompts its model, `x` exports it, each through a `fcwork`
-child process (torch stays out of the app).
+one column per run. The second is the eval harness's runs/<id>/evals.jsonl records (bits per byte
+per domain, probe scores): first each run's latest checkpoint eval, pinned, then any newer
+in-training eval the trainer wrote, with the first record's sample generations below. `e` runs
+the harness on the first run, `g` prompts its model, `x` exports it, each in a child process
+(torch stays out of the app); a run without a checkpoint is said so in one line and no child
+starts. An eval shows its progress until it ends, then its result stays on the line above.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from typing import Any
 
+from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import DataTable, Label, Static
+from textual.message import Message
+from textual.widgets import DataTable, ProgressBar, Static
 
+from engine.errors import FcError
 from engine.eval.harness import read_evals
 from engine.jobs.procs import child_env
 from engine.jobs.protocol import Event
@@ -27,6 +34,7 @@ from fcwork.panes.base import Pane
 from fcwork.widgets.generate_screen import GenerateScreen
 from fcwork.widgets.modals import PickManyScreen, PickScreen
 from fcwork.widgets.row_table import RowTable
+from fcwork.widgets.textline import PartsLine
 
 REDRAW_S = 1.0
 EXPORT_CHOICES = [
@@ -41,36 +49,58 @@ EXPORT_CHOICES = [
 DEFAULT_RUNS = 3
 
 
+def run_header(run_id: str, note: str = "") -> str:
+    """A run's column header on two lines (date, then time and stage), so that runs side by side
+    fit at 60 columns; a note on a third."""
+    date, sep, rest = run_id.partition("-")
+    head = f"{date}\n{rest}" if sep and date.isdigit() else run_id
+    return f"{head}\n{note}" if note else head
+
+
 class EvalPane(Pane):
     """Latest held-out evaluation of several runs, side by side."""
 
     TITLE = "Eval"
     BINDINGS = [
-        Binding("r", "choose_runs", "Runs"),
-        Binding("h", "history", "Step history"),
-        Binding("e", "run_eval", "Evaluate run"),
-        Binding("g", "generate", "Try the model"),
-        Binding("x", "export", "Export"),
+        Binding("r", "choose_runs", "Runs", tooltip="pick the runs to compare (space ticks, enter accepts)"),
+        Binding("h", "history", "History", tooltip="the first run's evals at each step instead of runs side by side"),
+        Binding("e", "run_eval", "Evaluate", tooltip="evaluate the first run's latest checkpoint (bits per byte, "
+                                                     "probes, samples)"),
+        Binding("g", "generate", "Try", tooltip="prompt the first run's latest checkpoint"),
+        Binding("x", "export", "Export", tooltip="export the first run's latest checkpoint (hf, gguf, mlx)"),
     ]
+    HELP_KEYS = (("up / down", "move in the table"),)
+
+    class JobProgress(Message):
+        """A line of the eval child's progress (done < 0: it ended, `label` says how)."""
+
+        def __init__(self, run: str, label: str, done: int, total: int, error: bool = False) -> None:
+            super().__init__()
+            self.run, self.label, self.done, self.total, self.error = run, label, done, total, error
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.run_ids: list[str] = []
         self.chosen = False  # runs picked by hand (else: the newest runs with evals)
         self.history = False  # one column per eval of the first run instead of runs side by side
+        self.evaluating: str | None = None  # the run an eval child is scoring
         self._drawn: tuple | None = None
-        self._harness: dict[str, tuple[int, dict]] = {}  # run -> (evals.jsonl mtime, latest record)
+        self._harness: dict[str, tuple[int, list[dict]]] = {}  # run -> (evals.jsonl mtime, records shown)
+        self._proc: Any = None
 
     def compose(self) -> ComposeResult:
-        yield Label("Held-out loss per domain (bits per byte in brackets)", markup=False, id="eval-title",
-                    classes="pane-title")
-        yield RowTable(id="evals")
+        yield PartsLine(id="eval-title", classes="pane-title")
+        yield Static("", markup=False, id="eval-job")
+        yield ProgressBar(id="eval-progress", show_eta=False)
+        yield RowTable(id="evals", header_height=2)
         yield Static("", markup=False, id="eval-status")
         with VerticalScroll(id="harness-box"):
-            yield RowTable(id="harness")
+            yield RowTable(id="harness", header_height=3)
             yield Static("", markup=False, id="eval-samples")
 
     def on_mount(self) -> None:
+        self.query_one("#eval-job").display = False
+        self.query_one("#eval-progress").display = False
         self.set_interval(REDRAW_S, self._tick)
 
     def focus_main(self) -> None:
@@ -108,41 +138,94 @@ class EvalPane(Pane):
         self._drawn = None
         self.redraw()
 
-    def action_run_eval(self) -> None:
-        if not self.run_ids:
-            self.notify("no run to evaluate: r picks runs", severity="warning")
-            return
-        run = self.run_ids[0]
-        self.notify(f"evaluating {run}")
-        self.run_worker(lambda: self._evaluate(run), name=f"eval {run}", group="eval", thread=True, exclusive=True,
-                        exit_on_error=False)
-
-    def _checkpointed_run(self, what: str) -> str | None:
-        """The first picked run, else the newest run with a checkpoint (None, with a warning, if none)."""
+    def _first_run(self, what: str) -> str | None:
+        """The run `e`, `g` and `x` act on: the first picked run, else the newest run with a checkpoint.
+        A run without a checkpoint is said in one line (None: nothing to start)."""
         run = self.run_ids[0] if self.run_ids else None
         if run is None:
             with self.store.lock:
                 newest = sorted(self.store.runs, reverse=True)
             run = next((r for r in newest if RunDir(self.ws.runs_dir / r).checkpoints()), None)
-        if run is None:
-            self.notify(f"no run with a checkpoint to {what} yet", severity="warning")
+            if run is None:
+                self.app.notify(f"no run with a checkpoint to {what} yet", severity="warning")
+                return None
+        if not RunDir(self.ws.runs_dir / run).checkpoints():
+            text = (f"{run} has no checkpoint yet, nothing to {what}: the trainer saves one every "
+                    "checkpoint_every steps (r picks another run)")
+            self._job_line(text, error=True)
+            self.app.notify(text, severity="warning")
+            return None
         return run
+
+    def action_run_eval(self) -> None:
+        if self.evaluating:
+            self.app.notify(f"already evaluating {self.evaluating}")
+            return
+        run = self._first_run("evaluate")
+        if run is None:
+            return
+        self.evaluating = run
+        self._job_line(f"evaluating {run}: starting...")
+        bar = self.query_one("#eval-progress", ProgressBar)
+        bar.display = True
+        bar.update(total=None, progress=0)
+        self.evaluate(run)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="eval")
+    def evaluate(self, run: str) -> None:
+        """`python -m fcwork.jobs eval` (torch in the child), its progress passed up as it comes."""
+        from fcwork import jobs
+
+        start = time.monotonic()
+        self._proc = jobs.spawn("eval", self.ws.root, run)
+        try:
+            result = jobs.follow(self._proc, lambda label, done, total: self.post_message(
+                self.JobProgress(run, label, done, total)))
+        except FcError as exc:
+            self.post_message(self.JobProgress(run, f"eval of {run} failed: {exc}", -1, 0, error=True))
+            return
+        finally:
+            self._proc = None
+        bpb = result.get("bpb")
+        self.post_message(self.JobProgress(
+            run, f"evaluated {run} at step {result.get('step')} on {result.get('device')} in "
+                 f"{time.monotonic() - start:.0f} s: bits per byte {fmt_num(bpb, 3)} (first column below)", -1, 0))
+
+    def on_eval_pane_job_progress(self, event: EvalPane.JobProgress) -> None:
+        bar = self.query_one("#eval-progress", ProgressBar)
+        if event.done < 0:  # ended: the result (or the error) stays on the line
+            self.evaluating = None
+            bar.display = False
+            self._job_line(event.label, error=event.error)
+            self.app.notify(event.label, severity="error" if event.error else "information")
+            self._drawn = None
+            self.redraw()
+            return
+        total = f" ({event.done}/{event.total})" if event.total else ""
+        self._job_line(f"evaluating {event.run}: {event.label}{total}")
+        bar.update(total=event.total or None, progress=max(0, event.done))
+
+    def _job_line(self, text: str, error: bool = False) -> None:
+        line = self.query_one("#eval-job", Static)
+        line.display = bool(text)
+        line.update(Text(text))
+        line.set_class(error, "-error")
 
     def action_generate(self) -> None:
         """Prompt a run's latest checkpoint and watch its answer stream in."""
-        run = self._checkpointed_run("try")
+        run = self._first_run("try")
         if run is not None:
             self.app.push_screen(GenerateScreen(self.ws.root, run))
 
     def action_export(self) -> None:
         """Export a run's latest checkpoint in a format picked from a list, in a `fcwork export` child."""
-        run = self._checkpointed_run("export")
+        run = self._first_run("export")
         if run is None:
             return
 
         def picked(choice: tuple[str, str] | None) -> None:
             if choice is not None:
-                self.notify(f"exporting {run} as {choice[0]} {choice[1]}")
+                self.app.notify(f"exporting {run} as {choice[0]} {choice[1]}")
                 self.run_worker(lambda: self._export(run, *choice), name=f"export {run}", group="export",
                                 thread=True, exclusive=True, exit_on_error=False)
 
@@ -155,47 +238,47 @@ class EvalPane(Pane):
                               text=True, env={**child_env(), "COLUMNS": "400"})
         lines = (proc.stderr if proc.returncode else proc.stdout).strip().splitlines()
         if proc.returncode:
-            raise RuntimeError(f"fcwork export {run}: {lines[-1] if lines else f'exit status {proc.returncode}'}")
-        self.app.call_from_thread(self.notify, next((ln for ln in lines if ln.startswith("exported")), "exported"))
+            last = lines[-1] if lines else f"exit status {proc.returncode}"
+            raise FcError(f"export of {run} failed: {last.removeprefix('fcwork: error: ')}")
+        self.app.call_from_thread(self.app.notify, next((ln for ln in lines if ln.startswith("exported")), "exported"))
 
-    def _evaluate(self, run: str) -> None:
-        """Thread worker: `fcwork eval RUN` in a child process; a failure raises (the app notifies)."""
-        proc = subprocess.run([sys.executable, "-m", "fcwork.cli", "--workspace", str(self.ws.root), "eval", run],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env())
-        if proc.returncode:
-            lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit status {proc.returncode}"]
-            raise RuntimeError(f"fcwork eval {run}: {lines[-1]}")
-        self.app.call_from_thread(self._evaluated, run)
+    def on_unmount(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
 
-    def _evaluated(self, run: str) -> None:
-        self.notify(f"evaluated {run}")
-        self._drawn = None
-        self.redraw()
-
-    def _latest(self, run: str) -> tuple[int, dict]:
-        """(mtime, latest record) of a run's evals.jsonl, read again only when it changed (it is small)."""
+    def _latest(self, run: str) -> tuple[int, list[dict]]:
+        """(mtime, records shown) of a run's evals.jsonl, read again only when it changed (it is small):
+        its latest checkpoint eval, then its latest in-training eval when that is newer."""
         path = RunDir(self.ws.runs_dir / run).evals_file
         try:
             mtime = path.stat().st_mtime_ns
         except OSError:
-            return 0, {}
+            return 0, []
         if self._harness.get(run, (None,))[0] != mtime:
             recs = read_evals(path.parent)
-            self._harness[run] = (mtime, recs[-1] if recs else {})
+            ckpt = [i for i, r in enumerate(recs) if r.get("checkpoint_sha256")]
+            shown = [recs[ckpt[-1]]] if ckpt else []
+            if recs and (not ckpt or ckpt[-1] < len(recs) - 1):
+                shown.append(recs[-1])
+            self._harness[run] = (mtime, shown)
         return self._harness[run]
 
-    def _draw_harness(self, runs: list[str], recs: list[dict]) -> None:
+    def _draw_harness(self, runs: list[str], recs: list[list[dict]]) -> None:
         table = self.query_one("#harness", DataTable)
         table.clear(columns=True)
-        shown = [(r, rec) for r, rec in zip(runs, recs) if rec]
+        by_run = list(zip(runs, recs))
+        # Checkpoint evals first (pinned: a newer in-training eval never pushes them off), then the trainer's.
+        shown = [(r, rec) for r, rs in by_run for rec in rs if rec.get("checkpoint_sha256")]
+        shown += [(r, rec) for r, rs in by_run for rec in rs if not rec.get("checkpoint_sha256")]
         samples = self.query_one("#eval-samples", Static)
         if not shown:
             samples.update("no harness evals yet: e evaluates the first run's latest checkpoint")
             return
         ms = [rec.get("metrics") or {} for _, rec in shown]
         table.add_column("eval harness", key="what")
-        for i, (r, _) in enumerate(shown):
-            table.add_column(r, key=f"c{i}")
+        for i, (r, rec) in enumerate(shown):
+            table.add_column(run_header(r, "" if rec.get("checkpoint_sha256") else "(training)"), key=f"c{i}")
         table.add_row("step", *[str(rec.get("step", "-")) for _, rec in shown], key="step")
         table.add_row("weights", *[f"ckpt {str(rec['checkpoint_sha256'])[:8]}" if rec.get("checkpoint_sha256")
                                    else "in training" for _, rec in shown], key="weights")
@@ -233,15 +316,16 @@ class EvalPane(Pane):
             if self.history and hs:
                 h = hs[0]
                 columns = [(f"step {e.get('step')}", e) for e in list(h.evals)[-12:]]
-                heading = f"Held-out loss of {h.run_id} at each eval (bits per byte in brackets)"
+                heading = [("Held-out loss", 0), (f"of {h.run_id} at each eval", 0), ("(bits per byte in brackets)", 2)]
             else:
-                columns = [(h.run_id, h.evals[-1] if h.evals else {}) for h in hs]
-                heading = "Held-out loss per domain, latest eval of each run (bits per byte in brackets)"
+                columns = [(run_header(h.run_id), h.evals[-1] if h.evals else {}) for h in hs]
+                heading = [("Held-out loss per domain", 0), ("latest eval of each run", 1),
+                           ("(bits per byte in brackets)", 2)]
             domains = list(dict.fromkeys(d for _, e in columns for d in (e.get("domain_loss") or {})))
-        self._draw_harness(list(latest), [rec for _, rec in latest.values()])
+        self._draw_harness(list(latest), [recs for _, recs in latest.values()])
         table = self.query_one("#evals", DataTable)
         table.clear(columns=True)
-        self.query_one("#eval-title", Label).update(heading)
+        self.query_one("#eval-title", PartsLine).set(heading)
         if not columns:
             self.query_one("#eval-status", Static).update(
                 "no evaluations yet: they appear as the trainer evaluates (every eval_every steps); r picks runs")

@@ -1,8 +1,10 @@
 """Manifest pane: the profile's sources with size and token estimates, and the mix as editable numbers.
 
-Enter in a weight checks the whole mix (engine.mix), shows it normalised, and sends it to
-the running stage as a control request; the trainer's `answer` event for that request is shown
-as "applied at step N" (or superseded, or rejected with why). ctrl+o writes the typed weights back into the profile.
+Enter in a weight checks the whole mix (engine.mix), shows it normalised on the bars (or says on
+them why it is invalid), and sends it to the running stage as a control request; the trainer's
+`answer` to it is shown as "applied at step N". Beside each weight is the share the running stage
+trains with now (its live mix, which run it is and since which step on the line below), so a live
+change is never mistaken for lost. ctrl+o writes the typed weights into the profile's [mix] in place.
 ctrl+b prepares the profile's data (corpus, tokenizer, shards, each only when out of date) in a
 child process (fcwork.jobs), with its progress shown under the sources.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -25,21 +28,17 @@ from engine.errors import FcError
 from engine.jobs.protocol import Answer, Event
 from engine.jobs.rundir import RunDir
 from engine.mix import describe, normalise, parse_weights
+from fcwork.format import fmt_bytes
 from fcwork.panes.base import Pane
 from fcwork.widgets.bars import Bar
 from fcwork.widgets.colors import theme_color
 from fcwork.widgets.row_table import RowTable
+from fcwork.widgets.textline import PartsLine
 
 
 SOURCES_S = 2.0  # how often the shown pane re-checks its sources on disk
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+REDRAW_S = 1.0  # how often the shown pane redraws the live mix
+NARROW = 72  # narrower than this, the sources table leaves out the format column
 
 
 def fmt_count(n: float) -> str:
@@ -91,11 +90,17 @@ class ManifestPane(Pane):
 
     TITLE = "Manifest"
     BINDINGS = [
-        Binding("ctrl+r", "apply_mix", "Apply mix"),
-        Binding("ctrl+o", "save_mix", "Save to profile"),
-        Binding("ctrl+l", "reset_mix", "Reset"),
-        Binding("ctrl+b", "prepare_data", "Build data"),
+        Binding("ctrl+r", "apply_mix", "Apply", tooltip="apply the typed mix to the running stage (as enter does)"),
+        Binding("ctrl+o", "save_mix", "Save", tooltip="save the typed weights into the profile's [mix], in place"),
+        Binding("ctrl+l", "reset_mix", "Reset", tooltip="put the profile's weights back in the fields"),
+        Binding("ctrl+b", "prepare_data", "Build data",
+                tooltip="prepare the profile's data: corpus, tokenizer, shards (each only when out of date)"),
     ]
+    HELP_KEYS = (
+        ("up / down", "move in the sources table"),
+        ("enter", "in a weight field: apply the mix to the running stage"),
+        ("0-9 .", "in a weight field: type a weight (the first key replaces the old value)"),
+    )
 
     class MixSent(Message):
         """A control request carrying a mix was written for a run."""
@@ -133,28 +138,49 @@ class ManifestPane(Pane):
         self.preparing = False
         self.data_status = ""  # the last line of the data job: progress, "data ready ..." or the error
         self._proc: Any = None
-        self.domains: list[str] = []
+        self.domains: list[str] = []  # the domains of the weight rows on screen
+        self._want_domains: list[str] = []  # those of the rows being built
+        self._narrow = False
         self.running_run: str | None = None
         self.pending: tuple[str, int] | None = None  # (run_id, request_id) waiting for its ack
+        self._saving: dict[str, float] | None = None  # the mix being written into the profile by ctrl+o
         self._status = ""
         self._rows: list[SourceRow] | None = None
+        self._live: Any = ()  # what the live column shows: (run, step, from step, mix), None: no run; (): not drawn
 
     def compose(self) -> ComposeResult:
         yield Label("Sources", markup=False, id="sources-title", classes="pane-title")
-        table = RowTable(id="sources")
-        table.add_columns("source", "domain", "format", "status", "size", "tokens")
-        yield table
+        yield RowTable(id="sources")
         yield Static("", markup=False, id="data-status")
         yield ProgressBar(id="data-progress", show_eta=False)
-        yield Label("Mix: enter/ctrl+r applies to the running stage, ctrl+o saves", markup=False, id="mix-title",
-                    classes="pane-title")
+        yield PartsLine(id="mix-title", classes="pane-title")
+        yield Horizontal(Label("domain", classes="mix-domain"), Label("weight", classes="mix-weight"),
+                         Label("share of the typed mix", classes="mix-share"), Label("live", classes="mix-live"),
+                         id="mix-head", classes="mix-row")
         yield Vertical(id="mix-rows")
         yield Static("", markup=False, id="mix-status")
 
+    def _set_columns(self) -> None:
+        """The sources table's columns: the format (long, and the least needed) only where it fits."""
+        table = self.query_one("#sources", DataTable)
+        table.clear(columns=True)
+        table.add_columns("source", "domain", "status", "size", "tokens", *(() if self._narrow else ("format",)))
+        self._rows = None
+
+    def on_resize(self) -> None:
+        narrow = self.size.width < NARROW
+        if narrow != self._narrow:
+            self._narrow = narrow
+            self._set_columns()
+            if self.profile is not None:
+                self.load_sources(self.profile)
+
     def on_mount(self) -> None:
+        self._set_columns()
         self.query_one("#data-status").display = False
         self.query_one("#data-progress").display = False
         self.set_interval(SOURCES_S, self._tick)
+        self.set_interval(REDRAW_S, lambda: self.active and self.redraw())
 
     def _tick(self) -> None:
         """Sources change on disk (files added, the corpus built): look again while shown."""
@@ -172,21 +198,31 @@ class ManifestPane(Pane):
         self.query_one("#sources-title", Label).update(f"Sources of profile {profile.name}")
         self.load_sources(profile)
         domains = list(profile.mix)
-        if domains != self.domains:
-            self._build_rows(profile.mix)
-        else:
+        if domains != self._want_domains:
+            self._want_domains = domains
+            self.call_later(self._build_rows, dict(profile.mix))
+        elif domains == self.domains:
             for i, d in enumerate(domains):
                 inp = self.query_one(f"#mix-{i}", Input)
                 if old is None or inp.value.strip() == _num(old.mix.get(d)) or inp.value.strip() == "":
                     inp.value = _num(profile.mix[d])
             self._preview()
-        if old is not None and old.name == profile.name and old.mix != profile.mix:
+        if self._saving is not None and profile.mix == self._saving:
+            self._saving = None  # our own ctrl+o coming back from disk: the status already says so
+        elif old is not None and old.name == profile.name and old.mix != profile.mix:
             self._set_status(f"profile mix changed on disk: {describe(profile.normalised_mix())}")
 
+    def expects_profile(self, profile: Any) -> bool:
+        return self._saving is not None and profile.mix == self._saving
+
     def set_queue(self, entries: list, running_run: str | None, error: str = "") -> None:
-        self.running_run = running_run
+        if running_run != self.running_run:
+            self.running_run = running_run
+            self.redraw()
 
     def run_notices(self, run_id: str, events: list[dict], replay: bool) -> None:
+        if run_id == self.running_run and any(ev.get("type") in (Event.MIX, Event.ANSWER) for ev in events):
+            self.redraw()
         if not self.pending or run_id != self.pending[0]:
             return
         for ev in events:
@@ -208,19 +244,28 @@ class ManifestPane(Pane):
 
     # -- building the view --------------------------------------------------------------------
 
-    def _build_rows(self, mix: dict[str, float]) -> None:
-        self.domains = list(mix)
+    async def _build_rows(self, mix: dict[str, float]) -> None:
+        """New weight rows for a profile with other domains; `domains` names them once they are mounted
+        (until then nothing queries a row that is not there, or an old one on its way out)."""
+        if list(mix) != self._want_domains:
+            return  # a newer profile's rows are on their way
+        self.domains = []
         rows = self.query_one("#mix-rows", Vertical)
-        rows.remove_children()
+        await rows.remove_children()
         widgets = []
         for i, (domain, w) in enumerate(mix.items()):
+            # select_on_focus: the first key typed replaces the weight instead of appending to it.
             inp = Input(_num(w), id=f"mix-{i}", type="number", compact=True, classes="mix-input",
-                        select_on_focus=False)
+                        select_on_focus=True)
             inp.cursor_blink = getattr(self.app, "cursor_blink_inputs", True)
             widgets.append(Horizontal(Label(domain, markup=False, classes="mix-domain"), inp, Bar(id=f"bar-{i}"),
+                                      Label("", markup=False, id=f"live-{i}", classes="mix-live"),
                                       classes="mix-row"))
-        rows.mount_all(widgets)
-        self.call_after_refresh(self._preview)
+        await rows.mount_all(widgets)
+        self.domains = list(mix)
+        self._live = ()
+        self._preview()
+        self.redraw()
 
     def _typed(self) -> dict[str, str]:
         return {d: self.query_one(f"#mix-{i}", Input).value for i, d in enumerate(self.domains)}
@@ -233,16 +278,44 @@ class ManifestPane(Pane):
             mix = normalise(parse_weights(self._typed()))
         except FcError as exc:
             self._set_status(str(exc), error=True)
+            self._bars_invalid(str(exc))
             return None
         base = self.profile.mix if self.profile is not None else {}
         for i, d in enumerate(self.domains):
             bar = self.query_one(f"#bar-{i}", Bar)
-            bar.value = mix[d]
+            bar.value, bar.note = mix[d], ""
             typed = self.query_one(f"#mix-{i}", Input).value.strip()
             bar.set_class(typed != _num(base.get(d)), "-changed")
         if self._status.startswith("mix.") or self._status.startswith("mix:"):
             self._set_status("")
         return mix
+
+    def _bars_invalid(self, error: str) -> None:
+        """The bars say the typed mix is invalid: why on the weight at fault, "mix invalid" on the others."""
+        for i, d in enumerate(self.domains):
+            bar = self.query_one(f"#bar-{i}", Bar)
+            prefix = f"mix.{d}: "
+            if error.startswith(prefix):
+                bar.note = "invalid: " + error[len(prefix):]
+            elif error.startswith("mix: "):  # the whole mix: all weights 0
+                bar.note = "invalid: " + error[len("mix: "):]
+            else:
+                bar.note = "(mix invalid)"
+
+    def _draw_live(self) -> None:
+        """The running stage's live mix beside the typed weights, and which run and step it is."""
+        live = self._live
+        title = self.query_one("#mix-title", PartsLine)
+        if live is None:
+            title.set([("Mix", 0), ("no stage running: enter only checks it, ctrl+o saves it", 1)])
+        else:
+            run, step, since, _ = live
+            title.set([("Mix", 0), (f"live: run {run}", 1), (f"at step {step}", 2), (f"(this mix since step {since})", 3),
+                       ("enter applies", 4)])
+        for i, d in enumerate(self.domains):
+            share = None if live is None else live[3].get(d, 0.0)
+            for label in self.query(f"#live-{i}").results(Label):
+                label.update("" if share is None else f"{share * 100:5.1f}%")
 
     def _set_status(self, text: str, error: bool = False) -> None:
         self._status = text
@@ -297,18 +370,31 @@ class ManifestPane(Pane):
         if self._preview() is None:
             self.app.notify(self._status, severity="error")
             return
-        self.save_mix(str(self.profile.path), parse_weights(self._typed()))
+        mix = parse_weights(self._typed())
+        self._saving = mix  # set before the write: the watcher may see the file before the worker ends
+        self.save_mix(str(self.profile.path), mix)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="manifest-save")
     def save_mix(self, path: str, mix: dict[str, float]) -> None:
         from engine.profile import save_mix
 
-        save_mix(path, mix)
+        try:
+            save_mix(path, mix)
+        except BaseException:
+            self._saving = None
+            raise
         self.post_message(self.Saved(path))
 
+    def _shown_path(self, path: str) -> str:
+        """A path under the workspace as relative to it (short enough for one line), else as it is."""
+        try:
+            return str(Path(path).relative_to(self.ws.root))
+        except ValueError:
+            return path
+
     def on_manifest_pane_saved(self, event: ManifestPane.Saved) -> None:
-        self._set_status(f"saved to {event.path}")
-        self.app.notify(f"Mix saved to {event.path}")
+        self._set_status(f"mix saved to {self._shown_path(event.path)} (only its [mix] values changed)")
+        self.app.notify(f"Mix saved to {self._shown_path(event.path)}")
 
     def action_reset_mix(self) -> None:
         if self.profile is None:
@@ -401,11 +487,22 @@ class ManifestPane(Pane):
             status = Text(r.status)
             if r.status == "missing":
                 status.stylize(theme_color(self.app, "warning", "yellow"))
-            table.add_row(Text(r.name), Text(r.domain), Text(r.format), status, r.size, r.tokens, key=r.name)
+            table.add_row(Text(r.name), Text(r.domain), status, r.size, r.tokens,
+                          *(() if self._narrow else (Text(r.format),)), key=r.name)
         if 0 < row < table.row_count:
             table.move_cursor(row=row, animate=False)
 
     def redraw(self) -> None:
+        live = None
+        with self.store.lock:
+            h = self.store.runs.get(self.running_run) if self.running_run else None
+            if h is not None:
+                since, mix, _ = h.mixes[-1] if h.mixes else (0, h.start_mix, None)
+                live = (h.run_id, h.step, since, dict(mix))
+        if live != self._live:
+            self._live = live
+            if self.domains:
+                self._draw_live()
         if self.pending:
             with self.store.lock:
                 h = self.store.runs.get(self.pending[0])

@@ -2,7 +2,9 @@
 memory, MFU and the mix history on the same step axis, live.
 
 The watcher thread folds events into the run store; this pane copies what it draws out of the
-store on a 3 Hz timer, and only while it is the active tab and the run changed.
+store on a 3 Hz timer, and only while it is the active tab and the run changed. Per-domain loss
+is drawn as an exponential moving average over its raw values (faint); each number under the
+plot keeps its value at any width (its label shortens first) above a sparkline and its scale.
 """
 
 from __future__ import annotations
@@ -12,25 +14,37 @@ from typing import Any
 from textual.css.query import NoMatches
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Sparkline
+from textual.containers import Horizontal
 
 from engine.jobs.protocol import Event, RunState
 from fcwork.format import fmt_eta, fmt_number
 from fcwork.panes.base import Pane
 from fcwork.widgets.modals import PickScreen
-from fcwork.widgets.textline import TextLine
-from fcwork.widgets.plot import PALETTE, Line, LinePlot, MixStrips
+from fcwork.widgets.plot import PALETTE, Line, LinePlot, MixStrips, smooth
+from fcwork.widgets.stat import Stat
+from fcwork.widgets.textline import PartsLine
 
 REDRAW_S = 1 / 3
 VIEWS = ("total", "domains", "held-out")
-STATS = (("tokens_per_s", "tokens/s"), ("lr", "lr"), ("grad_norm", "grad norm"), ("mem_bytes", "memory"),
-         ("mfu", "MFU"))
+# (series, labels longest first: a narrow stat shows a shorter one, its value always)
+STATS = (("tokens_per_s", ("tokens/s", "tok/s")), ("lr", ("lr",)), ("grad_norm", ("grad norm", "grad")),
+         ("mem_bytes", ("memory", "mem")), ("mfu", ("MFU",)))
+SPARK_POINTS = 200
 
 
 def run_label(h: Any) -> str:
     total = f"/{h.max_steps}" if h.max_steps else ""
     return f"{h.run_id}  {h.profile}/{h.stage}  {h.state or 'no events'}  step {h.step}{total}"
+
+
+def title_parts(h: Any, follow: bool) -> list[tuple[str, int]]:
+    """The title line's parts with their rank (0 is dropped last): step and ETA outlive the rest."""
+    total = f"/{h.max_steps}" if h.max_steps else ""
+    running = h.state == RunState.RUNNING
+    return [("following" if follow else "", 6), (h.run_id, 3), (f"{h.profile}/{h.stage}", 5),
+            (h.state or "no events", 2), (f"step {h.step}{total}", 0),
+            (f"ETA {fmt_eta(h.eta_seconds())}" if running else "", 1), (h.device or "", 4),
+            (f"{len(h.errors)} error(s)" if h.errors else "", 1)]
 
 
 class MetricsPane(Pane):
@@ -39,9 +53,9 @@ class MetricsPane(Pane):
     TITLE = "Metrics"
     can_focus = True
     BINDINGS = [
-        Binding("r", "choose_run", "Run"),
-        Binding("f", "follow", "Follow live"),
-        Binding("l", "view", "Loss view"),
+        Binding("r", "choose_run", "Run", tooltip="choose the run to show"),
+        Binding("f", "follow", "Follow", tooltip="follow the running stage (the default)"),
+        Binding("l", "view", "Loss view", tooltip="loss shown: total, per domain (smoothed), held-out per domain"),
     ]
 
     def __init__(self, *a: Any, **kw: Any) -> None:
@@ -52,14 +66,14 @@ class MetricsPane(Pane):
         self._drawn: tuple | None = None
 
     def compose(self) -> ComposeResult:
-        yield TextLine("no runs yet", id="metrics-title", classes="pane-title")
+        title = PartsLine(id="metrics-title", classes="pane-title")
+        title.set([("no runs yet", 0)])
+        yield title
         yield LinePlot("loss", empty="no steps yet", id="loss-plot")
         yield MixStrips(id="mix-strips")
         with Horizontal(id="stats"):
-            for key, name in STATS:
-                with Vertical(classes="stat"):
-                    yield TextLine(name, id=f"stat-{key}", classes="stat-label")
-                    yield Sparkline([], id=f"spark-{key}")
+            for key, labels in STATS:
+                yield Stat(labels, id=f"stat-{key}")
 
     def on_mount(self) -> None:
         self.set_interval(REDRAW_S, self._tick)
@@ -127,7 +141,7 @@ class MetricsPane(Pane):
             h = self.store.runs.get(self.run_id)
             if h is None:
                 return
-            key = (self.run_id, h.version, self.view, self.size)
+            key = (self.run_id, h.version, self.view, self.size, self.follow)
             if key == self._drawn:
                 return
             self._drawn = key
@@ -148,35 +162,40 @@ class MetricsPane(Pane):
             s = h.series.get(key)
             if s is not None:
                 xs, ys = s.points()
-                lines.append(Line(label, xs, ys, PALETTE[i % len(PALETTE)], s.last))
+                color = PALETTE[i % len(PALETTE)]
+                if self.view == "domains":  # noisy per-domain losses: the raw values faint, their EMA bright
+                    ema = smooth(ys)
+                    lines.append(Line(label, xs, ys, color, faint=True))
+                    lines.append(Line(label, xs, ema, color, ema[-1] if ema else None))
+                else:
+                    lines.append(Line(label, xs, ys, color, s.last))
         mixes = list(h.mixes)
         stats = {}
         for key, _ in STATS:
             s = h.series.get(key)
-            stats[key] = (list(s.ys), s.last) if s is not None else ([], None)
+            stats[key] = (list(s.ys)[-SPARK_POINTS:], s.last) if s is not None else ([], None)
         return {
-            "title": run_label(h) + (f"  ETA {fmt_eta(h.eta_seconds())}" if h.state == RunState.RUNNING else "")
-                     + (f"  {h.device}" if h.device else ""),
-            "lines": lines, "mixes": mixes, "domains": domains, "stats": stats,
-            "x_max": max(h.max_steps, h.step, 1), "step": h.step, "errors": len(h.errors),
+            "title": title_parts(h, self.follow), "lines": lines, "mixes": mixes, "domains": domains,
+            "stats": stats, "x_max": max(h.max_steps, h.step, 1), "step": h.step,
         }
 
     def _draw(self, d: dict) -> None:
-        title = ("following " if self.follow else "") + d["title"]
-        if d["errors"]:
-            title += f"  {d['errors']} error(s)"
         try:
-            self.query_one("#metrics-title", TextLine).set(title)
+            self.query_one("#metrics-title", PartsLine).set(d["title"])
         except NoMatches:  # called before the pane's widgets are mounted: the next tick draws
             self._drawn = None
             return
         x_range = (0, d["x_max"])
-        self.query_one("#loss-plot", LinePlot).plot(d["lines"], x_range, title=f"loss ({self.view})")
+        view = "per domain, smoothed" if self.view == "domains" else self.view
+        self.query_one("#loss-plot", LinePlot).plot(d["lines"], x_range, title=f"loss ({view})")
         changes = [(step, mix) for step, mix, _ in d["mixes"]]
         self.query_one("#mix-strips", MixStrips).show(changes, d["domains"], x_range, d["step"])
-        for key, name in STATS:
+        for key, _ in STATS:
             ys, last = d["stats"][key]
-            value = "-" if last is None else (f"{last * 100:.1f}%" if key == "mfu" else
-                                              fmt_number(last) + ("B" if key == "mem_bytes" else ""))
-            self.query_one(f"#stat-{key}", TextLine).set(f"{name} {value}")
-            self.query_one(f"#spark-{key}", Sparkline).data = ys[-200:]
+            unit = "B" if key == "mem_bytes" else ""
+            value = ("-",) if last is None else (f"{last * 100:.1f}%",) if key == "mfu" else \
+                (fmt_number(last) + unit, fmt_number(last, 2) + unit)  # the shorter one for narrow stats
+            stat = self.query_one(f"#stat-{key}", Stat)
+            stat.show(value, ys)
+            if key == "mfu":  # reported on CUDA only: elsewhere its room goes to the others
+                stat.display = last is not None

@@ -2,7 +2,10 @@
 and the operations on it (add, remove, move, start, cancel, resume), all through engine.jobs.queue.
 
 The table is rebuilt when queue.toml changes (the watcher says so) and its progress columns
-are refreshed from the run store once a second while the pane is shown.
+are refreshed from the run store once a second while the pane is shown. Enter opens an entry's
+detail (its whole message, run, mix history, exports and the tail of its trainer log); the line
+under the table keeps the last operation's result, errors included, until the next one. The
+title says whether a supervisor runs now (looked at every second, never remembered).
 """
 
 from __future__ import annotations
@@ -15,18 +18,26 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable, Label, Static
+from textual.widgets import DataTable, Static
 
 from engine.errors import FcError
 from engine.jobs.protocol import EntryState
-from fcwork.format import fmt_eta
+from fcwork.format import export_lines, fmt_eta, fmt_progress, mix_history_lines
 from fcwork.messages import ShowRun
 from fcwork.panes.base import Pane
 from fcwork.widgets.colors import theme_color
-from fcwork.widgets.modals import ConfirmScreen, PickScreen
+from fcwork.widgets.modals import ConfirmScreen, PickScreen, TextScreen
 from fcwork.widgets.row_table import RowTable
+from fcwork.widgets.textline import PartsLine
 
 REDRAW_S = 1.0
+LOG_LINES = 15  # lines of trainer.log in an entry's detail
+
+
+class QueueTable(RowTable):
+    """The queue's table: enter (the table's own key, so the footer shows it) opens the entry's detail."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Detail", key_display="\u23ce")]
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STATE_COLORS = {EntryState.RUNNING: "success", EntryState.FAILED: "error", EntryState.CANCELLED: "warning",
                 EntryState.DONE: "primary"}
@@ -79,17 +90,21 @@ class QueuePane(Pane):
     """The workspace's stage queue."""
 
     TITLE = "Queue"
+    # The footer shows the keys used most; `?` lists them all.
     BINDINGS = [
-        Binding("a", "add", "Add"),
-        Binding("x,delete", "remove", "Del"),
-        Binding("K,shift+up", "move('up')", "Up"),
-        Binding("J,shift+down", "move('down')", "Down"),
-        Binding("s", "start", "Start"),
-        Binding("c", "cancel", "Cancel"),
-        Binding("r", "resume", "Resume"),
-        Binding("v", "device", "Device"),
-        Binding("m,enter", "metrics", "Metrics"),
+        Binding("enter", "detail", "Detail", tooltip="the entry's detail: whole message, run, mix history, "
+                                                      "exports, trainer log"),
+        Binding("a", "add", "Add", tooltip="add a stage of the profile to the queue"),
+        Binding("s", "start", "Start", tooltip="start the supervisor, which runs the queue"),
+        Binding("c", "cancel", "Cancel", tooltip="cancel the entry (a running one checkpoints first)"),
+        Binding("r", "resume", "Resume", tooltip="queue a cancelled or failed entry again (starts the supervisor)"),
+        Binding("x,delete", "remove", "Del", show=False, tooltip="remove the entry (asks first)"),
+        Binding("K,shift+up", "move('up')", "Up", show=False, tooltip="move the entry up"),
+        Binding("J,shift+down", "move('down')", "Down", show=False, tooltip="move the entry down"),
+        Binding("v", "device", "Device", show=False, tooltip="the device the memory column estimates for"),
+        Binding("m", "metrics", "Metrics", show=False, tooltip="show the entry's run in the Metrics pane"),
     ]
+    HELP_KEYS = (("up / down", "choose an entry"), ("home / end", "the first / last entry"))
 
     class Described(Message):
         def __init__(self, infos: dict[int, EntryInfo], device: str) -> None:
@@ -97,11 +112,25 @@ class QueuePane(Pane):
             self.infos, self.device = infos, device
 
     class Done(Message):
-        """A queue operation finished: what to say, and which entry to keep the cursor on."""
+        """A queue operation finished (or failed): what to say, and which entry to keep the cursor on."""
 
-        def __init__(self, text: str, entry_id: int | None = None) -> None:
+        def __init__(self, text: str, entry_id: int | None = None, error: bool = False) -> None:
             super().__init__()
-            self.text, self.entry_id = text, entry_id
+            self.text, self.entry_id, self.error = text, entry_id, error
+
+    class Supervisor(Message):
+        """The supervisor's pid now (None: none runs)."""
+
+        def __init__(self, pid: int | None) -> None:
+            super().__init__()
+            self.pid = pid
+
+    class Detail(Message):
+        """An entry's detail, read off the event loop."""
+
+        def __init__(self, title: str, body: Text) -> None:
+            super().__init__()
+            self.title, self.body = title, body
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
@@ -109,11 +138,13 @@ class QueuePane(Pane):
         self.infos: dict[int, EntryInfo] = {}
         self.device = "auto"
         self.error = ""
+        self.supervisor: int | None | str = "?"  # pid, None (none runs) or "?" (not looked yet)
         self._keep_cursor: int | None = None
+        self._message = ""
 
     def compose(self) -> ComposeResult:
-        yield Label("Queue", markup=False, id="queue-title", classes="pane-title")
-        table = RowTable(id="queue-table")
+        yield PartsLine(id="queue-title", classes="pane-title")
+        table = QueueTable(id="queue-table")
         table.add_column("#", key="id")
         table.add_column("stage", key="stage")
         table.add_column("state", key="state")
@@ -123,6 +154,7 @@ class QueuePane(Pane):
         table.add_column("memory", key="memory")
         table.add_column("message", key="message")
         yield table
+        yield Static("", markup=False, id="queue-message")
         yield Static("", markup=False, id="queue-status")
 
     def on_mount(self) -> None:
@@ -131,6 +163,18 @@ class QueuePane(Pane):
     def _tick(self) -> None:
         if self.active:
             self.redraw()
+            self.check_supervisor()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="queue-supervisor")
+    def check_supervisor(self) -> None:
+        from engine.jobs.procs import supervisor_pid
+
+        self.post_message(self.Supervisor(supervisor_pid(self.ws)))
+
+    def on_queue_pane_supervisor(self, event: QueuePane.Supervisor) -> None:
+        if event.pid != self.supervisor:
+            self.supervisor = event.pid
+            self._title()
 
     def focus_main(self) -> None:
         self.query_one("#queue-table", DataTable).focus()
@@ -156,10 +200,14 @@ class QueuePane(Pane):
         for e in self.entries:
             counts[e.state] = counts.get(e.state, 0) + 1
         parts = ", ".join(f"{n} {s}" for s, n in counts.items()) or "empty"
-        text = f"Queue: {parts}   memory for device: {self.device}"
-        if self.error:
-            text += f"   ({self.error})"
-        self.query_one("#queue-title", Label).update(text)
+        if self.supervisor is None:
+            sup = "no supervisor"
+        elif isinstance(self.supervisor, int):
+            sup = f"supervisor pid {self.supervisor}"
+        else:
+            sup = ""
+        self.query_one("#queue-title", PartsLine).set([(f"Queue: {parts}", 0), (sup, 1),
+                                                        (f"({self.error})" if self.error else "", 0)])
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="queue-describe")
     def describe(self, entries: list, device: str) -> None:
@@ -195,17 +243,29 @@ class QueuePane(Pane):
             with self.store.lock:
                 h = self.store.runs.get(e.run_id)
                 if h is not None:
-                    total = h.max_steps or info.max_steps
-                    progress = f"{h.step}/{total}" if total else str(h.step)
+                    progress = fmt_progress(h.step, h.max_steps or info.max_steps)
                     if e.state == EntryState.RUNNING:
                         eta = fmt_eta(h.eta_seconds())  # tokens per step from the run's frozen stage
                     device = h.device or device
         elif info.max_steps:
-            progress = f"0/{info.max_steps}"
+            progress = fmt_progress(0, info.max_steps)
         stage = e.stage if (self.profile is None or e.profile == self.profile.name) else f"{e.profile}/{e.stage}"
         return [str(e.id), Text(stage), state, progress, eta, device, info.memory, Text(e.message)]
 
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_message()
+
+    def _show_message(self) -> None:
+        """The highlighted entry's whole message under the table (the column crops it; enter shows all)."""
+        eid = self.selected_id()
+        e = next((e for e in self.entries if e.id == eid), None)
+        text = f"#{e.id} {e.stage}: {e.message or e.state}" if e is not None else ""
+        if text != self._message:  # Static.update lays the screen out again: only when it changed
+            self._message = text
+            self.query_one("#queue-message", Static).update(Text(text, overflow="fold"))
+
     def redraw(self) -> None:
+        self._show_message()
         table = self.query_one("#queue-table", DataTable)
         for e in self.entries:
             key = str(e.id)
@@ -289,9 +349,34 @@ class QueuePane(Pane):
             return
         self.post_message(ShowRun(e.run_id))
 
+    def action_detail(self) -> None:
+        e = self._selected()
+        if e is not None:
+            self.load_detail(e)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a row (the table's own binding takes the key before the pane's)."""
+        event.stop()
+        self.action_detail()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="queue-detail")
+    def load_detail(self, e: Any) -> None:
+        self.post_message(self.Detail(f"Entry {e.id}: {e.profile} / {e.stage}, {e.state}", entry_detail(self.ws, e)))
+
+    def on_queue_pane_detail(self, event: QueuePane.Detail) -> None:
+        self.app.push_screen(TextScreen(event.title, event.body, id="entry-detail"))
+
     @work(thread=True, exclusive=True, exit_on_error=False, group="queue-op")
     def run_op(self, op: str, *args: Any) -> None:
-        """One queue operation, off the event loop (it takes queue.lock and may spawn the supervisor)."""
+        """One queue operation, off the event loop (it takes queue.lock and may spawn the supervisor).
+        A refusal stays on the line under the table (a notification is gone in seconds)."""
+        try:
+            self._run_op(op, *args)
+        except FcError as exc:
+            self.post_message(self.Done(str(exc), args[0] if args and isinstance(args[0], int) else None, error=True))
+
+    def _run_op(self, op: str, *args: Any) -> None:
+        from engine.jobs.procs import supervisor_pid
         from engine.jobs.queue import StageQueue
 
         q = StageQueue(self.ws)
@@ -309,18 +394,71 @@ class QueuePane(Pane):
             self.post_message(self.Done(f"Entry {e.id}: {e.message or e.state}", e.id))
         elif op == "resume":
             e = q.resume(*args)
-            self.post_message(self.Done(f"Entry {e.id} queued again: {e.message}", e.id))
+            # As `s` does: an entry put back in the queue is of no use without a supervisor to run it.
+            started = supervisor_pid(self.ws) is None
+            if started:
+                q.start()
+            self.post_message(self.Done(f"Entry {e.id} queued again: {e.message}"
+                                        + ("; started the supervisor" if started else ""), e.id))
         elif op == "start":
-            pid = q.start()
-            self.post_message(self.Done(f"Supervisor running (pid {pid})"))
+            running = supervisor_pid(self.ws) is not None
+            q.start()
+            self.post_message(self.Done("The supervisor was already running the queue" if running
+                                        else "Started the supervisor: it runs the queue"))
         else:
             raise FcError(f"queue: unknown operation {op!r}")
 
     def on_queue_pane_done(self, event: QueuePane.Done) -> None:
         self._keep_cursor = event.entry_id
         if event.text:
-            self.app.notify(event.text)
-            self.query_one("#queue-status", Static).update(event.text)
+            self.app.notify(event.text, severity="error" if event.error else "information")
+            status = self.query_one("#queue-status", Static)
+            status.update(event.text)
+            status.set_class(event.error, "-error")
+        self.check_supervisor()
         watcher = getattr(self.app, "watcher", None)
         if watcher is not None:
             watcher.poke()
+
+
+def entry_detail(ws: Any, e: Any) -> Text:
+    """An entry's detail as text: state and whole message, its run, progress, mix history, exports
+    and the last lines of its trainer log (read from the run folder, so call it off the event loop)."""
+    from engine.jobs.rundir import RunDir
+
+    out = Text(overflow="fold")
+
+    def section(title: str, lines: list[str]) -> None:
+        out.append(f"{title}\n", style="bold")
+        for line in lines:
+            out.append(f"  {line}\n")
+
+    section("message", [e.message or "-"])
+    if not e.run_id:
+        section("run", ["none yet: the supervisor makes one when it starts this entry"])
+        return out
+    run = RunDir(ws.runs_dir / e.run_id)
+    section("run", [f"{e.run_id}  ({run.path})"])
+    try:
+        h = run.history()
+    except (FcError, OSError) as exc:
+        section("events", [f"unreadable: {exc}"])
+        return out
+    total = f"/{h.max_steps}" if h.max_steps else ""
+    eta = f", ETA {fmt_eta(h.eta_seconds())}" if e.state == EntryState.RUNNING else ""
+    section("progress", [f"{h.state or 'no events'} at step {h.step}{total}{eta}"
+                         + (f", on {h.device}" if h.device else "")])
+    if h.errors:
+        section("errors", [str(ev.get("message", "")) for ev in list(h.errors)[-3:]])
+    section("mix history", mix_history_lines(h.mixes) or ["none recorded yet"])
+    ckpts = run.checkpoints()
+    section("checkpoints", [", ".join(p.name for _, p in ckpts[-4:]) + (f" ({len(ckpts)} in all)" if len(ckpts) > 4
+                                                                        else "") if ckpts else "none yet"])
+    section("exports", export_lines(run.exports()) or ["none (Eval pane: x exports the latest checkpoint)"])
+    try:
+        with open(run.trainer_log, encoding="utf-8", errors="replace") as fh:
+            tail = fh.read()[-20_000:].splitlines()[-LOG_LINES:]
+    except OSError:
+        tail = ["no trainer.log yet"]
+    section(f"trainer.log (last {LOG_LINES} lines)", tail or ["empty"])
+    return out

@@ -2,7 +2,9 @@
 it with progress, and a box where typed text shows its pieces and ids as you type.
 
 Training runs in a child process (fcwork.jobs); SentencePiece is loaded only inside a worker,
-the first time text is typed, so the app starts without it.
+the first time text is typed, so the app starts without it. The report is read again while the
+pane is shown (every REPORT_S) and whenever it is shown, so a tokenizer built elsewhere (the
+Manifest's data build, `fcwork tokenizer train`) shows its new state and hash.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fcwork.widgets.colors import theme_color
 from fcwork.widgets.row_table import RowTable
 
 MAX_SHOWN_PIECES = 400
+REPORT_S = 2.0
 
 
 def show_piece(piece: str) -> str:
@@ -36,9 +39,12 @@ class TokenizerPane(Pane):
 
     TITLE = "Tokenizer"
     BINDINGS = [
-        Binding("ctrl+t", "train", "Train tokenizer"),
-        Binding("ctrl+l", "clear_text", "Clear text"),
+        Binding("t", "type_text", "Type text", tooltip="put the cursor in the text box (escape leaves it)"),
+        Binding("ctrl+t", "train", "Train", tooltip="train the profile's tokenizer (needs the corpus)"),
+        Binding("ctrl+l", "clear_text", "Clear text", tooltip="clear the text box"),
     ]
+    HELP_KEYS = (("up / down", "move in the domains table"),
+                 ("escape", "in the text box: back to the table (so the pane's keys work again)"))
 
     class Loaded(Message):
         """The tokenizer's report was read (None: not trained yet)."""
@@ -69,6 +75,7 @@ class TokenizerPane(Pane):
         self._tok: Any = None
         self._tok_key: tuple | None = None
         self._proc: Any = None
+        self._report_stamp: Any = "unread"
 
     def compose(self) -> ComposeResult:
         yield Label("Tokenizer", markup=False, id="tok-title", classes="pane-title")
@@ -85,9 +92,22 @@ class TokenizerPane(Pane):
 
     def on_mount(self) -> None:
         self.query_one("#tok-progress").display = False
+        self.set_interval(REPORT_S, lambda: self.active and self.redraw())
 
     def focus_main(self) -> None:
+        self.query_one("#tok-domains", DataTable).focus()  # t or tab goes to the text box
+
+    def action_type_text(self) -> None:
         self.query_one("#tok-text", Input).focus()
+
+    def on_key(self, event) -> None:
+        if event.key == "escape" and self.query_one("#tok-text", Input).has_focus:
+            event.stop()
+            self.focus_main()
+
+    def redraw(self) -> None:
+        if self.profile is not None and not self.training:
+            self.load_report(str(self._model_path()))
 
     # -- the tokenizer's report ------------------------------------------------------------------
 
@@ -108,10 +128,23 @@ class TokenizerPane(Pane):
         from engine.data.tokenizer import read_report
 
         p = Path(path)
+        stamps = []
+        for f in (p, p.with_suffix(".json")):
+            try:
+                st = f.stat()
+                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                stamps.append(None)
+        stamp = (path, tuple(stamps))
+        if stamp == self._report_stamp:
+            return  # unchanged since the last read
         report = read_report(p.with_suffix(".json")) if p.exists() else None
+        self._report_stamp = stamp
         self.post_message(self.Loaded(path, report))
 
     def on_tokenizer_pane_loaded(self, event: TokenizerPane.Loaded) -> None:
+        if self.report is not None and event.report != self.report:
+            self._tok, self._tok_key = None, None  # retrained: encode with the new one
         self.report = event.report
         info = self.query_one("#tok-info", Static)
         table = self.query_one("#tok-domains", DataTable)
@@ -176,6 +209,7 @@ class TokenizerPane(Pane):
         self.app.notify(f"Tokenizer trained: vocab {vocab:,} in {event.seconds:.1f} s" if isinstance(vocab, int)
                         else "Tokenizer trained")
         self._tok, self._tok_key = None, None
+        self._report_stamp = "unread"
         self.load_report(str(self._model_path()))
 
     def on_unmount(self) -> None:

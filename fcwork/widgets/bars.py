@@ -1,4 +1,5 @@
-"""A horizontal bar for a fraction (0..1) drawn with eighth blocks, with the percentage after it."""
+"""A horizontal bar for a fraction (0..1) drawn with eighth blocks, with the percentage after it;
+or, when its `note` is set (the value it would show is invalid), that note instead."""
 
 from __future__ import annotations
 
@@ -24,11 +25,18 @@ class Bar(Widget):
     DEFAULT_CSS = """
     Bar { height: 1; width: 1fr; color: $primary; }
     Bar.-changed { color: $warning; }
+    Bar.-note { color: $error; }
     """
 
     value: reactive[float] = reactive(0.0)
+    note: reactive[str] = reactive("")
+
+    def watch_note(self, note: str) -> None:
+        self.set_class(bool(note), "-note")
 
     def render(self) -> Text:
         width = self.content_size.width
+        if self.note:
+            return Text(self.note, no_wrap=True, overflow="ellipsis", end="")
         pct = f" {self.value * 100:5.1f}%"
         return Text(bar_text(self.value, max(0, width - len(pct))) + pct, no_wrap=True)

@@ -2,7 +2,8 @@
 
 Generation runs in a `fcwork generate` child (torch stays out of the app); its stdout is read as
 it comes and appended to the log, its last stderr line (tokens/s, why it stopped, or the error)
-becomes the status. Escape closes the screen and stops a generation still running.
+becomes the status, right under the prompt so that it shows at any height (the log takes what is
+left). Escape closes the screen and stops a generation still running.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Input, Label, Log, Static
+from textual.widgets import Footer, Input, Log, Static
 
 from engine.jobs.procs import child_env
 
@@ -49,11 +50,11 @@ class GenerateScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="generate-dialog"):
-            yield Label(f"Try {self.run_id} (latest checkpoint)", markup=False, classes="dialog-title")
+            yield Static(f"Try {self.run_id} (latest checkpoint)", markup=False, classes="dialog-title")
             yield Input(placeholder="a prompt; enter generates", id="gen-prompt")
-            yield Label(self._mode_text(), markup=False, id="gen-mode", classes="dialog-hint")
+            yield Static("type a prompt, then enter", markup=False, id="gen-status")
+            yield Static(self._mode_text(), markup=False, id="gen-mode", classes="dialog-hint")
             yield Log(id="gen-output", highlight=False)
-            yield Static("", markup=False, id="gen-status")
         yield Footer()
 
     def _mode_text(self) -> str:
@@ -63,7 +64,7 @@ class GenerateScreen(ModalScreen[None]):
 
     def action_toggle_chat(self) -> None:
         self.chat = not self.chat
-        self.query_one("#gen-mode", Label).update(self._mode_text())
+        self.query_one("#gen-mode", Static).update(self._mode_text())
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

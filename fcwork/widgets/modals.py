@@ -1,4 +1,4 @@
-"""Small modal screens: confirm a destructive action, pick one item, pick several."""
+"""Small modal screens: confirm a destructive action, pick one item, pick several, read a long text."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any, Sequence
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Label, OptionList, SelectionList
+from textual.widgets import Footer, Label, OptionList, SelectionList, Static
 from textual.widgets.option_list import Option
 
 
@@ -27,8 +27,8 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, markup=False, classes="dialog-title")
-            yield Label("y: yes   n/escape: no", markup=False, classes="dialog-hint")
+            yield Static(self.question, markup=False, classes="dialog-title")
+            yield Label("y/enter: yes   n/escape: no", markup=False, classes="dialog-hint")
         yield Footer()
 
     def action_answer(self, yes: bool) -> None:
@@ -48,7 +48,7 @@ class PickScreen(ModalScreen[Any]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, markup=False, classes="dialog-title")
+            yield Static(self.title_text, markup=False, classes="dialog-title")
             if self.options:
                 yield OptionList(*[Option(Text(label), id=str(i)) for i, (label, _) in enumerate(self.options)])
             else:
@@ -79,7 +79,7 @@ class PickManyScreen(ModalScreen[Any]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, markup=False, classes="dialog-title")
+            yield Static(self.title_text, markup=False, classes="dialog-title")
             yield SelectionList(*[(Text(label), i, on) for i, (label, _, on) in enumerate(self.options)])
             yield Label("space: tick   enter: accept   escape: cancel", markup=False, classes="dialog-hint")
         yield Footer()
@@ -89,4 +89,30 @@ class PickManyScreen(ModalScreen[Any]):
         self.dismiss([self.options[i][1] for i in sorted(picked)])
 
     def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class TextScreen(ModalScreen[None]):
+    """A long text to read (an entry's whole message, its log), scrolled with the arrows; escape,
+    enter or q closes it."""
+
+    BINDINGS = [Binding("escape,enter,q", "close", "Close", priority=True)]
+
+    def __init__(self, title: str, body: Text | str, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.title_text = title
+        self.body = body
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide-dialog"):
+            yield Static(self.title_text, markup=False, classes="dialog-title")
+            yield Label("up/down scroll   escape/enter/q: close", markup=False, classes="dialog-hint top-hint")
+            with VerticalScroll(classes="text-body"):
+                yield Static(self.body, markup=False, classes="text-screen-body")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(VerticalScroll).focus()
+
+    def action_close(self) -> None:
         self.dismiss(None)

@@ -15,25 +15,62 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
-from fcwork.format import fmt_mix, fmt_number
+from fcwork.format import fmt_number
 from fcwork.widgets.colors import theme_style
 
 # Braille dot bits by (column in cell, row in cell).
 _DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 GUTTER = 9  # columns left of the plot area (y labels); shared so stacked charts line up on x
+RIGHT = 6  # columns right of the plot area (the mix strips' current weights), shared for the same reason
 _LEVELS = " \u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588"
 PALETTE = ("primary", "warning", "success", "error", "foreground", "secondary-lighten-2", "accent")
 
 
 @dataclass
 class Line:
-    """One series to draw: points on the step axis, a legend label and a theme colour name."""
+    """One series to draw: points on the step axis, a legend label and a theme colour name. A faint
+    line (raw values under their smoothed curve) is drawn dim and left out of the legend."""
 
     label: str
     xs: Sequence[float]
     ys: Sequence[float]
     color: str = "primary"
     last: float | None = field(default=None)
+    faint: bool = False
+
+
+def smooth(ys: Sequence[float], weight: float = 0.9) -> list[float]:
+    """An exponential moving average with TensorBoard's debiasing (the first points are not pulled
+    toward 0): each value is `weight` of the average so far and 1 - `weight` of the new point."""
+    out, avg, n = [], 0.0, 0
+    for y in ys:
+        if not math.isfinite(y):
+            out.append(y)
+            continue
+        n += 1
+        avg = weight * avg + (1 - weight) * y
+        out.append(avg / (1 - weight ** n))
+    return out
+
+
+def legend_lines(title: str, lines: Sequence[Line], width: int, colors: dict[str, Style]) -> list[Text]:
+    """The title and one entry per line ("━ code 3.21"), wrapped onto as many lines as they need;
+    an entry is never cut (one wider than the plot is cropped)."""
+    out = [Text(title, style=Style(bold=True))]
+    for line in lines:
+        if line.faint:
+            continue
+        last = line.last if line.last is not None else (line.ys[-1] if line.ys else None)
+        entry = Text("\u2501 ", style=colors.get(line.color, Style()))
+        entry.append(f"{line.label} {fmt_number(last) if last is not None else '-'}")
+        if out[-1].cell_len and out[-1].cell_len + 2 + entry.cell_len > width:
+            out.append(Text())
+        if out[-1].cell_len:
+            out[-1].append("  ")
+        out[-1].append(entry)
+    for t in out:
+        t.truncate(width)
+    return out
 
 
 def _segment(x0: int, y0: int, x1: int, y1: int) -> list[tuple[int, int]]:
@@ -93,19 +130,14 @@ def _dot_columns(line: Line, x0: float, x1: float, y1: float, sx: float, sy: flo
 
 def render_plot(lines: Sequence[Line], width: int, height: int, colors: dict[str, Style],
                 x_range: tuple[float, float] | None = None, y_range: tuple[float, float] | None = None,
-                title: str = "", empty: str = "no data yet", gutter: int = GUTTER) -> Text:
-    """The chart as rich Text of `height` lines: legend, plot rows with a y axis, x axis labels."""
+                title: str = "", empty: str = "no data yet", gutter: int = GUTTER, right: int = RIGHT) -> Text:
+    """The chart as rich Text of `height` lines: legend, plot rows with a y axis, x axis labels;
+    `right` columns are left blank after the plot area (where the mix strips put their weights)."""
     muted = colors.get("muted", Style())
     out = Text(no_wrap=True, overflow="crop")
-    legend = Text(title, style=Style(bold=True))
-    for line in lines:
-        last = line.last if line.last is not None else (line.ys[-1] if line.ys else None)
-        legend.append("  ")
-        legend.append("\u2501 ", style=colors.get(line.color, Style()))
-        legend.append(f"{line.label} {fmt_number(last) if last is not None else '-'}")
-    legend.truncate(width)
-    out.append(legend)
-    rows = height - 2
+    legend = legend_lines(title, lines, width, colors)[:max(1, height - 4)]  # keep 3 rows of plot
+    out.append(Text("\n").join(legend))
+    rows = height - 1 - len(legend)
     if rows < 1 or width < 12:
         return out
     xs_all = [x for ln in lines for x in ln.xs]
@@ -127,24 +159,30 @@ def render_plot(lines: Sequence[Line], width: int, height: int, colors: dict[str
         y0, y1 = (y0 - pad, y1 + pad) if not y_range else (y0, y1)
     labels = [fmt_number(y1), fmt_number((y0 + y1) / 2), fmt_number(y0)]
     gutter = max(gutter, max(len(s) for s in labels) + 1)
-    cols = width - gutter
+    cols = width - gutter - right
     dots_w, dots_h = cols * 2, rows * 4
     cells: dict[tuple[int, int], int] = {}
     owner: dict[tuple[int, int], str] = {}
 
-    def put(px: int, py: int, color: str) -> None:
+    def put(px: int, py: int, color: tuple[str, bool]) -> None:
         key = (py // 4, px // 2)
         cells[key] = cells.get(key, 0) | _DOTS[px % 2][py % 4]
         owner[key] = color
 
     sx, sy = (dots_w - 1) / (x1 - x0), (dots_h - 1) / (y1 - y0)
-    for line in lines:
+    for line in sorted(lines, key=lambda ln: not ln.faint):  # faint ones first: the bright draw over them
         for col, lo, hi, first in _dot_columns(line, x0, x1, y1, sx, sy, dots_w, dots_h):
             for py in range(lo, hi + 1):  # every value that fell in this dot column
-                put(col, py, line.color)
+                put(col, py, (line.color, line.faint))
             if first is not None:  # the line from the previous column's last value
                 for px, py in _segment(*first, col, lo if first[1] < lo else hi if first[1] > hi else first[1]):
-                    put(px, py, line.color)
+                    put(px, py, (line.color, line.faint))
+
+    def style_of(key: tuple[str, bool] | None) -> Style | None:
+        if key is None:
+            return None
+        style = colors.get(key[0], Style())
+        return style + Style(dim=True) if key[1] else style
     label_rows = {0: labels[0], rows // 2: labels[1], rows - 1: labels[2]}
     for r in range(rows):
         out.append("\n")
@@ -154,31 +192,30 @@ def render_plot(lines: Sequence[Line], width: int, height: int, colors: dict[str
             bits = cells.get((r, c), 0)
             color = owner.get((r, c)) if bits else None
             if color != run_color and run:
-                out.append("".join(run), style=colors.get(run_color, Style()) if run_color else None)
+                out.append("".join(run), style=style_of(run_color))
                 run = []
             run_color = color
             run.append(chr(0x2800 + bits) if bits else " ")
         if run:
-            out.append("".join(run), style=colors.get(run_color, Style()) if run_color else None)
+            out.append("".join(run), style=style_of(run_color))
     out.append("\n")
-    left, right = f"step {fmt_number(x0)}", fmt_number(x1)
-    axis = " " * gutter + left + " " * max(1, cols - len(left) - len(right)) + right
+    left, last = f"step {fmt_number(x0)}", fmt_number(x1)
+    axis = " " * gutter + left + " " * max(1, cols - len(left) - len(last)) + last
     out.append(axis[:width], style=muted)
     return out
 
 
 def render_strips(changes: Sequence[tuple[float, dict[str, float]]], domains: Sequence[str], width: int,
                   colors: dict[str, Style], palette: Sequence[str], x_range: tuple[float, float],
-                  end: float | None = None, title: str = "mix", gutter: int = GUTTER) -> Text:
+                  end: float | None = None, title: str = "mix (share of each domain by step; now at the right)",
+                  gutter: int = GUTTER, right: int = RIGHT) -> Text:
     """A weight history, one row per domain: each column's block height is the weight in force at
     that column's step (a full block is the largest weight shown), up to step `end`, on the same
-    step axis as `render_plot`'s charts."""
+    step axis as `render_plot`'s charts; the weight in force now after each row."""
     out = Text(no_wrap=True, overflow="crop")
     out.append(title, style=Style(bold=True))
-    if changes:
-        out.append("  now: " + fmt_mix({d: changes[-1][1].get(d, 0.0) for d in domains}, 2))
     out.truncate(width)
-    cols = width - gutter
+    cols = width - gutter - right
     if cols < 4:
         return out
     x0, x1 = x_range
@@ -201,6 +238,8 @@ def render_strips(changes: Sequence[tuple[float, dict[str, float]]], domains: Se
             w = changes[j][1].get(dom, 0.0) / top
             cells.append(_LEVELS[min(8, max(1 if w > 0 else 0, round(w * 8)))])
         out.append("".join(cells), style=colors.get(palette[i % len(palette)], Style()))
+        if changes:
+            out.append(f" {changes[-1][1].get(dom, 0.0):.2f}".rjust(right)[:right])
     return out
 
 

@@ -12,12 +12,14 @@ import pytest
 from textual.command import CommandList, CommandPalette
 from textual.widgets import DataTable, Input, TabbedContent
 
+from engine.jobs.control import request_path
+from engine.jobs.rundir import RunDir
 from engine.profile import load_profile
 from engine.jobs.queue import StageQueue
 from fcwork.panes.queue import QueuePane
 from fcwork.widgets.modals import ConfirmScreen, PickManyScreen, PickScreen
-from tui_fixtures import (REPO_ROOT, RUN_DONE, RUN_LIVE, empty_workspace, make_app, make_run, make_workspace,
-                          key_latency, notifications, run_events, settle, show_pane, step_event, wait_for,
+from tui_fixtures import (REPO_ROOT, stop_supervisor, RUN_DONE, RUN_LIVE, empty_workspace, make_app, make_run, make_workspace,
+                          key_latency, notifications, requests_of, run_events, settle, show_pane, step_event, wait_for,
                           write_events)
 
 pytestmark = pytest.mark.anyio  # anyio's pytest plugin runs the async tests on asyncio
@@ -103,9 +105,8 @@ async def test_mix_edit_writes_control_and_shows_the_ack(tmp_path):
         await pilot.press("0", ".", "6")
         assert app.query_one("#bar-1").value == pytest.approx(0.6 / 1.3)
         await pilot.press("enter")
-        control = ws.runs_dir / RUN_LIVE / "requests" / "00000002.toml"
-        await wait_for(pilot, control.exists, what="request 2")
-        data = {**tomllib.loads(control.read_text()), "request_id": 2}
+        await wait_for(pilot, lambda: requests_of(ws, RUN_LIVE) == [1, 2], what="request 2")
+        data = tomllib.loads(request_path(RunDir(ws.runs_dir / RUN_LIVE).requests_dir, 2).read_text())
         assert data["mix"]["code"] == pytest.approx(0.6 / 1.3)
         assert sum(data["mix"].values()) == pytest.approx(1.0)
         status = app.query_one("#mix-status")
@@ -128,7 +129,7 @@ async def test_bad_weight_is_a_one_line_error_and_nothing_is_sent(tmp_path):
         await pilot.pause()
         assert "expected at least one positive weight" in str(app.query_one("#mix-status").render())
         assert any("positive weight" in m for m in notifications(app))
-        assert [p.name for p in (ws.runs_dir / RUN_LIVE / "requests").glob("*.toml")] == ["00000001.toml"]
+        assert requests_of(ws, RUN_LIVE) == [1]
 
 
 async def test_save_mix_to_profile_and_pick_up_outside_edits(tmp_path):
@@ -164,14 +165,15 @@ async def test_sources_table_marks_missing_globs(tmp_path):
         await settle(pilot, app)
         table = app.query_one("#sources", DataTable)
         rows = {str(table.get_row(k)[0]): [str(c) for c in table.get_row(k)] for k in table.rows}
-        assert rows["notes"][3] == "ok" and rows["notes"][4] == "1.2 kB" and rows["notes"][5].startswith("~")
-        assert rows["gone"][3] == "missing" and rows["gone"][4] == "-"
+        # columns: source, domain, status, size, tokens, format
+        assert rows["notes"][2] == "ok" and rows["notes"][3] == "1.2 kB" and rows["notes"][4].startswith("~")
+        assert rows["gone"][2] == "missing" and rows["gone"][3] == "-"
         # Once the corpus is built, its manifest's token estimate is shown instead.
         raw = ws.raw_dir("files")
         raw.mkdir(parents=True)
         (raw / "manifest.json").write_text(json.dumps({"profile": "files", "domains": {
             "science": {"docs": 40, "chars": 36000, "est_tokens": 10000, "sources": {"notes": 40}}}}))
-        await wait_for(pilot, lambda: str(table.get_row("notes")[5]) == "10.0k", what="manifest tokens")
+        await wait_for(pilot, lambda: str(table.get_row("notes")[4]) == "10.0k", what="manifest tokens")
 
 
 async def test_apply_without_a_running_stage_only_checks(tmp_path):
@@ -268,6 +270,17 @@ async def test_queue_cancel_resume_and_errors_become_notifications(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await show_pane(pilot, app, "f3")
         table = app.query_one("#queue-table", DataTable)
+        # Removing a running entry is refused by the engine: the app says so, the line under the
+        # table keeps saying it (a notification is gone in seconds), and it carries on.
+        table.move_cursor(row=1)
+        await pilot.press("x", "y")
+        await wait_for(pilot, lambda: any("is running; cancel it first" in m for m in notifications(app)),
+                       what="error notification")
+        status = app.query_one("#queue-status")
+        assert "is running; cancel it first" in str(status.render()) and status.has_class("-error")
+        assert app.is_running and len(q.read()) == 3
+        await pilot.press("v")
+        assert app.panes["queue"].device == "cpu"
         table.move_cursor(row=2)
         await pilot.press("c")
         assert isinstance(app.screen, ConfirmScreen)
@@ -275,16 +288,16 @@ async def test_queue_cancel_resume_and_errors_become_notifications(tmp_path):
         await wait_for(pilot, lambda: q.get(3).state == "cancelled", what="cancel")
         await pilot.press("r")
         await wait_for(pilot, lambda: q.get(3).state == "queued", what="resume")
-        # Removing a running entry is refused by the engine: the app says so and carries on.
+        # As `s` does, resume starts a supervisor when none runs (stopped at the end of the test),
+        # and the title shows the live one.
+        await wait_for(pilot, lambda: any("started the supervisor" in m for m in notifications(app)),
+                       what="supervisor started by resume")
+        await wait_for(pilot, lambda: "supervisor pid" in str(app.query_one("#queue-title").render()),
+                       what="supervisor in the title")
         table.move_cursor(row=1)
-        await pilot.press("x", "y")
-        await wait_for(pilot, lambda: any("is running; cancel it first" in m for m in notifications(app)),
-                       what="error notification")
-        assert app.is_running and len(q.read()) == 3
-        await pilot.press("v")
-        assert app.panes["queue"].device == "cpu"
         await pilot.press("m")
         assert active_tab(app) == "tab-metrics" and app.panes["metrics"].run_id == RUN_LIVE
+    stop_supervisor(ws)
 
 
 async def test_queue_start_spawns_the_supervisor(tmp_path):
@@ -293,16 +306,9 @@ async def test_queue_start_spawns_the_supervisor(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, app)
         await pilot.press("f3", "s")
-        await wait_for(pilot, lambda: any(m.startswith("Supervisor running") for m in notifications(app)),
+        await wait_for(pilot, lambda: any(m.startswith("Started the supervisor") for m in notifications(app)),
                        what="supervisor")
-    from engine.jobs.procs import supervisor_pid
-
-    pid = supervisor_pid(ws)
-    if pid:  # an idle supervisor exits by itself; don't leave it behind
-        import os
-        import signal
-
-        os.kill(pid, signal.SIGTERM)
+    stop_supervisor(ws)
 
 
 async def test_metrics_choose_run_and_views(tmp_path):
@@ -321,7 +327,9 @@ async def test_metrics_choose_run_and_views(tmp_path):
         await pilot.press("l")
         assert metrics.view == "domains"
         await settle(pilot, app)
-        assert [ln.label for ln in app.query_one("#loss-plot").lines] == ["science", "code", "chess", "data", "chat"]
+        lines = app.query_one("#loss-plot").lines  # per domain: the raw values faint, their moving average bright
+        assert [ln.label for ln in lines if not ln.faint] == ["science", "code", "chess", "data", "chat"]
+        assert [ln.label for ln in lines if ln.faint] == ["science", "code", "chess", "data", "chat"]
         await pilot.press("f")
         assert metrics.run_id == RUN_LIVE and metrics.follow
 
@@ -332,16 +340,16 @@ async def test_eval_runs_side_by_side_and_pick(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await show_pane(pilot, app, "f5")
         table = app.query_one("#evals", DataTable)
-        assert [str(c.label) for c in table.columns.values()] == ["domain", RUN_LIVE, RUN_DONE]
+        assert [str(c.label).replace("\n", "-") for c in table.columns.values()] == ["domain", RUN_LIVE, RUN_DONE]
         assert [str(c) for c in table.get_row("step")] == ["step", "100", "300"]
         await pilot.press("r")
         assert isinstance(app.screen, PickManyScreen)
         await pilot.press("space", "enter")  # untick the first (newest) run
         await settle(pilot, app)
-        assert [str(c.label) for c in table.columns.values()] == ["domain", RUN_DONE]
+        assert [str(c.label).replace("\n", "-") for c in table.columns.values()] == ["domain", RUN_DONE]
         await pilot.press("h")
         await settle(pilot, app)
-        assert [str(c.label) for c in table.columns.values()][-1] == "step 300"
+        assert [str(c.label).replace("\n", "-") for c in table.columns.values()][-1] == "step 300"
 
 
 async def test_command_palette_runs_pane_actions(tmp_path):
@@ -460,7 +468,7 @@ async def test_tokenizer_train_then_pieces_live(tmp_path):
         assert f"vocab {pane.report.vocab_size}" in info and pane.report.hash[:16] in info
         table = app.query_one("#tok-domains", DataTable)
         assert sorted(str(table.get_row(k)[0]) for k in table.rows) == ["code", "prose"]
-        await pilot.press(*"def f")
+        await pilot.press("t", *"def f")  # t puts the cursor in the text box
         pieces = app.query_one("#tok-pieces")
         await wait_for(pilot, lambda: "tokens, 5 chars" in str(pieces.render()), what="pieces")
         assert "ids: " in str(pieces.render())
@@ -477,7 +485,7 @@ async def test_tokenizer_train_failure_is_a_notification(tmp_path):
         await wait_for(pilot, lambda: any("no corpus yet" in m for m in notifications(app)), timeout=60,
                        what="error notification")
         await wait_for(pilot, lambda: not app.panes["tokenizer"].training, what="training state reset")
-        await pilot.press(*"abc")
+        await pilot.press("t", *"abc")
         await wait_for(pilot, lambda: any("no tokenizer yet" in m for m in notifications(app)), what="encode error")
         assert app.is_running
 
@@ -496,16 +504,23 @@ async def test_eval_pane_shows_harness_records_and_runs_eval(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await show_pane(pilot, app, "f5")
         table = app.query_one("#harness", DataTable)
-        assert [str(c.label) for c in table.columns.values()] == ["eval harness", RUN_DONE]
+        assert [str(c.label).replace("\n", "-") for c in table.columns.values()] == ["eval harness", RUN_DONE]
         assert [str(c) for c in table.get_row("bpb/code")] == ["bpb code", "1.234"]
         assert [str(c) for c in table.get_row("probe/code/compile")] == ["code: body compiles", "0.625"]
         assert [str(c) for c in table.get_row("weights")][1].startswith("ckpt ")
-        assert table.size.height == table.row_count + 1  # every row shows (the box scrolls, not the table)
+        assert table.size.height == table.row_count + table.header_height  # every row shows (the box scrolls)
         assert "return a + b" in str(app.query_one("#eval-samples").render())
-        await pilot.press("e")  # the first run (the live one) has no checkpoint: the child fails, a notification says so
-        await wait_for(pilot, lambda: any("fcwork eval" in n for n in notifications(app)), timeout=60,
-                       what="eval failure notification")
-        # The eval ran in a child: the app process gained no torch (other tests may have loaded it before).
+        await pilot.press("e")  # the first run (the live one) has no checkpoint: said in one line, no child
+        await settle(pilot, app)
+        said = [n for n in notifications(app) if "no checkpoint yet" in n]
+        assert said == [f"{RUN_LIVE} has no checkpoint yet, nothing to evaluate: the trainer saves one every "
+                        "checkpoint_every steps (r picks another run)"]
+        assert "Error" not in said[0] and app.panes["eval"].evaluating is None
+        assert not [w for w in app.workers if w.group == "eval"]
+        assert said[0] in str(app.query_one("#eval-job").render())
+        await pilot.press("x")  # export: the same line, no picker, no child
+        assert not isinstance(app.screen, PickScreen)
+        assert any("nothing to export" in n for n in notifications(app))
         assert had_torch or "torch" not in sys.modules
 
 
@@ -534,7 +549,7 @@ async def test_manifest_builds_the_profile_data(tmp_path):
         await settle(pilot, app)
         pane = app.panes["manifest"]
         table = app.query_one("#sources", DataTable)
-        assert all(str(table.get_row(k)[5]).startswith("~") for k in table.rows)  # estimates before the build
+        assert all(str(table.get_row(k)[4]).startswith("~") for k in table.rows)  # estimates before the build
         assert any("Build data" in title for title, _, _ in app.palette_commands())
         await pilot.press("ctrl+b")
         assert pane.preparing
@@ -545,7 +560,7 @@ async def test_manifest_builds_the_profile_data(tmp_path):
         assert ws.tokenizer_path("tiny").exists()
         assert list(ws.tok_dir("tiny").rglob("*.bin")) or list(ws.tok_dir("tiny").rglob("*.npy")), \
             sorted(p.name for p in ws.tok_dir("tiny").rglob("*"))
-        await wait_for(pilot, lambda: all(not str(table.get_row(k)[5]).startswith("~") for k in table.rows),
+        await wait_for(pilot, lambda: all(not str(table.get_row(k)[4]).startswith("~") for k in table.rows),
                        what="built token counts in the sources table")
         assert any("Data of tiny ready" in m for m in notifications(app))
         await pilot.press("ctrl+b")  # everything current now: nothing runs again
@@ -587,7 +602,7 @@ async def test_eval_pane_lists_a_run_evaluated_only_by_the_harness(tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await show_pane(pilot, app, "f5")
         table = app.query_one("#harness", DataTable)
-        assert quiet in [str(c.label) for c in table.columns.values()]
+        assert quiet in [str(c.label).replace("\n", "-") for c in table.columns.values()]
 
 
 async def test_home_and_end_go_to_the_first_and_last_row(tmp_path):

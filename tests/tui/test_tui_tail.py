@@ -89,7 +89,7 @@ def test_history_folds_events_and_acks():
     notable = store.ingest("r1", run_events(120, max_steps=300))
     h = store.runs["r1"]
     assert h.state == "running" and h.step == 120 and h.max_steps == 300 and h.device == "cpu"
-    assert {rid: a["step"] for rid, a in h.acks.items()} == {1: 60}  # request 1 answered at step 60
+    assert {rid: ev["step"] for rid, ev in h.acks.items()} == {1: 60}
     assert [m[0] for m in h.mixes] == [1, 60] and h.mixes[1][1]["code"] == 0.4
     assert len(h.evals) == 2 and h.series["eval/code"].last is not None
     assert {e["type"] for e in notable} == {"status", "mix", "answer", "eval", "checkpoint"}

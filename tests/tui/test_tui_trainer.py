@@ -1,5 +1,5 @@
 """The app against the real trainer: a live run's metrics appear, and a mix typed in the Manifest
-pane goes through the run's requests folder to `python -m engine.train`, whose answer the pane shows."""
+pane goes through a control request (runs/<id>/requests/) to `python -m engine.train`, whose `answer` the pane shows."""
 
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import tomli_w
 
 from engine.jobs.queue import QueueEntry, dumps_queue
+from engine.jobs.control import request_ids, request_path
+from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -152,6 +154,11 @@ def make_run(ws: Workspace, run_id: str, events: list[dict], stage: str = "base"
     return run_dir
 
 
+def requests_of(ws: Workspace, run_id: str) -> list[int]:
+    """The ids of the control requests in a run's folder."""
+    return request_ids(RunDir(ws.runs_dir / run_id).requests_dir)
+
+
 def write_queue(ws: Workspace, entries: list[QueueEntry]) -> None:
     ws.queue_path.write_text(dumps_queue(entries), encoding="utf-8")
 
@@ -163,10 +170,11 @@ def make_workspace(root: Path, live_steps: int = 120) -> Workspace:
     ws.profile_path("default").write_text(PROFILE, encoding="utf-8")
     make_run(ws, RUN_DONE, run_events(300, finished=True, mix_at=None))
     live = make_run(ws, RUN_LIVE, run_events(live_steps))
-    # The request the history's `mix` and `answer` events answer, as `fcwork mix` left it.
-    (live / "requests").mkdir()
-    (live / "requests" / "00000001.toml").write_text(tomli_w.dumps({"mix": {
-        "science": 0.2, "code": 0.4, "chess": 0.1, "data": 0.2, "chat": 0.1}}), encoding="utf-8")
+    # The request the history's `mix` and `answer` events acknowledge, as `fcwork mix` left it.
+    request = request_path(RunDir(live).requests_dir, 1)
+    request.parent.mkdir()
+    request.write_text(tomli_w.dumps({"mix": {"science": 0.2, "code": 0.4, "chess": 0.1, "data": 0.2, "chat": 0.1}}),
+                       encoding="utf-8")
     write_queue(ws, [
         QueueEntry(id=1, profile="default", stage="base", state="done", run_id=RUN_DONE, message="finished",
                    added=T0 - 7200),
@@ -273,3 +281,100 @@ def write_harness_evals(ws: Workspace) -> None:
                    "chess": [{"prompt": "1. e4 e5 2.", "completion": " Nf3 Nc6 3. Bb5", "reason": "length"}]}
         report = EvalReport(domains, probes, samples, seconds=3.5)
         append_eval(ws.runs_dir / run, record(report, run, step, ckpt, sha, EvalLimits(), "cpu"))
+
+
+def stop_supervisor(ws: Workspace) -> None:
+    """Stop the supervisor a test started (an idle one exits by itself; don't leave it behind)."""
+    import os
+    import signal
+    import time
+
+    from engine.jobs.procs import supervisor_pid
+
+    pid = supervisor_pid(ws)
+    if pid and pid > 0:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while supervisor_pid(ws) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+# -- a workspace of long values: what must never be clipped at 80x24 or 60x20 ---------------------
+
+LONG_WS = "fcwork-workspace-of-the-fustercluck-450-campaign-on-the-laptop"
+RUN_BIG = "20250103-080000-base"  # a long run: big step, token and memory numbers
+BIG_STEPS = 1_500_000
+LONG_ERROR = ("trainer crashed: OSError: [Errno 28] No space left on device: '/Users/owner/fcwork/runs/"
+              "20250103-090000-anneal/ckpt/.step-1200.tmp/optimizer.safetensors' while writing the checkpoint "
+              "of step 1200 (free some space, then r resumes from step 1100)")
+RUN_FAILED = "20250103-090000-anneal"
+
+
+def big_events(last: int = 1_234_567, points: int = 240) -> list[dict]:
+    """A long run's events: steps up to `last` of BIG_STEPS at 1.23M tokens/s and 12.3 GB, two mix changes."""
+    evs: list[dict] = [{"type": "status", "time": T0, "state": "running", "step": 0, "max_steps": BIG_STEPS,
+                        "pid": 4242, "device": "cuda"}]
+    mixes = [(0, dict(MIX)), (400_000, {"science": 0.1, "code": 0.5, "chess": 0.1, "data": 0.2, "chat": 0.1}),
+             (900_000, {"science": 0.25, "code": 0.25, "chess": 0.25, "data": 0.15, "chat": 0.1})]
+    for i in range(1, points + 1):
+        step = last * i // points
+        mix = [m for s, m in mixes if s <= step][-1]
+        for s, m in mixes[1:]:
+            if last * (i - 1) // points < s <= step:
+                evs.append({"type": "mix", "time": T0 + i, "step": s, "mix": dict(m), "request_id": mixes.index((s, m))})
+        ev = step_event(step, mix, t=T0 + step / 150)
+        ev.update(loss=round(2.0 + 4.0 * math.exp(-i / 30) + 0.05 * math.sin(i), 5), tokens=step * 184_320,
+                  tokens_per_s=1_228_800.0 + 1000 * math.sin(i), mem_bytes=12_345_678_901 + i * 1000,
+                  grad_norm=round(0.9 + 0.3 * math.exp(-i / 50) + 0.02 * math.sin(i * 3), 5),
+                  mfu=0.412, domain_loss={d: round(2.0 + 4.0 * math.exp(-i / 30) + 0.3 * j + 0.2 * math.sin(i * (j + 1)), 5)
+                                          for j, d in enumerate(DOMAINS)})
+        evs.append(ev)
+        if i % 60 == 0:
+            evs.append(dict(eval_event(step), loss=round(2.3 + 4.0 * math.exp(-i / 30), 5)))
+    return evs
+
+
+def make_long_workspace(root: Path) -> Workspace:
+    """make_workspace's runs and queue, in a folder with a long name under `root`, plus a long run with big
+    numbers (the one running) and a failed entry whose message is a long error with a long path."""
+    ws = make_workspace(root / LONG_WS)
+    live = make_run(ws, RUN_BIG, big_events(), max_steps=BIG_STEPS)
+    (live / "trainer.log").write_text("".join(f"INFO step {1_234_000 + i}: loss 2.01{i % 10}\n" for i in range(30))
+                                      + LONG_ERROR + "\n", encoding="utf-8")
+    failed = make_run(ws, RUN_FAILED, run_events(40, mix_at=None)[:45], stage="anneal")
+    (failed / "trainer.log").write_text(f"INFO starting\nERROR {LONG_ERROR}\n", encoding="utf-8")
+    out = RunDir(live).exports_dir / "gguf-q8-step1200000"
+    out.mkdir(parents=True)
+    (out / "model.gguf").write_bytes(b"\0" * 4096)
+    write_queue(ws, [
+        QueueEntry(id=1, profile="default", stage="base", state="done", run_id=RUN_DONE, message="finished",
+                   added=T0 - 7200),
+        QueueEntry(id=2, profile="default", stage="base", state="cancelled", run_id=RUN_LIVE,
+                   message="cancelled at step 120 (checkpoint step-100 kept)", added=T0 - 60),
+        QueueEntry(id=3, profile="default", stage="base", state="running", run_id=RUN_BIG, message="running",
+                   added=T0),
+        QueueEntry(id=4, profile="default", stage="anneal", state="failed", run_id=RUN_FAILED, message=LONG_ERROR,
+                   added=T0 + 1),
+    ])
+    return ws
+
+
+def screen_lines(app) -> list[str]:
+    """What the terminal shows now, one string per row (the top screen over the ones under it)."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
+def shown(app, text: str) -> bool:
+    """Whether `text` is on screen whole: on one row, or wrapped (at a space or inside a word) over
+    rows that follow each other, inside a box or beside a focus bar."""
+    lines = screen_lines(app)
+    if any(text in line for line in lines):
+        return True
+    def inside(line: str) -> str:  # a dialog's row: what is between its borders, not the screen beside it
+        if line.count("\u2502") >= 2:
+            return line[line.index("\u2502") + 1:line.rindex("\u2502")]
+        return line
+
+    frame = str.maketrans("", "", "\u258c\u2502\u256d\u256e\u2570\u256f\u2500 \t")
+    flat = "".join(inside(line).translate(frame) for line in lines)
+    return text.translate(frame) in flat
