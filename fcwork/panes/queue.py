@@ -436,6 +436,7 @@ def entry_detail(ws: Any, e: Any) -> Text:
     section("message", [e.message or "-"])
     if not e.run_id:
         section("run", ["none yet: the supervisor makes one when it starts this entry"])
+        section("passes over each domain (planned)", planned_passes(ws, e))
         return out
     run = RunDir(ws.runs_dir / e.run_id)
     section("run", [f"{e.run_id}  ({run.path})"])
@@ -450,6 +451,9 @@ def entry_detail(ws: Any, e: Any) -> Text:
                          + (f", on {h.device}" if h.device else "")])
     if h.errors:
         section("errors", [str(ev.get("message", "")) for ev in list(h.errors)[-3:]])
+    epochs = h.last.get("epochs") or {}
+    section("passes over each domain so far", [", ".join(f"{d} {x:.2f}x" for d, x in epochs.items())] if epochs
+            else planned_passes(ws, e))
     section("mix history", mix_history_lines(h.mixes) or ["none recorded yet"])
     ckpts = run.checkpoints()
     section("checkpoints", [", ".join(p.name for _, p in ckpts[-4:]) + (f" ({len(ckpts)} in all)" if len(ckpts) > 4
@@ -462,3 +466,16 @@ def entry_detail(ws: Any, e: Any) -> Text:
         tail = ["no trainer.log yet"]
     section(f"trainer.log (last {LOG_LINES} lines)", tail or ["empty"])
     return out
+
+
+def planned_passes(ws: Any, e: Any) -> list[str]:
+    """The passes the entry's stage will make over each domain, with a line per domain past the
+    profile's warn_epochs (engine.data.epochs; reads shard headers, so call it off the event loop)."""
+    from engine.data.epochs import epoch_warnings, format_passes, stage_passes
+
+    try:
+        prof = ws.load_profile(e.profile)
+        rows = stage_passes(ws, prof, e.stage)
+    except (FcError, OSError) as exc:
+        return [f"unknown: {exc}"]
+    return [format_passes(rows)] + epoch_warnings(prof, e.stage, rows)
