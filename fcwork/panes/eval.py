@@ -123,7 +123,7 @@ class EvalPane(Pane):
 
     def action_choose_runs(self) -> None:
         with self.store.lock:
-            options = [(f"{r}  {h.profile}/{h.stage}  {len(h.evals)} evals", r, r in self.run_ids)
+            options = [(f"{r}  {len(h.evals)} evals", r, r in self.run_ids)  # the id names the stage
                        for r, h in sorted(self.store.runs.items(), reverse=True)]
 
         def picked(runs: list[str] | None) -> None:

@@ -291,14 +291,14 @@ class ManifestPane(Pane):
         return mix
 
     def _bars_invalid(self, error: str) -> None:
-        """The bars say the typed mix is invalid: why on the weight at fault, "mix invalid" on the others."""
+        """The bars say the typed mix is invalid, in words short enough for a 60-column bar: which
+        weight is at fault, or that all are 0 (the line under the rows has the whole message)."""
         for i, d in enumerate(self.domains):
             bar = self.query_one(f"#bar-{i}", Bar)
-            prefix = f"mix.{d}: "
-            if error.startswith(prefix):
-                bar.note = "invalid: " + error[len(prefix):]
+            if error.startswith(f"mix.{d}: "):
+                bar.note = "invalid weight (see below)"
             elif error.startswith("mix: "):  # the whole mix: all weights 0
-                bar.note = "invalid: " + error[len("mix: "):]
+                bar.note = "invalid: every weight is 0"
             else:
                 bar.note = "(mix invalid)"
 

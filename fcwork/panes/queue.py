@@ -439,7 +439,7 @@ def entry_detail(ws: Any, e: Any) -> Text:
         section("passes over each domain (planned)", planned_passes(ws, e))
         return out
     run = RunDir(ws.runs_dir / e.run_id)
-    section("run", [f"{e.run_id}  ({run.path})"])
+    section("run", [f"{e.run_id} (runs/{e.run_id}/ in the workspace)"])
     try:
         h = run.history()
     except (FcError, OSError) as exc:
@@ -464,7 +464,7 @@ def entry_detail(ws: Any, e: Any) -> Text:
             tail = fh.read()[-20_000:].splitlines()[-LOG_LINES:]
     except OSError:
         tail = ["no trainer.log yet"]
-    section(f"trainer.log (last {LOG_LINES} lines)", tail or ["empty"])
+    section(f"runs/{e.run_id}/trainer.log, last {LOG_LINES} lines", tail or ["empty"])
     return out
 
 
