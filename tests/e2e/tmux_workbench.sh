@@ -41,7 +41,8 @@ cleanup() {
   local rc=$?
   tm kill-server 2>/dev/null || true
   stop_workspace "$ws"
-  if [[ $rc -eq 0 ]]; then rm -rf "$ws" "$template"; else log "workspace kept for inspection: $ws"; fi
+  rm -rf "$template"
+  if [[ $rc -eq 0 ]]; then rm -rf "$ws"; else log "workspace kept for inspection: $ws"; fi
   log "exit $rc"
 }
 trap cleanup EXIT
