@@ -164,8 +164,8 @@ def test_mix_change_applies_at_the_announced_step_and_bad_requests_change_nothin
         ack = wait_for(lambda: events_of(run_dir, "mix"), 30, "the mix event")[0]
         switch = ack["step"]
         assert ack["request_id"] == rid and ack["mix"] == {"code": 0.0, "science": 0.0, "chess": 1.0}
-        assert _answers(run_dir)[-1] == {**_answers(run_dir)[-1], "request_id": rid, "outcome": "applied",
-                                          "step": switch}
+        answer = wait_for(lambda: [a for a in _answers(run_dir) if a["request_id"] == rid], 30, "its answer")[0]
+        assert (answer["outcome"], answer["step"]) == ("applied", switch)  # written just after the mix event
         wait_for(lambda: max(_steps(run_dir), default=0) >= switch + 5, 60, "steps after the switch")
     finally:
         kill(proc)  # SIGKILL: nothing checkpointed, the mix lives only in events.jsonl
