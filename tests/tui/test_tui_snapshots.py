@@ -86,7 +86,8 @@ async def _pick_runs(pilot, app):
 
 async def _export_picker(pilot, app):
     pane = app.panes["eval"]
-    pane.run_ids, pane.chosen = [RUN_DONE], True
+    pane.run_ids, pane.chosen, pane._drawn = [RUN_DONE], True, None
+    pane.redraw()  # now, not at the pane's next tick: the same screen every time
     ckpt = app.ws.runs_dir / RUN_DONE / "ckpt" / "step-300"
     ckpt.mkdir(parents=True)
     (ckpt / "state.json").write_text("{}")
