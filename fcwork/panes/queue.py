@@ -165,6 +165,11 @@ class QueuePane(Pane):
             self.redraw()
             self.check_supervisor()
 
+    def set_active(self, active: bool) -> None:
+        super().set_active(active)
+        if active:
+            self.check_supervisor()  # at once, not a second later
+
     @work(thread=True, exclusive=True, exit_on_error=False, group="queue-supervisor")
     def check_supervisor(self) -> None:
         from engine.jobs.procs import supervisor_pid

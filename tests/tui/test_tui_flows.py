@@ -281,6 +281,9 @@ async def test_queue_cancel_resume_and_errors_become_notifications(tmp_path):
         assert app.is_running and len(q.read()) == 3
         await pilot.press("v")
         assert app.panes["queue"].device == "cpu"
+        await pilot.press("m")  # the running entry's run in the Metrics pane
+        assert active_tab(app) == "tab-metrics" and app.panes["metrics"].run_id == RUN_LIVE
+        await pilot.press("f3")
         table.move_cursor(row=2)
         await pilot.press("c")
         assert isinstance(app.screen, ConfirmScreen)
@@ -294,9 +297,6 @@ async def test_queue_cancel_resume_and_errors_become_notifications(tmp_path):
                        what="supervisor started by resume")
         await wait_for(pilot, lambda: "supervisor pid" in str(app.query_one("#queue-title").render()),
                        what="supervisor in the title")
-        table.move_cursor(row=1)
-        await pilot.press("m")
-        assert active_tab(app) == "tab-metrics" and app.panes["metrics"].run_id == RUN_LIVE
     stop_supervisor(ws)
 
 

@@ -87,7 +87,7 @@ async def _pick_runs(pilot, app):
 async def _export_picker(pilot, app):
     pane = app.panes["eval"]
     pane.run_ids, pane.chosen, pane._drawn = [RUN_DONE], True, None
-    pane.redraw()  # the table behind the dialog shows the chosen run alone, whichever redraw came first
+    pane.redraw()  # now, not at the pane's next tick: the same screen every time
     ckpt = app.ws.runs_dir / RUN_DONE / "ckpt" / "step-300"
     ckpt.mkdir(parents=True)
     (ckpt / "state.json").write_text("{}")
