@@ -1,6 +1,6 @@
 """Text formatting shared by the CLI commands, the live CLI views, the panes and the widgets.
 
-Plain functions over plain values: no Textual, no rich, no engine imports, so any layer of
+Plain functions over plain values: no Textual, no rich, of the engine only its mix rule, so any layer of
 fcwork may import it. A helper used by one module only stays in that module; one needed in
 two places (a command and a pane, two panes) lives here instead of being imported across.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+from engine.mix import describe
 
 # (probe, metric, label) rows of the probe tables, in display order.
 PROBE_ROWS = (
@@ -75,16 +77,6 @@ def fmt_eta(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def fmt_mix(mix: dict[str, float], digits: int = 3) -> str:
-    """A mix for reading in the TUI: "science 0.300  code 0.300"."""
-    return "  ".join(f"{d} {w:.{digits}f}" for d, w in mix.items())
-
-
-def fmt_mix_args(mix: dict[str, float], digits: int = 2) -> str:
-    """A mix in the `DOMAIN=WEIGHT` form the CLI takes: "science=0.30 code=0.30"."""
-    return " ".join(f"{d}={w:.{digits}f}" for d, w in mix.items())
-
-
 def fmt_bytes(n: float) -> str:
     """A size on disk: "512 B", "1.2 kB", "3.4 GB" (powers of 1000)."""
     for unit in ("B", "kB", "MB", "GB", "TB"):
@@ -100,7 +92,7 @@ def mix_history_lines(mixes: Any, digits: int = 3) -> list[str]:
     out = []
     for step, weights, request in mixes:
         origin = f" (request {request})" if request is not None else ""
-        out.append(f"from step {step}{origin}: " + " ".join(f"{d}={w:.{digits}f}" for d, w in weights.items()))
+        out.append(f"from step {step}{origin}: {describe(weights, digits)}")
     return out
 
 
