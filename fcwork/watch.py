@@ -218,12 +218,8 @@ class WorkspaceWatcher:
             if not RunDir(self.ws.runs_dir / run_id).trainer_gone():
                 continue
             with self.store.lock:
-                h = self.store.runs[run_id]
-                if h.state in RunState.LIVE:
-                    h.state = RunState.STOPPED if h.state == RunState.STOPPING else RunState.CRASHED
-                    h.message = h.message or "the trainer ended without a final status"
-                    h.version += 1
-                    self.store.version += 1
+                self.store.runs[run_id].trainer_gone()
+                self.store.version += 1
 
     def _read_stage(self, run_id: str) -> None:
         """Fill a run's metadata (profile, stage, max steps, starting mix) from its frozen stage."""

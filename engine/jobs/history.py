@@ -140,6 +140,14 @@ class RunHistory:
         self.max_steps = self.max_steps or meta.max_steps
         self.tokens_per_step, self.start_mix = meta.tokens_per_step, dict(meta.mix)
 
+    def trainer_gone(self) -> None:
+        """No trainer holds the run's lock though its events say one trains: it ended without a word,
+        so it reads as crashed (stopped, when it was stopping), never as running."""
+        if self.state in RunState.LIVE:
+            self.state = RunState.STOPPED if self.state == RunState.STOPPING else RunState.CRASHED
+            self.message = self.message or "the trainer ended without a final status"
+            self.version += 1
+
     @property
     def status(self) -> str:
         """The state, `created` before the run's first event."""

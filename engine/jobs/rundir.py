@@ -203,8 +203,7 @@ class RunDir:
         for ev in sorted(last.values(), key=lambda e: e.get("time") or 0):
             h.ingest(ev)
         if h.state in RunState.LIVE and self.trainer_gone():
-            h.state = RunState.STOPPED if h.state == RunState.STOPPING else RunState.CRASHED
-            h.message = h.message or "the trainer ended without a final status"
+            h.trainer_gone()
         return h
 
     def state(self) -> str:
