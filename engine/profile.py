@@ -156,7 +156,9 @@ class StageConfig:
     beta2: float = spec(0.95, _fraction, "a number between 0 and 1")
     grad_clip: float = spec(1.0, _non_negative, "a non-negative number (0: off)")
     device: str = spec("auto", _choice("auto", "cpu", "cuda", "mps"), "'auto', 'cpu', 'cuda' or 'mps'")
-    precision: str = spec("auto", _choice("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'")
+    # fp8: bf16 autocast with the decoder's linears in float8 (torchao; CUDA GPUs of capability 8.9+).
+    precision: str = spec("auto", _choice("auto", "fp32", "bf16", "fp8"), "'auto', 'fp32', 'bf16' or 'fp8'")
+    fp8_recipe: str = spec("tensorwise", _choice("tensorwise", "rowwise"), "'tensorwise' or 'rowwise'")
     # Past one device: processes per node (torchrun's --nproc-per-node), nodes, and how the model is
     # spread over them. grad_accum stays per device: a step trains micro_batch x grad_accum x devices
     # x nodes sequences.

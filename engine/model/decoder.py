@@ -22,6 +22,14 @@ _NATIVE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 # Targets with this id add no loss (as in F.cross_entropy): padding, prompts masked out in SFT.
 IGNORE = -100
 
+def to_compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """x in autocast's dtype when autocast is on: the residual stream then stays bf16 (as it does
+    under FSDP's bf16 parameters), which halves its traffic; norms and the loss still upcast."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return x.to(torch.get_autocast_dtype(kind))
+    return x
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a weight and no bias, computed in float32 as Hugging Face does."""
@@ -95,9 +103,10 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim), cos, sin).transpose(1, 2)
-        k = apply_rope(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin).transpose(1, 2)
+        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), cos, sin).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.index, k, v, start_pos)
         if cache is not None and cache.valid is not None:
@@ -267,7 +276,7 @@ class Transformer(nn.Module):
             raise ModelError(f"tokens: expected at most {limit} positions ({what}), got {start_pos + T}")
         cos = self.rope_cos[start_pos : start_pos + T]
         sin = self.rope_sin[start_pos : start_pos + T]
-        h = self.embed(tokens)
+        h = to_compute_dtype(self.embed(tokens))
         recompute = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for layer in self.layers:
             if recompute:

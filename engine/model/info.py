@@ -87,23 +87,25 @@ def resolve_precision(precision: str, device: str) -> str:
     """`auto` is bf16 autocast on cuda and mps, fp32 on cpu."""
     if precision == "auto":
         return "fp32" if device == "cpu" else "bf16"
+    if precision == "fp8":  # bf16 activations (float8 keeps smaller copies): bf16 is the upper bound
+        return "bf16"
     if precision not in PRECISIONS:
-        raise ModelError(f"precision: expected 'auto', 'fp32' or 'bf16', got {precision!r}")
+        raise ModelError(f"precision: expected 'auto', 'fp32', 'bf16' or 'fp8', got {precision!r}")
     return precision
 
 
 def activation_bytes_per_token_layer(cfg: ModelConfig, seq_len: int, precision: str, device: str) -> int:
     """Bytes one block keeps for its backward pass, per token (approximate).
 
-    The residual stream stays float32 (fp32 master weights); with bf16 autocast every linear
-    keeps its own bf16 copy of its input. Saved: both norms' inputs, the linears' inputs
+    The residual stream is in the compute dtype (the decoder casts the embedding to bf16 under
+    autocast); with bf16 autocast every linear keeps its own bf16 copy of its input. Saved: both norms' inputs, the linears' inputs
     (q/k/v share one, gate/up share one), rotated q, k and v, the attention output and its
     reshaped copy, and the MLP's gate, up, silu(gate) and product. mps's attention keeps the
     [heads, T, T] scores and probabilities; cuda and cpu use fused kernels that do not.
     """
     a = 2 if precision == "bf16" else 4
     d, kv = cfg.dim, cfg.n_kv_heads * cfg.head_dim
-    norm_inputs = 2 * 4 * d
+    norm_inputs = 2 * a * d
     linear_inputs = (3 + 2) * a * d if precision == "bf16" else 2 * 4 * d
     attention = a * (d + 2 * kv) + a * 2 * d + 4 * cfg.n_heads
     mlp = a * 4 * cfg.ffn_dim
@@ -153,7 +155,7 @@ def memory_estimate(
     tokens = seq_len * micro_batch
     per_layer = activation_bytes_per_token_layer(cfg, seq_len, precision, device)
     if activation_checkpointing:
-        blocks = tokens * (cfg.n_layers * 4 * cfg.dim + per_layer)
+        blocks = tokens * (cfg.n_layers * a * cfg.dim + per_layer)
     else:
         blocks = tokens * cfg.n_layers * per_layer
     final_norm = tokens * cfg.dim * (4 + a)
@@ -164,10 +166,15 @@ def memory_estimate(
     logits = tokens * cfg.vocab_size * (a + 4 + 4)
     shards = devices if strategy == "fsdp" else 1
     gathered = 0
+    block = (counts["attention"] + counts["mlp"] + counts["norms"] - cfg.dim) // cfg.n_layers
+    root = counts["embedding"] + counts["lm_head"] + cfg.dim
     if shards > 1:
-        block = (counts["attention"] + counts["mlp"] + counts["norms"] - cfg.dim) // cfg.n_layers
-        root = counts["embedding"] + counts["lm_head"] + cfg.dim
         gathered = a * (root + 2 * block) + 4 * block
+    # Autocast's bf16 copies live from the forward to the backward; recomputed blocks make their own
+    # again one at a time.
+    cast = 0
+    if precision == "bf16" and shards == 1:
+        cast = 2 * (root + block) if activation_checkpointing else 2 * params
     out = {
         "device": device,
         "precision": precision,
@@ -178,12 +185,16 @@ def memory_estimate(
         "grads": -(-4 * params // shards),
         "optimizer": -(-8 * params // shards),
         # FSDP gathers bf16 parameters itself (its mixed-precision policy): no autocast copies.
-        "cast_weights": 2 * params if precision == "bf16" and shards == 1 else 0,
+        "cast_weights": cast,
         "gathered": gathered,
         "activations": activations,
         "logits": logits,
     }
-    out["total"] = sum(v for k, v in out.items() if k not in ("device", "precision", "devices", "strategy", "params"))
+    # The peak: the gradients (set to None after each step) appear as the backward frees the
+    # activations and the logits, so the larger of the two sets counts, not both (measured on an
+    # H200 within 10% for every fc450 stage: bench/train_mfu.py --memory).
+    forward = out["cast_weights"] + activations + logits
+    out["total"] = out["weights"] + out["optimizer"] + gathered + max(out["grads"], forward)
     return out
 
 

@@ -65,7 +65,7 @@ class DeviceInfo:
 
     def autocast(self) -> ContextManager:
         """Autocast to bf16 for the forward pass, or nothing for fp32."""
-        if self.precision == "bf16":
+        if self.precision in ("bf16", "fp8"):
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -132,6 +132,10 @@ def pick_device(want: str = "auto", precision: str = "auto", origin: str = "stag
         device, gpu, name, bf16_ok = torch.device("cpu"), "", "cpu", True
     if precision == "auto":
         precision = "bf16" if want != "cpu" and bf16_ok else "fp32"
+    elif precision == "fp8":
+        from engine.train.fp8 import check_fp8
+
+        check_fp8(torch.cuda.get_device_capability(device) if want == "cuda" else None, origin)
     elif precision == "bf16" and not bf16_ok:
         raise RunError(f"{origin}.precision: expected a precision {name} supports, got \"bf16\" (use \"fp32\")")
     peak = None
@@ -139,5 +143,6 @@ def pick_device(want: str = "auto", precision: str = "auto", origin: str = "stag
         if precision == "fp32":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        peak = peak_flops(gpu, "bf16" if precision == "bf16" else "tf32")
+        # fp8's MFU is measured against the bf16 peak too, so the two read on one scale.
+        peak = peak_flops(gpu, "tf32" if precision == "fp32" else "bf16")
     return DeviceInfo(device=device, name=name, precision=precision, peak_flops=peak)

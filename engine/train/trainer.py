@@ -42,6 +42,7 @@ from engine.train.watch import ControlWatcher, Rejected, StopSignals
 log = logging.getLogger("fcwork.trainer")
 THREADS_ENV = "FCWORK_TRAIN_THREADS"   # pin torch's CPU threads (same value => same sums => exact resume)
 EXIT_CRASH = 1  # an uncaught exception: the supervisor restarts the trainer
+COMPILE_LOSS = False  # compile the loss beside the blocks (bench/train_mfu.py measures it)
 
 
 class Trainer:
@@ -129,7 +130,12 @@ class Trainer:
         with torch.device(self.dev.device):
             self.model = Transformer(cfg)
         self.model.set_activation_checkpointing(st.activation_checkpointing)
+        if self.dev.precision == "fp8":
+            from engine.train.fp8 import convert_to_fp8
+
+            log.info("fp8 (%s): %d linears in float8", st.fp8_recipe, convert_to_fp8(self.model, st.fp8_recipe))
         self.net = self.par.wrap(self.model, self.dev.precision, compile_on)
+        self.loss_fn = torch.compile(compiled_cross_entropy) if compile_on and COMPILE_LOSS else None
         self.optimizer = build_optimizer(self.model, st, self.dev)
         # 6 N (forward + backward of the matmuls; the embedding lookup is free) + attention scores.
         matmul_params = self.model.num_params() - (0 if cfg.tie_embeddings else self.model.embed.weight.numel())
@@ -264,7 +270,7 @@ class Trainer:
             x = torch.as_tensor(tokens).to(dev.device, non_blocking=True)
             with par.accumulating(self.net, micro == st.grad_accum - 1):
                 with dev.autocast():
-                    per_token = token_losses(self.net, x)
+                    per_token = token_losses(self.net, x, self.loss_fn)
                 loss = per_token.mean()
                 (loss / st.grad_accum).backward()  # DDP and FSDP average the ranks' gradients
             loss_sum += loss.detach()
@@ -442,13 +448,22 @@ class Trainer:
         self.mark = (time.perf_counter(), self.step)  # keep checkpoint time out of the next tokens/s
 
 
-def token_losses(net: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def token_losses(net: torch.nn.Module, tokens: torch.Tensor, loss_fn=None) -> torch.Tensor:
     """Per-token next-token loss [B, T] of rows of T + 1 tokens, through `net`'s own call (DDP's
     gradient hooks are armed there); the same numbers as Transformer.loss(..., reduction="none")."""
     from engine.model.decoder import cross_entropy
 
     targets = tokens[:, 1:]
-    return cross_entropy(net(tokens[:, :-1]).flatten(0, 1), targets.flatten()).view(targets.shape)
+    return (loss_fn or cross_entropy)(net(tokens[:, :-1]).flatten(0, 1), targets.flatten()).view(targets.shape)
+
+
+def compiled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The per-token loss as plain F.cross_entropy over float32 logits, for torch.compile: Inductor
+    fuses the upcast, log-softmax and their backward into fewer passes over the logits than the eager
+    custom function makes (which is the faster one on the CPU)."""
+    from engine.model.decoder import IGNORE
+
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none", ignore_index=IGNORE)
 
 
 # What CUDA's and MPS's allocators say when a tensor does not fit (torch.OutOfMemoryError is CUDA's;

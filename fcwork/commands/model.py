@@ -101,11 +101,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         "grads": f"x 4 (fp32){split}",
         "optimizer": f"AdamW moments, x 8 (2 x fp32){split}",
         "gathered": "whole parameters in use: embedding, lm head and two blocks, one block's grads",
-        "cast_weights": "bf16 copies made by autocast, x 2" if mem["cast_weights"] else
+        "cast_weights": ("bf16 copies made by autocast, x 2" + (": the embedding, lm head and one block"
+                                                                 if args.checkpointing else ""))
+        if mem["cast_weights"] else
         "none: FSDP gathers them in bf16" if mem["gathered"] and mem["precision"] == "bf16" else "none in fp32",
         "activations": "each block's input only, one block recomputed" if args.checkpointing else "every block's",
         "logits": f"{args.micro_batch * seq_len:,} tokens x vocab x (compute dtype + 2 x fp32)",
-        "total": "an upper-bound estimate",
+        "total": "peak: weights + optimizer + the larger of grads and (casts + activations + logits)",
     }
     notes["weights"] += split
     for key in ("weights", "grads", "optimizer", "cast_weights", "gathered", "activations", "logits", "total"):
