@@ -236,6 +236,21 @@ def test_peak_flops_table_and_device_choice():
         assert (dev.name, dev.precision, dev.peak_flops) == ("cpu", "fp32", None)
         with pytest.raises(RunError, match='device: expected a device this machine has, got "cuda"'):
             pick_device("cuda", "auto", origin="stage")
+        with pytest.raises(RunError, match=r'^stage.precision: "fp8" needs a CUDA GPU \(Ada or Hopper\); use "bf16" here$'):
+            pick_device("cpu", "fp8", origin="stage")
+
+
+def test_fp8_needs_a_recent_gpu_and_leaves_the_lm_head_in_bf16():
+    from torch import nn
+
+    from engine.errors import RunError
+    from engine.train.fp8 import _wanted, check_fp8
+
+    with pytest.raises(RunError, match=r'compute capability 8.9 or newer, this one is 8.0; use "bf16"$'):
+        check_fp8((8, 0), "stage")
+    assert _wanted(nn.Linear(1024, 2752), "layers.0.mlp.up_proj")
+    assert not _wanted(nn.Linear(1024, 50000 + 8), "lm_head")
+    assert not _wanted(nn.Linear(1000, 1024), "layers.0.attn.q_proj")  # float8 GEMMs need multiples of 16
 
 
 def test_checkpoint_round_trip_with_tied_embeddings(tmp_path):

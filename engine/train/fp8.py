@@ -25,7 +25,7 @@ def check_fp8(capability: tuple[int, int] | None, origin: str) -> None:
     try:
         import torchao.float8  # noqa: F401
     except ImportError:
-        raise RunError(f"{origin}.precision: \"fp8\" needs torchao (pip install 'fcwork[cuda]')") from None
+        raise RunError(f"{origin}.precision: \"fp8\" needs torchao (pip install 'fcwork[fp8]')") from None
 
 
 def _wanted(module: nn.Module, name: str) -> bool:
