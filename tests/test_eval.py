@@ -470,7 +470,7 @@ def test_suite_errors_are_one_line(eval_workspace, tmp_path, capsys):
                               stdin=subprocess.DEVNULL)
         lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
-        assert lines[-1].startswith("fcwork: error: task arc_easy_here: cannot load its data (") and \
+        assert lines[-1].startswith("fcwork: error: task arc_easy_here: cannot load it (") and \
             "allenai/ai2_arc" in lines[-1], done.stderr[-3000:]
         for suite, message in (("code_here", "task runs_code: runs the model's programs on this machine to score "
                                              "them; pass --allow-code to allow it"),

@@ -68,18 +68,27 @@ def load_tasks(names: Sequence[str], task_paths: Sequence[Path] = (), allow_code
     unknown = [n for n in names if n not in tm.all_tasks]
     if unknown:
         raise SuiteError(f"task {unknown[0]}: not a task lm-eval knows, nor one in {', '.join(map(str, paths))}")
+    for name in names:  # before loading: a code task's own module runs code as it loads
+        cfg = getattr(getattr(tm, "_index", {}).get(name), "cfg", None) or {}
+        if cfg.get("unsafe_code") and not allow_code:
+            raise SuiteError(_unsafe(name))
+    if allow_code:
+        os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")  # lm-eval's code tasks run their tests through `evaluate`
     tasks: dict[str, Any] = {}
     for name in names:
         try:
             loaded = tm.load([name])["tasks"]
         except Exception as exc:  # noqa: BLE001 - the hub, datasets and a task's own code raise anything
-            raise SuiteError(f"task {name}: cannot load its data ({_one_line(exc)})") from None
+            raise SuiteError(f"task {name}: cannot load it ({_one_line(exc)})") from None
         for task_name, task in loaded.items():
             if task.get_config("unsafe_code") and not allow_code:
-                raise SuiteError(f"task {task_name}: runs the model's programs on this machine to score them; "
-                                 "pass --allow-code to allow it")
+                raise SuiteError(_unsafe(task_name))
             tasks[task_name] = task
     return tm, tasks
+
+
+def _unsafe(task: str) -> str:
+    return f"task {task}: runs the model's programs on this machine to score them; pass --allow-code to allow it"
 
 
 def _task_scores(results: dict[str, Any], name: str) -> dict[str, float]:
@@ -148,8 +157,6 @@ def run_suite(run_dir: str | os.PathLike, suite: str, step: int | None = None, l
                 gen["max_gen_toks"] = min(int(gen.get("max_gen_toks", 256)), cap)
                 task.set_config("generation_kwargs", gen)
         tell(f"scoring {len(tasks)} tasks on {device}", 2, 3)
-        if allow_code:
-            os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")  # lm-eval's code tasks run the tests through `evaluate`
         try:
             results = lm_eval.simple_evaluate(
                 model=lm, tasks=list(tasks.values()), task_manager=tm, limit=limit, num_fewshot=num_fewshot,

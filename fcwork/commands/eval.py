@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="fcwork eval RUN [--step N]: held-out bits per byte per domain, domain probes and sample "
                     "generations, appended to runs/<id>/evals.jsonl. fcwork eval RUN --suite NAME: standard "
                     "benchmarks through lm-evaluation-harness on the run's Hugging Face export (suites: "
-                    f"{', '.join(f'{k} ({chr(44).join(v)})' for k, v in SUITES.items())}, or the profile's "
+                    + "; ".join(f"{k}: {' '.join(v)}" for k, v in SUITES.items()) + "; or the profile's "
                     "[eval.suites]); tasks download as lm-eval does. fcwork eval compare RUN RUN...: the latest "
                     "evals and suite scores of each run side by side.",
     )
