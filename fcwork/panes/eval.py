@@ -6,7 +6,8 @@ per domain, probe scores): first each run's latest checkpoint eval, pinned, then
 in-training eval the trainer wrote; the third, each run's latest benchmark suites (`fcwork eval RUN
 --suite NAME`: lm-eval on the HF export), every task's score and the suite's centred score (0 =
 chance, 1 = perfect); the first record's sample generations below. `e` runs
-the harness on the first run, `g` prompts its model, `x` exports it, each in a child process
+the harness on the first run, `g` prompts its model, `x` exports it, `b` scores it on a benchmark
+suite, each in a child process
 (torch stays out of the app); a run without a checkpoint is said so in one line and no child
 starts. An eval shows its progress until it ends, then its result stays on the line above.
 """
@@ -31,7 +32,7 @@ from engine.eval.harness import read_evals
 from engine.jobs.procs import child_env
 from engine.jobs.protocol import Event
 from engine.jobs.rundir import RunDir
-from engine.lmeval import is_suite_record, latest_suites
+from engine.lmeval import SUITES, is_suite_record, latest_suites
 from fcwork.format import PROBE_LABELS, fmt_loss_bpb, fmt_num
 from fcwork.panes.base import Pane
 from fcwork.widgets.generate_screen import GenerateScreen
@@ -71,6 +72,8 @@ class EvalPane(Pane):
                                                      "probes, samples)"),
         Binding("g", "generate", "Try", tooltip="prompt the first run's latest checkpoint"),
         Binding("x", "export", "Export", tooltip="export the first run's latest checkpoint (hf, gguf, mlx)"),
+        Binding("b", "benchmark", "Bench", show=False,
+                tooltip="score the first run's latest checkpoint on a benchmark suite (lm-eval on its hf export)"),
     ]
     HELP_KEYS = (("up / down", "move in the table"),)
 
@@ -246,6 +249,39 @@ class EvalPane(Pane):
             last = lines[-1] if lines else f"exit status {proc.returncode}"
             raise FcError(f"export of {run} failed: {last.removeprefix('fcwork: error: ')}")
         self.app.call_from_thread(self.app.notify, next((ln for ln in lines if ln.startswith("exported")), "exported"))
+
+    def action_benchmark(self) -> None:
+        """Score a run's latest checkpoint on a suite picked from a list, in a `fcwork eval --suite` child;
+        its scores appear in the benchmarks table when the child has written them."""
+        run = self._first_run("benchmark")
+        if run is None:
+            return
+        notes = {"local": "offline", "code": "runs the model's programs on this machine"}
+        choices = [(f"{name}: {' '.join(tasks)} ({notes.get(name, 'lm-eval downloads the tasks')})", name)
+                   for name, tasks in SUITES.items()]
+
+        def picked(suite: str | None) -> None:
+            if suite is not None:
+                self._job_line(f"scoring {run} on suite {suite} (lm-eval on its hf export)...")
+                self.run_worker(lambda: self._benchmark(run, suite), name=f"suite {run}", group="suite",
+                                thread=True, exclusive=True, exit_on_error=False)
+
+        self.app.push_screen(PickScreen(f"Score {run} (latest checkpoint) on", choices), picked)
+
+    def _benchmark(self, run: str, suite: str) -> None:
+        """Thread worker: `fcwork eval RUN --suite NAME`; its one-line error, or where the scores are, is said."""
+        args = ["--allow-code"] if suite == "code" else []
+        proc = subprocess.run([sys.executable, "-m", "fcwork.cli", "--workspace", str(self.ws.root), "eval", run,
+                               "--suite", suite, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              env={**child_env(), "COLUMNS": "400"})
+        if proc.returncode:
+            said = [ln for ln in proc.stderr.splitlines() if ln.startswith("fcwork: error:")]
+            text = f"suite {suite} of {run} failed: " + (
+                said[-1].removeprefix("fcwork: error: ") if said else f"exit status {proc.returncode}")
+        else:
+            text = f"scored {run} on suite {suite}: the benchmarks table below has it"
+        self.app.call_from_thread(self._job_line, text, bool(proc.returncode))
+        self.app.call_from_thread(self.app.notify, text, severity="error" if proc.returncode else "information")
 
     def on_unmount(self) -> None:
         proc = self._proc
