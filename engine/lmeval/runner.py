@@ -143,7 +143,6 @@ def run_suite(run_dir: str | os.PathLike, suite: str, step: int | None = None, l
         raise SuiteError("--suite: lm-evaluation-harness is not installed (pip install 'fcwork[eval]')") from None
     quiet = _quiet_logs()
     try:
-
         tm, tasks = load_tasks(names, task_paths, allow_code)  # before transformers loads: a task may fail first
         from lm_eval.models.huggingface import HFLM
 
@@ -228,4 +227,9 @@ def _quiet_logs() -> Callable[[], None]:
     before = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
-    return lambda: [logging.getLogger(n).setLevel(lvl) for n, lvl in before.items()] and None
+
+    def undo() -> None:
+        for n, level in before.items():
+            logging.getLogger(n).setLevel(level)
+
+    return undo
