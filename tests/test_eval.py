@@ -431,7 +431,17 @@ def test_local_suite_runs_end_to_end_on_the_hf_export_and_compare_lines_it_up(ev
     assert task["centred"] == pytest.approx(centred(task["score"], 0.25)) == rec["metrics"]["centred"]
     assert set(task["metrics"]) >= {"acc", "acc_norm"} and rec["checkpoint_sha256"] == sha256_file(
         run / "ckpt" / "step-20" / "model.safetensors")
-    assert rec["examples"]["fc_tiny_mc"][0]["choices"] == [" 3", " 6", " [1, 2, 3]", " 1"]
+    example = rec["examples"]["fc_tiny_mc"][0]
+    assert example["choices"] == [" 3", " 6", " [1, 2, 3]", " 1"]
+    # lm-eval's log-likelihoods on the export are our model's, split as lm-eval splits context and continuation.
+    tok, model = _tokenizer(eval_workspace), load_run_model(run)
+    for choice, theirs in zip(example["choices"], example["loglikelihoods"]):
+        ctx = tok.encode(example["context"])
+        ids = ctx + tok.encode(example["context"] + choice)[len(ctx):]
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([ids[:-1]])).float()[0], dim=-1)
+        ours = sum(logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids)))
+        assert ours == pytest.approx(theirs, abs=2e-3)
     assert (run / "exports" / "hf-f32-step20" / "config.json").exists()
     # The held-out eval stays what `--show` and the harness columns read; compare lines both up.
     assert main(["--workspace", str(root), "eval", run.name, "--show"]) == 0
