@@ -137,6 +137,16 @@ class TokenizerConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The `[eval]` table: the profile's own benchmark suites for `fcwork eval RUN --suite NAME`."""
+
+    # suite name -> lm-eval task or group names (a name here wins over a built-in suite of engine.lmeval)
+    suites: dict[str, list[str]] = spec(default_factory=dict, expect='a table of NAME = ["task", ...]')
+    # folders of lm-eval YAML task configs (relative to the profile's folder), searched before lm-eval's own
+    task_paths: list[str] = spec(default_factory=list)
+
+
+@dataclass
 class StageConfig:
     """One `[[stages]]` entry: a training stage."""
 
@@ -199,6 +209,7 @@ class Profile:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     sources: list[SourceConfig] = field(default_factory=list)
     stages: list[StageConfig] = field(default_factory=list)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -235,6 +246,8 @@ class Profile:
             "sources": [asdict(s) for s in self.sources],
             "stages": [asdict(s) for s in self.stages],
         }
+        if self.eval != EvalConfig():
+            out["eval"] = asdict(self.eval)
         return out
 
 
@@ -321,7 +334,7 @@ def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
     def fail(msg: str) -> ProfileError:
         return ProfileError(f"{origin}: {msg}")
 
-    top = {"profile", "mix", "data", "tokenizer", "sources", "stages"}
+    top = {"profile", "mix", "data", "tokenizer", "sources", "stages", "eval"}
     for key in data:
         if key not in top:
             raise fail(f"{key}: unknown key (expected one of {', '.join(sorted(top))})")
@@ -369,7 +382,14 @@ def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
     stages: list[StageConfig] = []
     for i, raw in enumerate(raw_stages):
         stages.append(parse_stage(raw, f"stages[{i}]", fail, mix, [s.name for s in stages]))
-    return Profile(profile=meta, mix=mix, data=dcfg, tokenizer=tcfg, sources=sources, stages=stages)
+    ecfg = _build(EvalConfig, data.get("eval", {}), "eval", fail)
+    for name, tasks in ecfg.suites.items():
+        if not _name(name):
+            raise fail(f"eval.suites.{name}: expected a suite name of letters, digits, '_', '-' or '.'")
+        if not tasks or not all(t.strip() for t in tasks):
+            raise fail(f"eval.suites.{name}: expected a non-empty list of lm-eval task names, "
+                       f"got {describe_value(tasks)}")
+    return Profile(profile=meta, mix=mix, data=dcfg, tokenizer=tcfg, sources=sources, stages=stages, eval=ecfg)
 
 
 def _check_source(src: SourceConfig, raw: dict, where: str, fail: Callable[[str], ProfileError]) -> None:

@@ -405,3 +405,89 @@ def test_complete_many_is_complete_for_each_prompt(eval_workspace):
     sampled = lm.complete_many(prompts, 10, [None] * len(prompts), sampling=cfg)
     assert sampled == [lm.complete(p, 10, sampling=SamplingConfig(10, 0.8, 40, 0.95, 7 + i))
                        for i, p in enumerate(prompts)]
+
+
+# -- suites of standard benchmarks through lm-eval (engine.lmeval) ------------------------------------
+
+def test_local_suite_runs_end_to_end_on_the_hf_export_and_compare_lines_it_up(eval_workspace, capsys):
+    from engine.eval.harness import DomainScore, EvalReport, append_eval, record
+    from engine.lmeval import centred, is_suite_record
+    from fcwork.cli import main
+
+    root = eval_workspace.ws.root
+    run = clone_run(eval_workspace.run, eval_workspace.ws.runs_dir / "suite-a")
+    held_out = EvalReport({"code": DomainScore(1, 100, 300, 300 * math.log(2) * 1.25)}, {}, {})
+    append_eval(run, record(held_out, run.name, 20, "ckpt/step-20", "cd" * 32, FAST, "cpu"))
+    assert main(["--workspace", str(root), "eval", run.name, "--suite", "local", "--limit", "20",
+                 "--threads", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "fc_tiny_mc" in out and "acc_norm" in out and "centred mean" in out
+    rec = read_evals(run)[-1]
+    assert is_suite_record(rec) and rec["suite"] == "local" and rec["step"] == 20
+    assert rec["export"] == "exports/hf-f32-step20" and rec["merged_lora"] is False
+    task = rec["metrics"]["tasks"]["fc_tiny_mc"]
+    assert task["n"] == 20 and task["chance"] == 0.25 and task["metric"] == "acc_norm"
+    assert 0 <= task["score"] <= 1 and (task["score"] * 20).is_integer()
+    assert task["centred"] == pytest.approx(centred(task["score"], 0.25)) == rec["metrics"]["centred"]
+    assert set(task["metrics"]) >= {"acc", "acc_norm"} and rec["checkpoint_sha256"] == sha256_file(
+        run / "ckpt" / "step-20" / "model.safetensors")
+    example = rec["examples"]["fc_tiny_mc"][0]
+    assert example["choices"] == [" 3", " 6", " [1, 2, 3]", " 1"]
+    # lm-eval's log-likelihoods on the export are our model's, split as lm-eval splits context and continuation.
+    tok, model = _tokenizer(eval_workspace), load_run_model(run)
+    for choice, theirs in zip(example["choices"], example["loglikelihoods"]):
+        ctx = tok.encode(example["context"])
+        ids = ctx + tok.encode(example["context"] + choice)[len(ctx):]
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([ids[:-1]])).float()[0], dim=-1)
+        ours = sum(logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids)))
+        assert ours == pytest.approx(theirs, abs=2e-3)
+    assert (run / "exports" / "hf-f32-step20" / "config.json").exists()
+    # The held-out eval stays what `--show` and the harness columns read; compare lines both up.
+    assert main(["--workspace", str(root), "eval", run.name, "--show"]) == 0
+    assert "held-out" in capsys.readouterr().out
+    assert main(["--workspace", str(root), "eval", "compare", run.name]) == 0
+    table = capsys.readouterr().out
+    assert "1.2500" in table and "bits/byte, all" in table and "local: centred" in table and "fc_tiny_mc acc_norm" in table
+    assert f"{task['score']:.3f}" in table
+
+
+def test_suite_errors_are_one_line(eval_workspace, tmp_path, capsys):
+    """A task whose data cannot be downloaded, a code task not allowed, an unknown suite: one line, no traceback."""
+    from fcwork.cli import main
+
+    root = eval_workspace.ws.root
+    run = clone_run(eval_workspace.run, eval_workspace.ws.runs_dir / "suite-errors")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "offline.yaml").write_text(
+        "task: arc_easy_here\ndataset_path: allenai/ai2_arc\ndataset_name: ARC-Easy\noutput_type: multiple_choice\n"
+        "test_split: test\ndoc_to_text: '{{question}}'\ndoc_to_target: 0\ndoc_to_choice: '{{choices.text}}'\n")
+    (tasks / "unsafe.yaml").write_text(
+        "task: runs_code\ncustom_dataset: !function engine.lmeval.tasks.local_data.load\n"
+        "dataset_kwargs:\n  file: fc_tiny_mc.jsonl\nunsafe_code: true\noutput_type: generate_until\n"
+        "test_split: test\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\n")
+    profile = eval_workspace.ws.profiles_dir / "evalfx.toml"
+    before = profile.read_text(encoding="utf-8")
+    profile.write_text(before + f'\n[eval]\ntask_paths = ["{tasks}"]\n'
+                       '[eval.suites]\noffline = ["arc_easy_here"]\ncode_here = ["runs_code"]\n', encoding="utf-8")
+    try:
+        # Offline (as on this machine), a task lm-eval would download: one line, in a process of its own so
+        # that datasets reads HF_DATASETS_OFFLINE as it loads.
+        done = subprocess.run([sys.executable, "-m", "fcwork.cli", "--workspace", str(root), "eval", run.name,
+                               "--suite", "offline", "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+                              stdin=subprocess.DEVNULL)
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert lines[-1].startswith("fcwork: error: task arc_easy_here: cannot load it (") and \
+            "allenai/ai2_arc" in lines[-1], done.stderr[-3000:]
+        for suite, message in (("code_here", "task runs_code: runs the model's programs on this machine to score "
+                                             "them; pass --allow-code to allow it"),
+                               ("nope", "--suite 'nope': expected one of core, code, local, offline, code_here")):
+            assert main(["--workspace", str(root), "eval", run.name, "--suite", suite]) == 2
+            err = capsys.readouterr().err
+            assert err == f"fcwork: error: {message}\n"
+    finally:
+        profile.write_text(before, encoding="utf-8")
+    assert not (run / "evals.jsonl").exists()

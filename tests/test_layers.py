@@ -39,7 +39,8 @@ PACKAGES = ("engine", "fcwork")
 # - jobs: run folders, events, control requests, the queue, the supervisor;
 # - eval: held-out bits per byte, probes, samples (the trainer calls into it);
 # - train: the trainer subprocess and its components;
-# - export: Hugging Face, GGUF, MLX.
+# - export: Hugging Face, GGUF, MLX;
+# - lmeval: standard benchmarks (lm-evaluation-harness) on the Hugging Face export.
 ENGINE_LAYERS = {
     "engine": 0,
     "engine.errors": 0,
@@ -56,8 +57,9 @@ ENGINE_LAYERS = {
     "engine.eval": 4,
     "engine.train": 5,
     "engine.export": 6,
+    "engine.lmeval": 7,
 }
-LAYER_NAMES = ("core", "data", "model", "jobs", "eval", "train", "export")
+LAYER_NAMES = ("core", "data", "model", "jobs", "eval", "train", "export", "lmeval")
 
 # Top-level packages the engine never imports (checked: the engine uses no rich today).
 ENGINE_BANNED = ("fcwork", "textual", "rich")
@@ -332,14 +334,14 @@ def test_panes_import_no_commands_and_no_other_pane():
 
 def test_fcwork_starts_without_torch_or_sentencepiece():
     """`fcwork` and `fcwork CMD` start fast: the CLI (with every subcommand registered) loads
-    neither torch, sentencepiece nor textual; the app adds textual, still neither of the others."""
+    neither torch, sentencepiece, lm_eval nor textual; the app adds textual, still none of the others."""
     code = textwrap.dedent("""
         import json, sys
         import fcwork.cli
         fcwork.cli.build_parser()
-        cli = sorted(m for m in ("torch", "sentencepiece", "textual") if m in sys.modules)
+        cli = sorted(m for m in ("torch", "sentencepiece", "textual", "lm_eval") if m in sys.modules)
         import fcwork.app
-        app = sorted(m for m in ("torch", "sentencepiece") if m in sys.modules)
+        app = sorted(m for m in ("torch", "sentencepiece", "lm_eval") if m in sys.modules)
         print(json.dumps({"fcwork.cli and its subcommands": cli, "fcwork.app": app}))
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,

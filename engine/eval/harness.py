@@ -372,7 +372,8 @@ def _json_default(value: Any) -> Any:
 
 
 def read_evals(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a run's evals.jsonl, oldest first (a torn last line is skipped)."""
+    """The records of a run's evals.jsonl, oldest first (a torn last line is skipped); those with
+    `kind = "suite"` are benchmark suites (engine.lmeval), the others held-out evals."""
     path = RunDir(run_dir).evals_file
     if not path.exists():
         return []

@@ -1,5 +1,6 @@
-"""`fcwork eval RUN [--step N]` and `fcwork eval compare RUN RUN...`: evaluate a checkpoint on
-held-out data (bits per byte per domain, probes, samples) and show runs side by side."""
+"""`fcwork eval RUN [--step N]`, `fcwork eval RUN --suite NAME` and `fcwork eval compare RUN RUN...`:
+evaluate a checkpoint on held-out data (bits per byte per domain, probes, samples) or on a suite of
+standard benchmarks (lm-evaluation-harness on the HF export), and show runs side by side."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rich.table import Table
 from engine.errors import FcError, os_error_line
 from engine.jobs.protocol import EntryState
 from engine.workspace import Workspace
+from engine.lmeval import SUITES
 from fcwork.format import PROBE_ROWS, fmt_num
 
 
@@ -20,8 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a run's checkpoint on held-out data, or `eval compare RUN RUN...`",
         description="fcwork eval RUN [--step N]: held-out bits per byte per domain, domain probes and sample "
-                    "generations, appended to runs/<id>/evals.jsonl. fcwork eval compare RUN RUN...: the latest "
-                    "eval of each run side by side.",
+                    "generations, appended to runs/<id>/evals.jsonl. fcwork eval RUN --suite NAME: standard "
+                    "benchmarks through lm-evaluation-harness on the run's Hugging Face export (suites: "
+                    + "; ".join(f"{k}: {' '.join(v)}" for k, v in SUITES.items()) + "; or the profile's "
+                    "[eval.suites]); tasks download as lm-eval does. fcwork eval compare RUN RUN...: the latest "
+                    "evals and suite scores of each run side by side.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN",
                    help="run id (a folder under runs/) or path; `compare` first to compare")
@@ -38,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, help="sample generations per domain (default 1)")
     p.add_argument("--sample-tokens", type=int, help="tokens per sample generation (default 48)")
     p.add_argument("--seed", type=int, help="seed for probe items and samples (default 0)")
+    p.add_argument("--suite", metavar="NAME",
+                   help=f"run a benchmark suite through lm-eval instead ({', '.join(SUITES)} or the profile's)")
+    p.add_argument("--limit", type=int, help="with --suite: items per task at most (default: all)")
+    p.add_argument("--fewshot", type=int, help="with --suite: few-shot examples (default: each task's own)")
+    p.add_argument("--batch", type=int, default=8, help="with --suite: rows per forward pass (default 8)")
+    p.add_argument("--allow-code", action="store_true",
+                   help="with --suite: let code tasks (humaneval) run the model's programs on this machine")
     p.set_defaults(func=cmd_eval)
 
 
@@ -79,6 +91,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if len(args.runs) > 1:
         raise FcError(
             f"eval: expected one RUN (or `eval compare RUN RUN...`), got {len(args.runs)}: {' '.join(args.runs)}")
+    if args.suite is not None:
+        return cmd_suite(ws, args)
     run_dir = resolve_run(ws, args.runs[0])
     console = Console()
     if args.show:
@@ -99,9 +113,99 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suites_of(ws: Workspace, run_dir, suite: str) -> tuple[dict, list]:
+    """The run's profile's suites and task folders, read only for a suite that is not built in."""
+    from engine.jobs.rundir import RunDir
+    from engine.lmeval import profile_suites
+    from engine.profile import load_profile
+
+    if suite in SUITES:
+        return {}, []
+    path = ws.profiles_dir / f"{RunDir(run_dir).spec().profile}.toml"
+    if not path.exists():
+        return {}, []
+    return profile_suites(load_profile(path))
+
+
+def cmd_suite(ws: Workspace, args: argparse.Namespace) -> int:
+    """`fcwork eval RUN --suite NAME`: lm-eval on the run's HF export, shown, then saved to evals.jsonl."""
+    from fcwork.commands.train import resolve_run
+
+    if args.limit is not None and args.limit < 1:
+        raise FcError(f"--limit: expected a positive integer, got {args.limit}")
+    for arg in ("fewshot", "batch"):
+        value = getattr(args, arg)
+        if value is not None and value < (0 if arg == "fewshot" else 1):
+            raise FcError(f"--{arg}: expected a {'non-negative' if arg == 'fewshot' else 'positive'} integer, "
+                          f"got {value}")
+    run_dir = resolve_run(ws, args.runs[0])
+    extra, paths = _suites_of(ws, run_dir, args.suite)
+    from engine.lmeval import suite_tasks
+
+    suite_tasks(args.suite, extra)  # an unknown suite is said before torch and lm-eval load
+    console = Console()
+    if args.show:
+        show_suite(console, _stored_suite(run_dir, args.suite, args.step))
+        return 0
+    from engine.eval.harness import append_eval
+    from engine.lmeval.runner import run_suite
+
+    device = eval_device(ws, args.device, console)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    with console.status(f"suite {args.suite} on {run_dir.name} ({device})...") as status:
+        rec = run_suite(run_dir, args.suite, args.step, args.limit, device, args.batch, args.fewshot,
+                        args.allow_code, extra, paths, save=False,
+                        progress=lambda label, done, total: status.update(f"suite {args.suite}: {label}..."))
+    show_suite(console, rec)
+    try:
+        append_eval(run_dir, rec)
+    except OSError as exc:
+        print(f"fcwork: error: the suite scores above could not be saved: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def show_suite(console: Console, rec: dict) -> None:
+    """One suite's scores: per task the main metric, chance, centred score and items; the centred aggregate."""
+    m = rec.get("metrics", {})
+    console.print(f"[bold]{rec.get('run')}[/] step {rec.get('step')}  suite {rec.get('suite')}  "
+                  f"checkpoint {str(rec.get('checkpoint_sha256'))[:12]}  ({rec.get('seconds', 0):.1f} s on "
+                  f"{rec.get('device', '?')}, lm-eval {rec.get('lm_eval_version', '?')})")
+    t = Table("task", "metric", "score", "chance", "centred", "items",
+              title=f"suite {rec.get('suite')} (lm-evaluation-harness on {rec.get('export')})")
+    for task, s in (m.get("tasks") or {}).items():
+        t.add_row(task, str(s.get("metric")), fmt_num(s.get("score"), 3), fmt_num(s.get("chance"), 3),
+                  fmt_num(s.get("centred"), 3), str(s.get("n", "")))
+    t.add_row("centred mean", "", "", "", fmt_num(m.get("centred"), 3), "", style="bold")
+    console.print(t)
+    console.print("centred: (score - chance) / (1 - chance), 0 = chance, 1 = perfect; the mean is the suite's score",
+                  style="dim")
+    for note in rec.get("notes", []):
+        console.print(f"[yellow]{note}[/]")
+
+
+def _stored_suite(run_dir, suite: str, step: int | None) -> dict:
+    from engine.eval.harness import read_evals
+    from engine.jobs.rundir import RunDir
+    from engine.lmeval import is_suite_record
+
+    recs = [r for r in read_evals(run_dir) if is_suite_record(r) and r.get("suite") == suite
+            and (step is None or r.get("step") == step)]
+    if not recs:
+        at = f" at step {step}" if step is not None else ""
+        raise FcError(f"{RunDir(run_dir).evals_file}: no {suite} suite scores{at} yet "
+                      f"(run `fcwork eval {run_dir.name} --suite {suite}`)")
+    return recs[-1]
+
+
 def eval_device(ws: Workspace, want: str, console: Console) -> str:
     """The device for `--device want`: auto takes the accelerator unless a queued stage is training
     on it (an eval beside a training run could take the memory it needs); cpu otherwise."""
+    if want == "cpu":
+        return want
     import torch
 
     has = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -135,8 +239,9 @@ def eval_device(ws: Workspace, want: str, console: Console) -> str:
 def _stored(run_dir, step: int | None) -> dict:
     from engine.eval.harness import read_evals
     from engine.jobs.rundir import RunDir
+    from engine.lmeval import is_suite_record
 
-    recs = [r for r in read_evals(run_dir) if step is None or r.get("step") == step]
+    recs = [r for r in read_evals(run_dir) if not is_suite_record(r) and (step is None or r.get("step") == step)]
     if not recs:
         at = f" at step {step}" if step is not None else ""
         raise FcError(f"{RunDir(run_dir).evals_file}: no eval{at} yet (run `fcwork eval {run_dir.name}`)")
@@ -178,20 +283,50 @@ def _oneline(text: str, n: int) -> str:
 
 
 def compare(run_dirs: list, step: int | None) -> int:
-    """The latest (or step N) eval of each run, one column each."""
-    recs = [_stored(d, step) for d in run_dirs]
-    table = Table("metric", *[f"{d.name}\nstep {r.get('step')}" for d, r in zip(run_dirs, recs)],
-                  title="evals side by side")
+    """The latest (or step N) eval and suite scores of each run, one column each: a pretraining run, its SFT
+    run and the merged export that suites score line up in one table."""
+    from engine.eval.harness import read_evals
+    from engine.jobs.rundir import RunDir
+    from engine.lmeval import is_suite_record, latest_suites
+
+    cols = []
+    for d in run_dirs:
+        recs = [r for r in read_evals(d) if step is None or r.get("step") == step]
+        harness = [r for r in recs if not is_suite_record(r)]
+        suites = latest_suites(recs)
+        if not harness and not suites:
+            at = f" at step {step}" if step is not None else ""
+            raise FcError(f"{RunDir(d).evals_file}: no eval{at} yet (run `fcwork eval {d.name}`)")
+        try:
+            stage = RunDir(d).meta().stage
+        except FcError:
+            stage = "?"
+        cols.append((d, stage, harness[-1] if harness else {}, suites))
+    table = Table("metric", *[f"{d.name}\n{stage}" for d, stage, _, _ in cols], title="evals side by side")
+    recs = [h for _, _, h, _ in cols]
     ms = [r.get("metrics", {}) for r in recs]
-    table.add_row("bits/byte, all", *[fmt_num(m.get("bpb")) for m in ms], style="bold")
-    table.add_row("loss, all", *[fmt_num(m.get("loss")) for m in ms])
+    if any(recs):
+        table.add_row("step (held-out, probes)", *[str(r.get("step", "-")) for r in recs])
+        table.add_row("bits/byte, all", *[fmt_num(m.get("bpb")) for m in ms], style="bold")
+        table.add_row("loss, all", *[fmt_num(m.get("loss")) for m in ms])
     domains = list(dict.fromkeys(d for m in ms for d in m.get("domain_bpb", {})))
     for d in domains:
         table.add_row(f"bits/byte, {d}", *[fmt_num(m.get("domain_bpb", {}).get(d)) for m in ms])
     for probe, metric, label in PROBE_ROWS:
         if any(metric in m.get("probes", {}).get(probe, {}) for m in ms):
             table.add_row(label, *[fmt_num(m.get("probes", {}).get(probe, {}).get(metric), 3) for m in ms])
-    versions = [r.get("probe_versions", {}) for r in recs]
+    for suite in dict.fromkeys(s for _, _, _, ss in cols for s in ss):
+        srecs = [ss.get(suite) or {} for _, _, _, ss in cols]
+        table.add_row(f"{suite}: step, weights", *[
+            f"{r.get('step')}, {'merged LoRA' if r.get('merged_lora') else 'hf export'}" if r else "-" for r in srecs])
+        table.add_row(f"{suite}: centred", *[fmt_num((r.get("metrics") or {}).get("centred"), 3) for r in srecs],
+                      style="bold")
+        tasks = list(dict.fromkeys(t for r in srecs for t in ((r.get("metrics") or {}).get("tasks") or {})))
+        for task in tasks:
+            scores = [((r.get("metrics") or {}).get("tasks") or {}).get(task) or {} for r in srecs]
+            metric = next((s.get("metric") for s in scores if s.get("metric")), "")
+            table.add_row(f"  {task} {metric}", *[fmt_num(s.get("score"), 3) for s in scores])
+    versions = [r.get("probe_versions", {}) for r in recs if r]
     if any(v != versions[0] for v in versions):
         table.caption = "probe versions differ between these evals: compare probe scores with care"
     Console().print(table)

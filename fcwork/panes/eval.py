@@ -3,8 +3,11 @@
 The first table is the trainer's own `eval` events: for each picked run, its latest evaluation,
 one column per run. The second is the eval harness's runs/<id>/evals.jsonl records (bits per byte
 per domain, probe scores): first each run's latest checkpoint eval, pinned, then any newer
-in-training eval the trainer wrote, with the first record's sample generations below. `e` runs
-the harness on the first run, `g` prompts its model, `x` exports it, each in a child process
+in-training eval the trainer wrote; the third, each run's latest benchmark suites (`fcwork eval RUN
+--suite NAME`: lm-eval on the HF export), every task's score and the suite's centred score (0 =
+chance, 1 = perfect); the first record's sample generations below. `e` runs
+the harness on the first run, `g` prompts its model, `x` exports it, `b` scores it on a benchmark
+suite, each in a child process
 (torch stays out of the app); a run without a checkpoint is said so in one line and no child
 starts. An eval shows its progress until it ends, then its result stays on the line above.
 """
@@ -29,6 +32,7 @@ from engine.eval.harness import read_evals
 from engine.jobs.procs import child_env
 from engine.jobs.protocol import Event
 from engine.jobs.rundir import RunDir
+from engine.lmeval import SUITES, is_suite_record, latest_suites
 from fcwork.format import PROBE_LABELS, fmt_loss_bpb, fmt_num
 from fcwork.panes.base import Pane
 from fcwork.widgets.generate_screen import GenerateScreen
@@ -68,6 +72,8 @@ class EvalPane(Pane):
                                                      "probes, samples)"),
         Binding("g", "generate", "Try", tooltip="prompt the first run's latest checkpoint"),
         Binding("x", "export", "Export", tooltip="export the first run's latest checkpoint (hf, gguf, mlx)"),
+        Binding("b", "benchmark", "Bench", show=False,
+                tooltip="score the first run's latest checkpoint on a benchmark suite (lm-eval on its hf export)"),
     ]
     HELP_KEYS = (("up / down", "move in the table"),)
 
@@ -85,7 +91,8 @@ class EvalPane(Pane):
         self.history = False  # one column per eval of the first run instead of runs side by side
         self.evaluating: str | None = None  # the run an eval child is scoring
         self._drawn: tuple | None = None
-        self._harness: dict[str, tuple[int, list[dict]]] = {}  # run -> (evals.jsonl mtime, records shown)
+        # run -> (evals.jsonl mtime, harness records shown, latest record of each suite)
+        self._harness: dict[str, tuple[int, list[dict], dict[str, dict]]] = {}
         self._proc: Any = None
 
     def compose(self) -> ComposeResult:
@@ -96,6 +103,7 @@ class EvalPane(Pane):
         yield Static("", markup=False, id="eval-status")
         with VerticalScroll(id="harness-box"):
             yield RowTable(id="harness", header_height=3)
+            yield RowTable(id="suites", header_height=2)
             yield Static("", markup=False, id="eval-samples")
 
     def on_mount(self) -> None:
@@ -242,27 +250,84 @@ class EvalPane(Pane):
             raise FcError(f"export of {run} failed: {last.removeprefix('fcwork: error: ')}")
         self.app.call_from_thread(self.app.notify, next((ln for ln in lines if ln.startswith("exported")), "exported"))
 
+    def action_benchmark(self) -> None:
+        """Score a run's latest checkpoint on a suite picked from a list, in a `fcwork eval --suite` child;
+        its scores appear in the benchmarks table when the child has written them."""
+        run = self._first_run("benchmark")
+        if run is None:
+            return
+        notes = {"local": "offline", "code": "runs the model's programs on this machine"}
+        choices = [(f"{name}: {' '.join(tasks)} ({notes.get(name, 'lm-eval downloads the tasks')})", name)
+                   for name, tasks in SUITES.items()]
+
+        def picked(suite: str | None) -> None:
+            if suite is not None:
+                self._job_line(f"scoring {run} on suite {suite} (lm-eval on its hf export)...")
+                self.run_worker(lambda: self._benchmark(run, suite), name=f"suite {run}", group="suite",
+                                thread=True, exclusive=True, exit_on_error=False)
+
+        self.app.push_screen(PickScreen(f"Score {run} (latest checkpoint) on", choices), picked)
+
+    def _benchmark(self, run: str, suite: str) -> None:
+        """Thread worker: `fcwork eval RUN --suite NAME`; its one-line error, or where the scores are, is said."""
+        args = ["--allow-code"] if suite == "code" else []
+        proc = subprocess.run([sys.executable, "-m", "fcwork.cli", "--workspace", str(self.ws.root), "eval", run,
+                               "--suite", suite, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              env={**child_env(), "COLUMNS": "400"})
+        if proc.returncode:
+            said = [ln for ln in proc.stderr.splitlines() if ln.startswith("fcwork: error:")]
+            text = f"suite {suite} of {run} failed: " + (
+                said[-1].removeprefix("fcwork: error: ") if said else f"exit status {proc.returncode}")
+        else:
+            text = f"scored {run} on suite {suite}: the benchmarks table below has it"
+        self.app.call_from_thread(self._job_line, text, bool(proc.returncode))
+        self.app.call_from_thread(self.app.notify, text, severity="error" if proc.returncode else "information")
+
     def on_unmount(self) -> None:
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
 
-    def _latest(self, run: str) -> tuple[int, list[dict]]:
-        """(mtime, records shown) of a run's evals.jsonl, read again only when it changed (it is small):
-        its latest checkpoint eval, then its latest in-training eval when that is newer."""
+    def _latest(self, run: str) -> tuple[int, list[dict], dict[str, dict]]:
+        """(mtime, records shown, suites) of a run's evals.jsonl, read again only when it changed (it is
+        small): its latest checkpoint eval, then its latest in-training eval when that is newer; and the
+        latest record of each benchmark suite."""
         path = RunDir(self.ws.runs_dir / run).evals_file
         try:
             mtime = path.stat().st_mtime_ns
         except OSError:
-            return 0, []
+            return 0, [], {}
         if self._harness.get(run, (None,))[0] != mtime:
-            recs = read_evals(path.parent)
+            every = read_evals(path.parent)
+            recs = [r for r in every if not is_suite_record(r)]
             ckpt = [i for i, r in enumerate(recs) if r.get("checkpoint_sha256")]
             shown = [recs[ckpt[-1]]] if ckpt else []
             if recs and (not ckpt or ckpt[-1] < len(recs) - 1):
                 shown.append(recs[-1])
-            self._harness[run] = (mtime, shown)
+            self._harness[run] = (mtime, shown, dict(latest_suites(every)))
         return self._harness[run]
+
+    def _draw_suites(self, runs: list[str], suites: list[dict[str, dict]]) -> None:
+        """Benchmark suites, one column per run that has any: each suite's step, centred score and tasks."""
+        table = self.query_one("#suites", DataTable)
+        table.clear(columns=True)
+        cols = [(r, s) for r, s in zip(runs, suites) if s]
+        table.display = bool(cols)
+        if not cols:
+            return
+        table.add_column("benchmarks (lm-eval)", key="what")
+        for i, (r, _) in enumerate(cols):
+            table.add_column(run_header(r), key=f"c{i}")
+        for name in dict.fromkeys(n for _, s in cols for n in s):
+            recs = [s.get(name) or {} for _, s in cols]
+            ms = [r.get("metrics") or {} for r in recs]
+            table.add_row(f"{name} step", *[str(r.get("step", "-")) for r in recs], key=f"{name}/step")
+            table.add_row(f"{name} centred", *[fmt_num(m.get("centred"), 3) for m in ms], key=f"{name}/centred")
+            for task in dict.fromkeys(t for m in ms for t in (m.get("tasks") or {})):
+                scores = [(m.get("tasks") or {}).get(task) or {} for m in ms]
+                metric = next((x.get("metric") for x in scores if x.get("metric")), "")
+                table.add_row(f" {task} {metric}", *[fmt_num(x.get("score"), 3) for x in scores],
+                              key=f"{name}/{task}")
 
     def _draw_harness(self, runs: list[str], recs: list[list[dict]]) -> None:
         table = self.query_one("#harness", DataTable)
@@ -309,7 +374,7 @@ class EvalPane(Pane):
         latest = {r: self._latest(r) for r in self.run_ids}
         with self.store.lock:
             hs = [self.store.runs[r] for r in self.run_ids if r in self.store.runs]
-            key = (tuple((h.run_id, h.version) for h in hs), self.history, tuple(m for m, _ in latest.values()))
+            key = (tuple((h.run_id, h.version) for h in hs), self.history, tuple(m for m, _, _ in latest.values()))
             if key == self._drawn:
                 return
             self._drawn = key
@@ -322,7 +387,8 @@ class EvalPane(Pane):
                 heading = [("Held-out loss per domain", 0), ("latest eval of each run", 1),
                            ("(bits per byte in brackets)", 2)]
             domains = list(dict.fromkeys(d for _, e in columns for d in (e.get("domain_loss") or {})))
-        self._draw_harness(list(latest), [recs for _, recs in latest.values()])
+        self._draw_harness(list(latest), [recs for _, recs, _ in latest.values()])
+        self._draw_suites(list(latest), [suites for _, _, suites in latest.values()])
         table = self.query_one("#evals", DataTable)
         table.clear(columns=True)
         self.query_one("#eval-title", PartsLine).set(heading)

@@ -521,6 +521,10 @@ async def test_eval_pane_shows_harness_records_and_runs_eval(tmp_path):
         await pilot.press("x")  # export: the same line, no picker, no child
         assert not isinstance(app.screen, PickScreen)
         assert any("nothing to export" in n for n in notifications(app))
+        await pilot.press("b")  # a benchmark suite: the same
+        assert not isinstance(app.screen, PickScreen)
+        assert any("nothing to benchmark" in n for n in notifications(app))
+        assert not [w for w in app.workers if w.group == "suite"]
         assert had_torch or "torch" not in sys.modules
 
 

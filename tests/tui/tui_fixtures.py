@@ -281,6 +281,24 @@ def write_harness_evals(ws: Workspace) -> None:
                    "chess": [{"prompt": "1. e4 e5 2.", "completion": " Nf3 Nc6 3. Bb5", "reason": "length"}]}
         report = EvalReport(domains, probes, samples, seconds=3.5)
         append_eval(ws.runs_dir / run, record(report, run, step, ckpt, sha, EvalLimits(), "cpu"))
+    append_eval(ws.runs_dir / RUN_DONE, suite_record_of(RUN_DONE, 300, {"arc_easy": (0.4375, 0.25),
+                                                                        "piqa": (0.5625, 0.5)}))
+
+
+def suite_record_of(run: str, step: int, scores: dict[str, tuple[float, float]], suite: str = "core") -> dict:
+    """An evals.jsonl record of a benchmark suite (engine.lmeval.runner.suite_record's shape): per task
+    (acc_norm, chance)."""
+    from engine.lmeval import SUITE_KIND, aggregate, centred
+
+    tasks = {t: {"metric": "acc_norm", "score": acc, "chance": chance, "centred": centred(acc, chance), "n": 16,
+                 "num_fewshot": 0, "version": 1.0, "metrics": {"acc": acc, "acc_norm": acc}}
+             for t, (acc, chance) in scores.items()}
+    return {"kind": SUITE_KIND, "suite": suite, "run": run, "stage": "base", "step": step,
+            "checkpoint": f"ckpt/step-{step}", "checkpoint_sha256": "ab" * 32, "export": f"exports/hf-f32-step{step}",
+            "export_manifest": {}, "merged_lora": False, "time": 0.0, "seconds": 12.5, "device": "cpu",
+            "lm_eval_version": "0.4.13", "limits": {"limit": 16},
+            "metrics": {"tasks": tasks, "centred": aggregate(tasks)},
+            "examples": {}, "notes": []}
 
 
 def stop_supervisor(ws: Workspace) -> None:
