@@ -36,6 +36,7 @@ from engine.profile import SourceConfig
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 MAX_IMAGE_BYTES = 64 << 20  # an encoded image larger than this is skipped unread
 MAX_CAPTION_CHARS = 4000
+IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
 PAD_GREY = 128  # letterbox bars: mid grey, neutral for any image's statistics
 
 
@@ -95,9 +96,10 @@ def decode_image(data: Any, size: int, max_pixels: int) -> np.ndarray | str:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return "decompression bomb"
     except Image.UnidentifiedImageError:
-        return "not an image"
+        # An image format's magic number that Pillow cannot read any further is a damaged image.
+        return "corrupt image" if isinstance(data, bytes) and data.startswith(IMAGE_MAGICS) else "not an image"
     except OSError as exc:
-        return "truncated image" if "truncated" in str(exc) else "corrupt image"
+        return "truncated image" if "truncated" in str(exc).lower() else "corrupt image"
     except (ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError, ZeroDivisionError):
         return "corrupt image"  # what Pillow's plugins raise on malformed headers
 
