@@ -112,12 +112,11 @@ def image_row(pairs: ImagePairs, p: int, seq_len: int, image_token_id: int, imag
     width = seq_len + 1
     if image_tokens < 1 or image_tokens >= width - 1:
         raise DataError(f"image sampler: image_tokens {image_tokens}: expected 1 to {width - 2} for seq_len {seq_len}")
-    caption = np.asarray(pairs.caption(p), dtype=np.int64)[: width - image_tokens - 1]
+    caption = np.asarray(pairs.caption(p), dtype=np.int64)[: width - image_tokens]
     row = np.full(width, eos_id, dtype=np.int64)
     row[:image_tokens] = image_token_id
     row[image_tokens:image_tokens + caption.size] = caption
-    end = image_tokens + caption.size + 1  # the EOS (or the window's end)
-    end = min(end, width)
+    end = min(image_tokens + caption.size + 1, width)  # after the EOS, or the window's end
     caption_len = end - image_tokens
     mask = np.zeros(seq_len, dtype=bool)
     mask[image_tokens - 1:end - 1] = True  # targets image_tokens .. end - 1
