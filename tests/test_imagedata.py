@@ -281,3 +281,52 @@ def test_build_counts_skips_and_is_incremental(train_workspace, tmp_path):
     assert imagedata.prepare_images(tw.ws, prof, size=8) is True
     assert imagedata.open_image_data(tw.ws, prof, size=8)["caption"].image(0).shape == (8, 8, 3)
     assert imagedata.images_are_current(tw.ws, prof, 16)
+
+
+def test_held_out_pairs_keep_their_ground_truth(train_workspace):
+    from engine.data import imagedata
+
+    tw = train_workspace
+    path = tw.ws.profiles_dir / "truthfx.toml"
+    text = tw.profile.path.read_text().replace('name = "trainfx"', 'name = "truthfx"').replace(
+        "chess = 0.2", "chess = 0.2\ncaption = 0").replace("[tokenizer]", "[data]\nimage_size = 8\nheldout_fraction = 0.2\n\n[tokenizer]")
+    path.write_text(text + '\n[[sources]]\nname = "boards"\ndomain = "caption"\nformat = "builtin:chess-diagrams"\nmax_docs = 30\n')
+    prof = tw.ws.load_profile("truthfx")
+    imagedata.build_images(tw.ws, prof)
+    held = imagedata.pair_records(tw.ws, prof, "caption")
+    assert held and all(r["source"] == "boards" for r in held)
+    fen_pairs = [r for r in held if r["text"].startswith("FEN: ")]
+    assert fen_pairs and all(r["text"] == "FEN: " + r["meta"]["fen"] for r in fen_pairs)
+    import chess
+
+    assert all(chess.Board(r["meta"]["fen"] + " w - - 0 1").board_fen() == r["meta"]["fen"] for r in fen_pairs)
+    from engine.errors import DataError
+
+    with pytest.raises(DataError, match="missing"):
+        imagedata.pair_records(tw.ws, prof, "nope")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('image = "jpg"\nformat = "jsonl"\npath = "x"', "sources[0].image: only for formats webdataset, parquet"),
+    ('image = "jpg"\nformat = "parquet"\npath = "x"\ntemplate = "{a}"', "sources[0].template: not for image-text"),
+])
+def test_image_keys_are_checked(extra, message):
+    from engine.errors import ProfileError
+
+    base = '[profile]\nname = "p"\n[mix]\ncaption = 1\n[[sources]]\nname = "s"\ndomain = "caption"\n'
+    with pytest.raises(ProfileError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        loads_profile(base + extra, "p.toml")
+
+
+def test_text_and_image_sources_keep_their_domains_apart():
+    from engine.data.corpus import check_domains, domain_shares
+    from engine.errors import ProfileError
+
+    base = ('[profile]\nname = "p"\n[mix]\ncode = 1\ncaption = 0.5\n'
+            '[[sources]]\nname = "c"\ndomain = "code"\nformat = "text"\npath = "x"\n'
+            '[[sources]]\nname = "i"\ndomain = "caption"\nformat = "builtin:charts"\n')
+    prof = loads_profile(base)
+    assert prof.image_domains == ["caption"] and domain_shares(prof) == {"code": 1.0}
+    check_domains(prof)  # a weighted image-text domain needs no text corpus
+    with pytest.raises(ProfileError, match="sources.2..domain: expected a domain without image-text sources"):
+        loads_profile(base + '[[sources]]\nname = "t"\ndomain = "caption"\nformat = "text"\npath = "y"\n')

@@ -352,6 +352,22 @@ def open_pairs(prefix: Path, domain: str, size: int, tokenizer_hash: str | None 
     return ImagePairs(domain, shard, captions)
 
 
+def pair_records(ws: Workspace, profile: Profile, domain: str, size: int | None = None,
+                 heldout: bool = True) -> list[dict]:
+    """The captions of a domain's pairs in pair order: {"text", "source", "meta"}, meta holding a
+    built-in's ground truth (a diagram's `fen` and `turn`; a chart's `kind`, `labels`, `values`)
+    for the probes; held-out side by default."""
+    out = image_dir(ws, profile, size or profile.data.image_size)
+    path = (out / "heldout" if heldout else out) / f"{domain}.captions.jsonl"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (run `fcwork data prepare {profile.name}`)") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+
+
 def open_image_data(ws: Workspace, profile: Profile, size: int | None = None, heldout: bool = False,
                     tokenizer_hash: str | None = None, vocab_size: int | None = None) -> dict[str, ImagePairs]:
     """Every image-text domain of the profile at `size`, training side (or held-out), ready for
