@@ -281,6 +281,17 @@ def test_build_counts_skips_and_is_incremental(train_workspace, tmp_path):
     assert imagedata.prepare_images(tw.ws, prof, size=8) is True
     assert imagedata.open_image_data(tw.ws, prof, size=8)["caption"].image(0).shape == (8, 8, 3)
     assert imagedata.images_are_current(tw.ws, prof, 16)
+    # `fcwork data verify` reads the image shards and the caption shards too, and names a damaged one.
+    from tests.test_cli_data import fcwork
+
+    ok = fcwork(tw.ws.root, "data", "verify", "imgfx")
+    assert ok.returncode == 0 and "16px/caption.img" in ok.stdout and "16px/heldout/caption.cap" in ok.stdout
+    img = imagedata.image_dir(tw.ws, prof, 16) / "caption.img"
+    raw = bytearray(img.read_bytes())
+    raw[-1] ^= 0xFF
+    img.write_bytes(bytes(raw))
+    bad = fcwork(tw.ws.root, "data", "verify", "imgfx")
+    assert bad.returncode == 1 and "checksum mismatch" in bad.stdout and "1 problem" in bad.stderr
 
 
 def test_held_out_pairs_keep_their_ground_truth(train_workspace):

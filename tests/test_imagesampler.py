@@ -126,3 +126,11 @@ def test_held_out_rows_and_a_caption_longer_than_the_window(data):
     assert row.tolist() == [IMG, IMG] + pairs.caption(longest)[:7].tolist() and n == 7 and mask[1:].all()
     with pytest.raises(DataError, match="image_tokens 8"):
         image_row(pairs, 0, 8, IMG, 8, EOS)
+
+
+def test_passes_per_domain(data):
+    s = _sampler(data, image_tokens=3)
+    pairs = data[0]["caption"]
+    per_pass = pairs.captions.n_tokens + 3 * pairs.n_pairs
+    got = s.epochs({"caption": per_pass * 2, "code": data[1]["code"].n_tokens})
+    assert got == {"caption": 2.0, "code": 1.0}

@@ -23,7 +23,14 @@ So the loss tokens of a step are `loss_mask.sum()`: with text fill every non-ima
 The image micro-batch decision, the image domain and the pair are drawn from counter-based hashes
 of (seed, first_index) on streams of their own, independent of the text sampler's draws.
 
-No torch here: the trainer turns the arrays into tensors.
+No torch here: the trainer turns the arrays into tensors. In a trainer:
+
+    prepare_images(ws, profile, size)                       # engine.data.imagedata; no-op when current
+    pairs = open_image_data(ws, profile, size, tokenizer_hash=h, vocab_size=v)
+    sampler = ImageTextSampler(pairs, text_shards, seq_len, seed, schedule, image_token_id, eos_id, n_patches)
+    mb = sampler.micro_batch(step, sequence_index(step, m, rank, ...), micro_batch)
+    # mb.tokens, mb.loss_mask, mb.domain_ids; mb.image (or None) goes to the tower; a live mix change:
+    # sampler.check(mix), then sampler.schedule.add(step, mix)
 """
 
 from __future__ import annotations
@@ -224,6 +231,21 @@ class ImageTextSampler:
         dom[0] = len(self.text_domains) + self.image_domains.index(domain)
         return MicroBatch(tokens, dom, mask, image=pairs.image(p), image_row=0, image_tokens=self.image_tokens,
                           caption_len=caption_len, domain=domain, pair=p)
+
+    def epochs(self, tokens_drawn: Mapping[str, int]) -> dict[str, float]:
+        """Passes per domain: text domains as the text sampler counts them; an image-text domain's
+        tokens drawn over its pairs' tokens (captions with EOS plus the image positions)."""
+        out = {}
+        text = {d: n for d, n in tokens_drawn.items() if d not in self.pairs}
+        if text:
+            if self.text is None:
+                raise DataError(f"image sampler: domain {next(iter(text))!r} has no data (domains: {', '.join(self.domains)})")
+            out.update(self.text.epochs(text))
+        for d, n in tokens_drawn.items():
+            if d in self.pairs:
+                total = self.pairs[d].captions.n_tokens + self.pairs[d].n_pairs * self.image_tokens
+                out[d] = n / total if total else 0.0
+        return out
 
     def state(self) -> dict[str, Any]:
         """Nothing to save beyond the text sampler's: every draw is recomputed from (seed, step, index)."""
