@@ -41,6 +41,7 @@ from engine.workspace import Workspace
 
 ProgressFn = Callable[[str, int, int], None]
 MANIFEST, STAMP = "manifest.json", "stamp.json"
+BUILTIN_IMAGES = 600  # images a built-in image source gives without max_docs
 
 
 def _noop(label: str, done: int, total: int) -> None:
@@ -158,8 +159,15 @@ def build_domain(profile: Profile, domain: str, size: int, out: Path, progress: 
     skipped: Counter = Counter()
     seen: set[bytes] = set()
     base_dir = profile.path.parent if profile.path else None
+    sources = [s for s in profile.sources if s.domain == domain and s.is_image]
+    # A bar when every source says how many images it gives at most (max_docs, or a built-in's 600).
+    caps = [s.max_docs or (BUILTIN_IMAGES if s.builtin else 0) for s in sources]
+    expected = sum(caps) if all(caps) else 0
+    label = f"images {domain}"
+    if not expected:
+        progress(f"{label}: decoding", 0, 0)
     try:
-        for src in (s for s in profile.sources if s.domain == domain and s.is_image):
+        for src in sources:
             stats = SourceStats()
             kept = 0
             for sample in iter_image_source(src, stats, base_dir, seed=profile.profile.seed):
@@ -182,13 +190,15 @@ def build_domain(profile: Profile, domain: str, size: int, out: Path, progress: 
                     summary.pairs += len(sample.captions)
                     summary.caption_bytes += nbytes
                 kept += 1
-                if kept % 64 == 0:
-                    progress(f"images {domain}", summary.images + summary.heldout_images, 0)
+                if expected and kept % 64 == 0:
+                    progress(label, min(summary.images + summary.heldout_images, expected), expected)
             summary.sources[src.name] = kept
             skipped.update(stats.skipped)
             summary.problems += stats.problems
         for split in splits:
             split.close()
+        if expected:
+            progress(label, expected, expected)
     except BaseException:
         for split in splits:
             split.abort()
@@ -282,6 +292,7 @@ def encode_captions(ws: Workspace, profile: Profile, size: int | None = None, pr
                     for ids in tok.encode_batch(lines[k:k + 256]):
                         writer.add(ids)
                     progress(f"captions {dom}", k, len(lines))
+                progress(f"captions {dom}", len(lines), len(lines))
     stamp = {"tokenizer_hash": tok.hash,
              "domains": {d: m.get("build_id") for d, m in domains.items()}}
     atomic_write_text(out / STAMP, json.dumps(stamp) + "\n")
