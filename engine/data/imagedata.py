@@ -33,6 +33,7 @@ from typing import Callable
 
 from engine.atomic import atomic_write_text
 from engine.data.corpus import is_heldout
+from engine.data.imagesources import BUILTIN_IMAGES
 from engine.data.imageshards import FORMAT_VERSION, ImageShard, ImageShardWriter, image_paths, open_images
 from engine.data.shards import Shard, ShardWriter, open_shard, shard_counts
 from engine.errors import DataError, ShardError
@@ -41,7 +42,6 @@ from engine.workspace import Workspace
 
 ProgressFn = Callable[[str, int, int], None]
 MANIFEST, STAMP = "manifest.json", "stamp.json"
-BUILTIN_IMAGES = 600  # images a built-in image source gives without max_docs
 
 
 def _noop(label: str, done: int, total: int) -> None:
@@ -212,9 +212,13 @@ def build_images(ws: Workspace, profile: Profile, size: int | None = None, progr
                  rebuild: bool = False) -> dict[str, ImageDomainSummary]:
     """Build the image-text domains that are out of date at `size` (default `data.image_size`), keep
     the rest; the manifest is written last, atomically. Returns the summaries of every domain."""
+    from engine.data.corpus import check_sources_found
+
     size = size or profile.data.image_size
     out = image_dir(ws, profile, size)
     plan = plan_images(ws, profile, size, rebuild)
+    profile_dir = profile.path.parent if profile.path else None
+    check_sources_found(profile, [s for s in profile.sources if s.is_image and plan.get(s.domain) == "build"], profile_dir)
     previous = (read_image_manifest(ws, profile, size) or {}).get("domains", {})
     summaries: dict[str, ImageDomainSummary] = {}
     for dom, action in plan.items():

@@ -37,7 +37,8 @@ IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 MAX_MEMBER_BYTES = 64 << 20  # a tar member (image or caption) larger than this is skipped unread
 MAX_CAPTION_CHARS = 4000
 IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
-PAD_GREY = 128  # letterbox bars: mid grey, neutral for any image's statistics
+PAD_GREY = 128
+BUILTIN_IMAGES = 600  # images a built-in image source gives without max_docs  # letterbox bars: mid grey, neutral for any image's statistics
 
 
 @dataclass
@@ -131,7 +132,7 @@ def iter_image_source(src: SourceConfig, stats: SourceStats, base_dir: Path | No
         gen = IMAGE_SOURCES.get(src.builtin)
         if gen is None:
             raise DataError(f"builtin:{src.builtin}: unknown built-in image source (known: {', '.join(IMAGE_SOURCES)})")
-        samples = gen.generate(seed)
+        samples = gen.generate(seed, src.max_docs or BUILTIN_IMAGES)
     else:
         try:
             paths = source_paths(src, base_dir)
