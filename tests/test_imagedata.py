@@ -341,3 +341,18 @@ def test_text_and_image_sources_keep_their_domains_apart():
     check_domains(prof)  # a weighted image-text domain needs no text corpus
     with pytest.raises(ProfileError, match="sources.2..domain: expected a domain without image-text sources"):
         loads_profile(base + '[[sources]]\nname = "t"\ndomain = "caption"\nformat = "text"\npath = "y"\n')
+
+
+GOOD_PNG = _encoded("PNG", (24, 16), (10, 200, 90))
+
+
+@settings(max_examples=80, deadline=None)
+@given(base=st.sampled_from([GOOD_JPG, GOOD_PNG, _encoded("WEBP"), _encoded("GIF")]), data=st.data())
+def test_damaged_images_never_raise(base, data):
+    """Cut short and bytes flipped anywhere: decoding gives pixels or a reason, never an exception."""
+    raw = bytearray(base[: data.draw(st.integers(0, len(base)), label="cut")])
+    for pos in data.draw(st.lists(st.integers(0, max(len(raw) - 1, 0)), max_size=4), label="flips"):
+        if raw:
+            raw[pos] ^= 0xA5
+    out = decode_image(bytes(raw), 8, 20_000_000)
+    assert isinstance(out, str) or (out.shape == (8, 8, 3) and out.dtype == np.uint8)
