@@ -552,8 +552,11 @@ class ManifestPane(Pane):
             return
         self._images = event.images
         self.query_one("#images").display = bool(event.images)
-        self.query_one("#image-info", Static).update(Text("\n".join(r.line for r in event.images)))
-        self.query_one("#image-preview", ImagePreview).show(event.pixels, event.caption)
+        lines = [r.line for r in event.images]
+        if event.pixels is not None:  # the caption beside the image, whole (under it, it would be cut)
+            lines.append(f"sample: {event.caption}")
+        self.query_one("#image-info", Static).update(Text("\n".join(lines)))
+        self.query_one("#image-preview", ImagePreview).show(event.pixels)
 
     def on_manifest_pane_sources_loaded(self, event: ManifestPane.SourcesLoaded) -> None:
         self._show_images(event)

@@ -85,6 +85,6 @@ async def test_manifest_pane_shows_image_counts_and_a_sample(tmp_path):
         info = str(app.query_one("#image-info").render())
         assert "caption 16 px: 15 images" in info
         assert "2 decompression bomb" in info and "1 corrupt image" in info and "1 no image member" in info
-        assert preview._caption.startswith("A ") and preview._pixels.shape == (16, 16, 3)
+        assert "sample: A " in info and preview._pixels.shape == (16, 16, 3)
         table = app.query_one("#sources")
         assert "12 img" in [str(c) for c in table.get_row("charts")]
