@@ -88,10 +88,10 @@ def fmt_bytes(n: float) -> str:
 
 def mix_history_lines(mixes: Any, digits: int = 3) -> list[str]:
     """A run's mix history, one line per mix in force: "from step 60 (request 1): science=0.200 ..."
-    (`mixes`: (step, weights, request id or None) as RunHistory keeps them)."""
+    (`mixes`: (step, weights, request id, "auto" or None) as RunHistory keeps them)."""
     out = []
     for step, weights, request in mixes:
-        origin = f" (request {request})" if request is not None else ""
+        origin = " (auto)" if request == "auto" else f" (request {request})" if request is not None else ""
         out.append(f"from step {step}{origin}: {describe(weights, digits)}")
     return out
 
