@@ -181,7 +181,7 @@ class StageConfig:
     suggest_every: int = spec(0, _non_negative, "a non-negative integer (0: at every eval)")
     mix_min: float = spec(0.02, lambda v: 0 <= v < 1, "a number in [0, 1)")  # a suggestion's floor per domain
     mix_max: float = spec(0.6, lambda v: 0 < v <= 1, "a number in (0, 1]")  # and its ceiling
-    mix_max_change: float = spec(0.05, lambda v: 0 < v <= 1, "a number in (0, 1]")  # per domain, per suggestion
+    mix_max_change: float = spec(0.1, lambda v: 0 < v <= 1, "a number in (0, 1]")  # per domain, per suggestion
     # Passes over a domain's training tokens past which a suggestion never raises it (0: data.warn_epochs).
     mix_max_epochs: float = spec(0.0, _non_negative, "a non-negative number (0: data.warn_epochs)")
 

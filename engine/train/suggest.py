@@ -30,7 +30,7 @@ class Bounds:
 
     min_weight: float = 0.02
     max_weight: float = 0.6
-    max_change: float = 0.05
+    max_change: float = 0.1
     max_epochs: float = 4.0
 
     @classmethod
