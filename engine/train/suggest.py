@@ -115,7 +115,7 @@ def suggest(state: PolicyState, current: Mapping[str, float], epochs: Mapping[st
     share = sum(cur[d] for d in active)  # of the whole mix; domains off stay off
     proposed = _project(target, lo, hi, share)
     mix = {d: (round(proposed[d], 4) if d in proposed else 0.0) for d in cur}
-    changed = [d for d in active if abs(mix[d] - cur[d]) >= MIN_CHANGE]
+    changed = sorted((d for d in active if abs(mix[d] - cur[d]) >= MIN_CHANGE), key=lambda d: cur[d] - mix[d])
     if not changed:
         return None
     reasons = {d: _reason(d, cur[d], mix[d], f"{level[d]:.3f} {unit}", gap[d], pace[d], bounds) for d in changed}
@@ -137,16 +137,15 @@ def _project(target: dict[str, float], lo: dict[str, float], hi: dict[str, float
 
 
 def _reason(domain: str, old: float, new: float, level: str, gap: float, pace: float, b: Bounds) -> str:
-    """One line: how the domain's weight moves and what in its held-out loss says so."""
+    """One line: what in the domain's held-out loss moves its weight (the move itself is mix vs current)."""
     where = f"held-out {level}, {abs(gap):.0%} {'above' if gap >= 0 else 'below'} the mean"
     falling = f"falling {pace:.1f}x the others' rate" if pace > 0 else "not falling"
-    move = f"{domain} {old:.3f} -> {new:.3f}"
     if new > old:
-        why = f"{move}: {where}, still {falling}"
+        why = f"{domain}: {where}, still {falling}"
     elif gap > 0:
-        why = f"{move}: {where} but flat ({falling})"
+        why = f"{domain}: {where} but flat ({falling})"
     else:
-        why = f"{move}: {where} ({falling})"
+        why = f"{domain}: {where} ({falling})"
     if new >= b.max_weight - 1e-9:
         why += f"; at mix_max {b.max_weight:g}"
     elif new <= b.min_weight + 1e-9 and new < old:
