@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from engine.jobs.protocol import MixPolicy
 from engine.mix import describe
 
 # (probe, metric, label) rows of the probe tables, in display order.
@@ -91,7 +92,7 @@ def mix_history_lines(mixes: Any, digits: int = 3) -> list[str]:
     (`mixes`: (step, weights, request id, "auto" or None) as RunHistory keeps them)."""
     out = []
     for step, weights, request in mixes:
-        origin = " (auto)" if request == "auto" else f" (request {request})" if request is not None else ""
+        origin = " (auto)" if request == MixPolicy.AUTO else f" (request {request})" if request is not None else ""
         out.append(f"from step {step}{origin}: {describe(weights, digits)}")
     return out
 

@@ -115,6 +115,11 @@ def test_history_keeps_the_latest_suggestion_and_marks_auto_mixes():
     assert h.suggestion["step"] == 20
     h.ingest({"type": "mix", "step": 21, "mix": {"a": 0.6, "b": 0.4}, "source": "auto"})
     assert h.mixes[-1] == (21, {"a": 0.6, "b": 0.4}, "auto")
+    from fcwork.format import mix_history_lines, suggestion_lines
+
+    assert mix_history_lines(h.mixes)[-1] == "from step 21 (auto): a=0.600 b=0.400"
+    assert suggestion_lines(h.suggestion, {"a": 0.6, "b": 0.4}) == ("suggested at step 20 (in force): a 0.50\u21920.60", "a: up")
+    assert suggestion_lines(h.suggestion, {"a": 0.5, "b": 0.5})[0].startswith("suggested at step 20 (a accepts)")
 
 
 # -- an auto stage in the real trainer ---------------------------------------------------------------
@@ -125,6 +130,15 @@ AUTO = dict(max_steps=30, checkpoint_every=10, eval_every=5, keep_checkpoints=3,
 
 def _auto_mixes(run_dir) -> dict[int, dict]:
     return {e["step"]: e["mix"] for e in events_of(run_dir, "mix") if e.get("source") == "auto"}
+
+
+def test_suggest_stage_only_proposes(train_workspace):
+    run = make_run(train_workspace, "short", **{**AUTO, "max_steps": 20, "mix_policy": "suggest"})
+    assert train_here(run) == 0, log_tail(run)
+    sugs = events_of(run, "suggestion")
+    assert [s["step"] for s in sugs] == [10, 15] and not any(s["auto"] for s in sugs)  # none at the last eval
+    assert not events_of(run, "mix")
+    assert all(e["mix"] == events_of(run, "step")[0]["mix"] for e in events_of(run, "step"))
 
 
 @pytest.fixture(scope="module")
