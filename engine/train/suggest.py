@@ -87,7 +87,7 @@ def suggest(state: PolicyState, current: Mapping[str, float], epochs: Mapping[st
     domain would move by MIN_CHANGE. `current` is the mix in force (normalised here)."""
     if len(state.evals) < 2:
         return None
-    (s0, before), (s1, now) = state.evals[-2], state.evals[-1]
+    (_, before), (step, now) = state.evals[-2], state.evals[-1]
     total = sum(current.values()) or 1.0
     cur = {d: w / total for d, w in current.items()}
     active = [d for d, w in cur.items() if w > 0 and d in now and d in before and before[d] > 0]
@@ -109,8 +109,8 @@ def suggest(state: PolicyState, current: Mapping[str, float], epochs: Mapping[st
         lo[d] = max(min(bounds.min_weight, cur[d]), cur[d] - bounds.max_change)
         hi[d] = min(max(bounds.max_weight, cur[d]), cur[d] + bounds.max_change)
         if epochs.get(d, 0.0) >= NEAR_CEILING * bounds.max_epochs:
-            hi[d], _ = cur[d], ceiling.add(d)
-        elif d in flat:
+            ceiling.add(d)
+        if d in ceiling or d in flat:
             hi[d] = cur[d]
     share = sum(cur[d] for d in active)  # of the whole mix; domains off stay off
     proposed = _project(target, lo, hi, share)
@@ -121,7 +121,7 @@ def suggest(state: PolicyState, current: Mapping[str, float], epochs: Mapping[st
     reasons = {d: _reason(d, cur[d], mix[d], f"{level[d]:.3f} {unit}", gap[d], pace[d], bounds) for d in changed}
     for d in ceiling & set(changed):
         reasons[d] += f"; near its epoch ceiling ({epochs.get(d, 0.0):.1f} of {bounds.max_epochs:g} passes)"
-    return Suggestion(step=s1, mix=mix, current={d: round(w, 4) for d, w in cur.items()}, reasons=reasons)
+    return Suggestion(step=step, mix=mix, current={d: round(w, 4) for d, w in cur.items()}, reasons=reasons)
 
 
 def _project(target: dict[str, float], lo: dict[str, float], hi: dict[str, float], total: float) -> dict[str, float]:
