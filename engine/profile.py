@@ -202,6 +202,15 @@ class StageConfig:
     seed: int = spec(0, _non_negative, "a non-negative integer")
     max_restarts: int = spec(2, _non_negative, "a non-negative integer")
     mix: dict[str, float] = spec(default_factory=dict)
+    # Mix suggestions from the per-domain held-out loss (engine/train/suggest.py), made at evals:
+    # "fixed" none, "suggest" proposes (a `suggestion` event the owner may accept), "auto" applies them.
+    mix_policy: str = spec("fixed", _choice("fixed", "suggest", "auto"), "'fixed', 'suggest' or 'auto'")
+    suggest_every: int = spec(0, _non_negative, "a non-negative integer (0: at every eval)")
+    mix_min: float = spec(0.02, lambda v: 0 <= v < 1, "a number in [0, 1)")  # a suggestion's floor per domain
+    mix_max: float = spec(0.6, lambda v: 0 < v <= 1, "a number in (0, 1]")  # and its ceiling
+    mix_max_change: float = spec(0.1, lambda v: 0 < v <= 1, "a number in (0, 1]")  # per domain, per suggestion
+    # Passes over a domain's training tokens past which a suggestion never raises it (0: data.warn_epochs).
+    mix_max_epochs: float = spec(0.0, _non_negative, "a non-negative number (0: data.warn_epochs)")
 
     def model_config(self, vocab_size: int = 0) -> ModelConfig:
         """The model shape this stage trains, with the tokenizer's vocabulary filled in."""
@@ -484,6 +493,14 @@ def _check_stage(st: StageConfig, where: str, earlier: list[str] | None, mix: di
         raise fail(f"{where}.init_from: expected the name of an earlier stage ({known}), got {describe_value(st.init_from)}")
     if st.warmup_steps >= st.max_steps and st.max_steps > 1:
         raise fail(f"{where}.warmup_steps: expected fewer than max_steps ({st.max_steps}), got {st.warmup_steps}")
+    if st.mix_policy != "fixed":
+        if not st.eval_every:
+            raise fail(f"{where}.mix_policy: expected \"fixed\" when eval_every = 0 (suggestions come from the "
+                       f"held-out loss), got {describe_value(st.mix_policy)}")
+        if st.suggest_every % st.eval_every:
+            raise fail(f"{where}.suggest_every: expected a multiple of eval_every ({st.eval_every}), got {st.suggest_every}")
+    if st.mix_min > st.mix_max:
+        raise fail(f"{where}.mix_min: expected at most mix_max ({st.mix_max:g}), got {st.mix_min:g}")
     if st.mix:  # empty: the stage trains on the profile's mix
         try:
             check_mix(st.mix, mix, f"{where}.mix", domains_of="[mix]")

@@ -80,7 +80,14 @@ def _main(argv: Sequence[str] | None) -> int:
 
         return run_app(workspace)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives an optional positional list (`fcwork mix RUN [DOMAIN=WEIGHT...]`) nothing after an
+    # option (`RUN --only a=1`): a command that names such a list in `rest` takes the words left over.
+    rest = getattr(args, "rest", None)
+    if extra and (rest is None or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, rest).extend(extra)
     if args.command is None:
         from fcwork.app import run_app  # imported only here: the CLI's subcommands never load Textual
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from engine.jobs.protocol import MixPolicy
 from engine.mix import describe
 
 # (probe, metric, label) rows of the probe tables, in display order.
@@ -88,12 +89,26 @@ def fmt_bytes(n: float) -> str:
 
 def mix_history_lines(mixes: Any, digits: int = 3) -> list[str]:
     """A run's mix history, one line per mix in force: "from step 60 (request 1): science=0.200 ..."
-    (`mixes`: (step, weights, request id or None) as RunHistory keeps them)."""
+    (`mixes`: (step, weights, request id, "auto" or None) as RunHistory keeps them)."""
     out = []
     for step, weights, request in mixes:
-        origin = f" (request {request})" if request is not None else ""
+        origin = " (auto)" if request == MixPolicy.AUTO else f" (request {request})" if request is not None else ""
         out.append(f"from step {step}{origin}: {describe(weights, digits)}")
     return out
+
+
+def suggestion_lines(sug: dict[str, Any], in_force: dict[str, float] | None = None) -> tuple[str, str]:
+    """A mix suggestion (a `suggestion` event) in two lines: the proposed weights with the step and
+    whether it is in force, then the reasons, one per changed domain, joined."""
+    mix = {str(d): float(w) for d, w in (sug.get("mix") or {}).items()}
+    total = sum(mix.values()) or 1.0
+    now = {d: w / (sum(in_force.values()) or 1.0) for d, w in in_force.items()} if in_force else {}
+    taken = bool(now) and all(abs(now.get(d, 0.0) - w / total) < 1e-3 for d, w in mix.items())
+    state = "applied (auto)" if sug.get("auto") else "in force" if taken else "a accepts"
+    before = sug.get("current") if isinstance(sug.get("current"), dict) else {}
+    reasons = sug.get("reasons") if isinstance(sug.get("reasons"), dict) else {}
+    moves = [f"{d} {float(before.get(d, 0.0)):.2f}\u2192{mix.get(d, 0.0) / total:.2f}" for d in reasons] or [describe(mix, 2)]
+    return f"suggested at step {sug.get('step')} ({state}): {', '.join(moves)}", "; ".join(map(str, reasons.values()))
 
 
 def export_lines(exports: Any) -> list[str]:

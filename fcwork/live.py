@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from engine.jobs.history import RunHistory
-from engine.jobs.protocol import EntryState, Event
+from engine.jobs.protocol import EntryState, Event, MixPolicy
 from engine.jobs.rundir import RunDir, RunFollower
 from engine.mix import describe
-from fcwork.format import probe_summary
+from fcwork.format import probe_summary, suggestion_lines
 
 REFRESH_S = 0.25
 
@@ -53,7 +53,13 @@ def follow_run(run_dir: Path, done: Callable[[], bool], console: Console | None 
                 elif ev.get("type") == Event.EVAL:
                     progress.console.print(eval_line(ev), highlight=False)
                 elif ev.get("type") == Event.MIX:
-                    progress.console.print(f"mix from step {ev.get('step')}: {describe(ev.get('mix', {}), digits=2)}")
+                    auto = " (auto)" if ev.get("source") == MixPolicy.AUTO else ""
+                    progress.console.print(f"mix from step {ev.get('step')}{auto}: {describe(ev.get('mix', {}), digits=2)}")
+                elif ev.get("type") == Event.SUGGESTION:
+                    head, _ = suggestion_lines(ev)
+                    hint = "" if ev.get("auto") else f" (fcwork mix {tail.run.id} --accept-suggestion)"
+                    progress.console.print(head.replace(" (a accepts)", hint) + "".join(
+                        f"\n  {r}" for r in (ev.get("reasons") or {}).values()), highlight=False, markup=False)
             progress.update(task, completed=h.step, total=h.max_steps or None, **_fields(h))
             if finished:
                 return h

@@ -122,3 +122,34 @@ def test_runs_show_lists_the_mix_history_and_the_exports(live_run, capsys):
     assert "from step 59: science=0.300 code=0.300 chess=0.100 data=0.200 chat=0.100" in out
     assert "from step 60 (request 1): science=0.200 code=0.400" in out
     assert "hf-f32-step300  2.5 kB" in out and ".tmp" not in out
+
+
+SUGGESTION = {"type": "suggestion", "time": 4.5, "step": 60, "auto": False,
+              "mix": {"science": 0.15, "code": 0.4, "chess": 0.2, "data": 0.15, "chat": 0.1}, "current": LIVE,
+              "reasons": {"chess": "chess: held-out 4.100 bpb, 20% above the mean, still falling"}}
+
+
+def test_accept_suggestion_sends_the_suggested_mix(live_run, capsys):
+    with open(live_run.events_file, "a") as fh:
+        fh.write(json.dumps(SUGGESTION) + "\n")
+    assert main(["--workspace", str(live_run.path.parent.parent), "runs", "show", live_run.id]) == 0
+    shown = capsys.readouterr().out
+    assert f"suggested at step 60 (fcwork mix {live_run.id} --accept-suggestion): chess 0.10\u21920.20\n" in shown
+    assert "  chess: held-out 4.100 bpb" in shown
+    assert mix(live_run, "--accept-suggestion") == SUGGESTION["mix"]
+    out = capsys.readouterr().out
+    assert "suggested at step 60: chess 0.10\u21920.20\n  chess: held-out" in out and "applied from step 61" in out
+
+
+def test_accept_suggestion_refusals_are_one_line(live_run, capsys):
+    root = str(live_run.path.parent.parent)
+    assert main(["--workspace", root, "mix", live_run.id, "--accept-suggestion"]) == 2
+    assert "no mix suggestion yet" in capsys.readouterr().err
+    with open(live_run.events_file, "a") as fh:
+        fh.write(json.dumps({**SUGGESTION, "auto": True}) + "\n")
+    assert main(["--workspace", root, "mix", live_run.id, "--accept-suggestion"]) == 2
+    assert "applies its suggestions itself" in capsys.readouterr().err
+    assert main(["--workspace", root, "mix", live_run.id, "code=1", "--accept-suggestion"]) == 2
+    assert "expected either DOMAIN=WEIGHT pairs or --accept-suggestion" in capsys.readouterr().err
+    assert main(["--workspace", root, "mix", live_run.id]) == 2
+    assert request_ids(live_run.requests_dir) == []

@@ -95,6 +95,20 @@ def test_two_ranks_train_what_one_process_does_with_twice_the_accumulation(train
     assert "rank 1" not in log, log  # the other rank logs warnings and errors only
 
 
+def test_an_auto_mix_reaches_every_rank_before_its_step(train_workspace, monkeypatch):
+    """Rank 0 alone evaluates and decides; the other rank gets the mix with the next step's requests."""
+    monkeypatch.setenv("FCWORK_TRAIN_THREADS", "1")
+    auto = dict(SHORT, eval_every=5, mix_policy="auto")
+    one = make_run(train_workspace, "short", grad_accum=4, **auto)
+    assert train_here(one) == 0, log_tail(one)
+    run = make_run(train_workspace, "short", grad_accum=2, devices=2, **auto)
+    assert _train_ranks(run) == 0, log_tail(run, 60)
+    mixes = {r: [(e["step"], e["mix"]) for e in events_of(r, "mix")] for r in (one, run)}
+    assert [s for s, _ in mixes[run]] == [s for s, _ in mixes[one]] == [11, 16]
+    assert _max_diff(step_losses(run), step_losses(one)) < TOL  # rank 1 drew by the same mixes
+    assert _max_diff(_domain_losses(run), _domain_losses(one)) < TOL
+
+
 def test_checkpoint_of_two_ranks_resumes_in_one_process(train_workspace, trained):
     import torch
     from safetensors.torch import load_file

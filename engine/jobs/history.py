@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from engine.jobs.protocol import Event, RunState
+from engine.jobs.protocol import Event, MixPolicy, RunState
 
 
 MAX_POINTS = 2048          # points a series keeps (older ones thinned, never dropped wholesale)
@@ -24,7 +24,7 @@ MAX_EVALS = 512
 MAX_ERRORS = 64
 MAX_MIXES = 512
 MAX_ACKS = 256
-NOTABLE = (Event.STATUS, Event.MIX, Event.ERROR, Event.CHECKPOINT, Event.EVAL, Event.ANSWER)  # besides redraws
+NOTABLE = (Event.STATUS, Event.MIX, Event.ERROR, Event.CHECKPOINT, Event.EVAL, Event.ANSWER, Event.SUGGESTION)  # besides redraws
 # How EventWriter (compact) and json.dumps (default separators) begin a step event's line.
 STEP_PREFIXES = (b'{"type":"step"', b'{"type": "step"')
 RATE_WINDOW = 64  # step events the ETA's rate is measured over
@@ -122,7 +122,8 @@ class RunHistory:
     message: str = ""
     last: dict[str, Any] = field(default_factory=dict)      # the latest step event
     series: dict[str, Series] = field(default_factory=dict)  # "loss", "loss/<domain>", "eval", "eval/<domain>", SCALARS
-    mixes: deque = field(default_factory=lambda: deque(maxlen=MAX_MIXES))   # (step, mix, request_id or None)
+    mixes: deque = field(default_factory=lambda: deque(maxlen=MAX_MIXES))   # (step, mix, request id, "auto" or None)
+    suggestion: dict[str, Any] | None = None  # the latest `suggestion` event (the policy's proposed mix)
     evals: deque = field(default_factory=lambda: deque(maxlen=MAX_EVALS))
     errors: deque = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
     acks: "OrderedDict[int, dict]" = field(default_factory=OrderedDict)    # control request_id -> its answer event
@@ -178,7 +179,7 @@ class RunHistory:
         s = self._series(key)
         s.append(step, value) if keep else s.note(step, value)
 
-    def _note_mix(self, step: int, mix: Any, request_id: int | None) -> None:
+    def _note_mix(self, step: int, mix: Any, request_id: int | str | None) -> None:
         if not isinstance(mix, dict) or not mix:
             return
         weights = {str(d): float(w) for d, w in mix.items() if _number(w) is not None}
@@ -248,7 +249,10 @@ class RunHistory:
         elif kind == Event.MIX and step is not None:
             rid = ev.get("request_id")
             rid = rid if isinstance(rid, int) and not isinstance(rid, bool) else None
-            self._note_mix(step, ev.get("mix"), rid)
+            self._note_mix(step, ev.get("mix"), MixPolicy.AUTO if ev.get("source") == MixPolicy.AUTO else rid)
+        elif kind == Event.SUGGESTION and step is not None and isinstance(ev.get("mix"), dict):
+            if self.suggestion is None or step >= self.suggestion.get("step", 0):  # older: replayed after a resume
+                self.suggestion = ev
         elif kind == Event.ANSWER:
             rid = ev.get("request_id")
             if isinstance(rid, int) and not isinstance(rid, bool):

@@ -1,5 +1,5 @@
 """The words of the run-folder and queue protocol, in one place: run states, queue entry states,
-event types, error sources and the exit codes the trainer and the supervisor share.
+event types, mix policies, error sources and the exit codes the trainer and the supervisor share.
 
 They are plain strings and ints (what events.jsonl and queue.toml hold), grouped in namespaces,
 so a comparison with a value read from a file needs no conversion.
@@ -47,6 +47,15 @@ class Event:
     CHECKPOINT = "checkpoint"
     ERROR = "error"
     ANSWER = "answer"
+    SUGGESTION = "suggestion"  # a mix the policy proposes at an eval (engine/train/suggest.py)
+
+
+class MixPolicy:
+    """A stage's `mix_policy`; AUTO is also the `source` of a `mix` event the policy applied itself."""
+
+    FIXED = "fixed"
+    SUGGEST = "suggest"
+    AUTO = "auto"
 
 
 class Answer:

@@ -101,6 +101,7 @@ def create_run(ws: Workspace, profile: Profile, stage_name: str) -> Path:
     model = stage.model_config(vocab)
     stage_table = asdict(stage)
     stage_table["model"] = asdict(model)
+    stage_table["mix_max_epochs"] = stage.mix_max_epochs or profile.data.warn_epochs  # frozen: the run's ceiling
     now = time.time()
     run = RunDir(_new_run_dir(ws, stage_name, now))
     doc = {

@@ -25,7 +25,7 @@ from engine.errors import DataError, FcError, RunError, differing_prefixes
 from engine.eval.harness import EvalLimits, evaluate_for_run, load_heldout, probe_docs
 from engine.jobs.events import EventWriter
 from engine.jobs.control import ControlRequest, request_path
-from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Answer, Event, RunState, Source
+from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Answer, Event, MixPolicy, RunState, Source
 from engine.jobs.rundir import RunDir
 from engine.jobs.spec import RunSpec
 from engine.mix import normalise
@@ -37,6 +37,7 @@ from engine.train.data import heldout_windows, open_training_shards, window_byte
 from engine.train.device import DeviceInfo, eager, pick_device
 from engine.train.evaluate import evaluate
 from engine.train.lr_schedule import lr_at, schedule_info
+from engine.train.suggest import AutoMix, Bounds, PolicyState, suggest
 from engine.train.watch import ControlWatcher, Rejected, StopSignals
 
 log = logging.getLogger("fcwork.trainer")
@@ -147,6 +148,9 @@ class Trainer:
         self.schedule = MixSchedule([(0, dict(self.spec.mix))])
         self.tokens_drawn = {d: 0 for d in self.spec.domains}
         self.saved_step = -1
+        self.policy = PolicyState()
+        self.replayed_auto: set[int] = set()  # steps of auto mixes put back from events.jsonl
+        self.outbox: list[AutoMix] = []  # rank 0's auto mixes, handed to the other ranks before the next step
         ckpt.remove_partial(self.run.ckpt_dir)
         origin, last_request = "from scratch", 0
         for i, (step, where) in enumerate(reversed(done)):
@@ -177,6 +181,7 @@ class Trainer:
         self.par.load_optimizer(where, self.model, self.optimizer, self.dev.device)
         self.step, self.schedule = step, schedule
         self.tokens_drawn.update(state.get("tokens_drawn", {}))
+        self.policy = PolicyState.from_dict(state.get("mix_policy"))
         ckpt.set_rng_state(state.get("rng", {}))
         return last_request
 
@@ -195,11 +200,18 @@ class Trainer:
     def replay_requests(self, last_request: int) -> int:
         """Requests answered after the checkpoint we resumed from stay answered: their mixes go back in
         the schedule at the steps they took effect, so the resumed run trains exactly what the killed
-        one did, and none is answered twice. Returns the last request id acted on."""
+        one did, and none is answered twice. Mixes the policy applied itself (mix_policy = "auto") go
+        back the same way, in the order they were written, and are not applied again when the resumed
+        run reaches their eval. Returns the last request id acted on."""
         events, _ = self.run.read_events()
         newest = last_request
         for ev in events:
             rid, step = ev.get("request_id"), ev.get("step", 0)
+            if (ev.get("type") == Event.MIX and ev.get("source") == MixPolicy.AUTO and isinstance(step, int)
+                    and step > self.step):
+                self.schedule.add(step, {d: float(w) for d, w in ev["mix"].items()})
+                self.replayed_auto.add(step)
+                continue
             if not isinstance(rid, int) or rid <= last_request or not isinstance(step, int) or step <= self.step:
                 continue
             if ev.get("type") == Event.MIX:
@@ -315,10 +327,16 @@ class Trainer:
     def check_control(self, next_step: int) -> bool:
         """Act on new control requests (in id order) or a signal before `next_step`; True means stop
         now. Every request gets one answer; of several mixes drained together the last one wins."""
-        requests, signal_name = self.par.agree(self.watcher.poll() if self.watcher else [], self.signals.requested)
+        mine = (self.watcher.poll() if self.watcher else []) + self.outbox
+        self.outbox = []
+        requests, signal_name = self.par.agree(mine, self.signals.requested)
         last_mix = max((r.request_id for r in requests if isinstance(r, ControlRequest) and r.mix is not None),
                        default=None)
         for r in requests:
+            if isinstance(r, AutoMix):  # rank 0 put it in force at its eval; the others do it here
+                if not self.par.main:
+                    self.schedule.add(r.step, r.mix)
+                continue
             if isinstance(r, Rejected):
                 self.answer(r.request_id, Answer.REJECTED, next_step, message=r.message)
                 continue
@@ -384,7 +402,36 @@ class Trainer:
         if self.probe_text:
             fields.update(self.run_probes(model))
         self.events.write(Event.EVAL, **fields)
+        if self.spec.stage.mix_policy != MixPolicy.FIXED:
+            self.consider_mix(res.domain_bpb or res.domain_loss, "bpb" if res.domain_bpb else "loss")
         self.mark = (time.perf_counter(), self.step)  # keep eval time out of the next tokens/s
+
+    def consider_mix(self, held_out: dict[str, float], unit: str) -> None:
+        """Rank 0, after an eval: remember its per-domain held-out figures and, every suggest_every steps,
+        write the policy's suggestion; a mix_policy = "auto" stage puts it in force from the next step
+        (a `mix` event with source "auto", in the schedule before this step's checkpoint is written).
+        Everything here follows from the checkpointed state and the eval, so a resumed run repeats it."""
+        st, step = self.spec.stage, self.step
+        self.policy.add(step, held_out)
+        if step >= st.max_steps or step % (st.suggest_every or st.eval_every):
+            return
+        current = self.schedule.weights_at(step)
+        sug = suggest(self.policy, current, self.sampler.epochs(self.tokens_drawn), Bounds.of_stage(st), unit)
+        if sug is None or step + 1 in self.replayed_auto:  # replayed: written and in force before the kill
+            return
+        self.events.write(Event.SUGGESTION, **sug.event_fields(), auto=st.mix_policy == MixPolicy.AUTO)
+        if st.mix_policy != MixPolicy.AUTO:
+            return
+        weights = {d: sug.mix.get(d, 0.0) for d in self.spec.domains}
+        try:
+            self.sampler.check(weights)
+        except DataError as exc:
+            log.warning("step %d: suggested mix not applied: %s", step, exc)
+            return
+        self.schedule.add(step + 1, weights)
+        self.outbox.append(AutoMix(step + 1, weights))
+        self.events.write(Event.MIX, step=step + 1, mix=weights, source=MixPolicy.AUTO)
+        log.info("mix from step %d (auto): %s", step + 1, weights)
 
     def run_probes(self, model: torch.nn.Module) -> dict[str, Any]:
         """The eval harness on the weights in memory: probe scores for the eval event, the full record
@@ -436,6 +483,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "mix_schedule": self.schedule.to_list(),
             "last_request_id": self.watcher.last_request_id,
+            "mix_policy": self.policy.to_dict(),
             "lr_schedule": schedule_info(st),
             "tokenizer_hash": self.spec.tokenizer_hash,
             "model": asdict(self.spec.model),

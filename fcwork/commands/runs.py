@@ -13,7 +13,7 @@ from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 from fcwork.commands.train import eval_events, resolve_run
 from engine.mix import describe
-from fcwork.format import PROBE_ROWS, export_lines, fmt_num as _fmt_loss, mix_history_lines
+from fcwork.format import PROBE_ROWS, export_lines, fmt_num as _fmt_loss, mix_history_lines, suggestion_lines
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,9 +72,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         console.print("passes over each domain: " + ", ".join(
             f"{d} {e:.2f}x (about {e * whole:.1f}x by step {s.max_steps})" if s.max_steps else f"{d} {e:.2f}x"
             for d, e in epochs.items()))
-    mixes = run.history().mixes
+    history = run.history()
+    mixes = history.mixes
     console.print("mix history:" + ("".join(f"\n  {line}" for line in mix_history_lines(mixes)) if mixes
                                     else f" none recorded (stage.toml: {describe(run.meta().mix)})"), highlight=False)
+    if history.suggestion:
+        head, _ = suggestion_lines(history.suggestion, mixes[-1][1] if mixes else run.meta().mix)
+        head = head.replace("a accepts", f"fcwork mix {run.id} --accept-suggestion")
+        console.print(head + "".join(f"\n  {r}" for r in (history.suggestion.get("reasons") or {}).values()),
+                      highlight=False, markup=False, soft_wrap=True)
     exports = run.exports()
     console.print(f"exports in {run.exports_dir}:" + "".join(f"\n  {line}" for line in export_lines(exports))
                   if exports else "exports: none (fcwork export RUN --format hf|gguf|mlx)", highlight=False, soft_wrap=True)

@@ -37,15 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "other domain keeps the weight it trains with now; then the mix is normalised to sum to 1. "
                     "With --only, the domains you name are the whole mix and every other one drops to 0. "
                     "Example: with science=0.5 code=0.5 in force, `fcwork mix RUN code=1` trains on "
-                    "science=0.333 code=0.667, and `fcwork mix RUN --only code=1` on code alone.",
+                    "science=0.333 code=0.667, and `fcwork mix RUN --only code=1` on code alone. "
+                    "With --accept-suggestion, the mix the stage's policy last suggested (mix_policy = \"suggest\").",
     )
     m.add_argument("run", help="run id (a folder under runs/) or path")
-    m.add_argument("weights", nargs="+", metavar="DOMAIN=WEIGHT",
+    m.add_argument("weights", nargs="*", metavar="DOMAIN=WEIGHT",
                    help="new weights of the named domains (relative to the others' current weights)")
+    m.add_argument("--accept-suggestion", action="store_true",
+                   help="apply the latest mix suggestion of the run (`fcwork runs show RUN` prints it with its reasons)")
     m.add_argument("--only", action="store_true",
                    help="these domains and nothing else: every domain not named gets weight 0")
     m.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the trainer's answer")
-    m.set_defaults(func=cmd_mix)
+    m.set_defaults(func=cmd_mix, rest="weights")
 
 
 def resolve_run(ws: Workspace, run: str) -> Path:
@@ -190,21 +193,48 @@ def summary_table(ws: Workspace, entries: list) -> Table:
 
 # -- fcwork mix -----------------------------------------------------------------------
 
+def _suggested_mix(run: RunDir) -> dict[str, float]:
+    """The run's latest suggested mix, its reasons printed; a one-line error when there is none to accept."""
+    from fcwork.format import suggestion_lines
+
+    sug = run.history().suggestion
+    if sug is None:
+        raise RunError(f"{run.path}: no mix suggestion yet (a stage with mix_policy = \"suggest\" makes one at its "
+                       "evals, from the second on)")
+    if sug.get("auto"):
+        raise RunError(f"{run.path}: this stage applies its suggestions itself (mix_policy = \"auto\"); "
+                       f"the one of step {sug.get('step')} is in force")
+    head, _ = suggestion_lines(sug)
+    print(head.replace(" (a accepts)", ""))
+    for reason in (sug.get("reasons") or {}).values():
+        print(f"  {reason}")
+    return {str(d): float(w) for d, w in sug["mix"].items()}
+
+
 def cmd_mix(args: argparse.Namespace) -> int:
     from engine.mix import describe, merge, normalise, parse_pairs
 
     ws = Workspace.open(args.workspace)
     run = RunDir.resolve(ws, args.run)
-    domains = run.meta().domains
-    changes = parse_pairs(args.weights, domains, partial=not args.only)  # a bad argument is a MixError naming it
+    if args.accept_suggestion:
+        if args.weights or args.only:
+            raise MixError(f"{' '.join(args.weights) or '--only'}: expected either DOMAIN=WEIGHT pairs or "
+                           "--accept-suggestion, not both")
+        mix = _suggested_mix(run)
+    elif not args.weights:
+        raise MixError("expected DOMAIN=WEIGHT pairs (e.g. code=0.4) or --accept-suggestion")
+    else:
+        domains = run.meta().domains
+        changes = parse_pairs(args.weights, domains, partial=not args.only)  # a bad argument is a MixError naming it
     if run.trainer_pid() is None:
         raise RunError(f"{run.path}: no trainer is running for this run; a mix change needs a training stage")
-    current = run.current_mix()
-    # The named domains change; the others keep their weights (--only: drop to 0); then normalised.
-    try:
-        mix = merge({d: current.get(d, 0.0) for d in domains}, changes, only=args.only)
-    except MixError as exc:  # e.g. every domain would be 0
-        raise MixError(f"{' '.join(args.weights)}: {exc}") from None
+    if not args.accept_suggestion:
+        current = run.current_mix()
+        # The named domains change; the others keep their weights (--only: drop to 0); then normalised.
+        try:
+            mix = merge({d: current.get(d, 0.0) for d in domains}, changes, only=args.only)
+        except MixError as exc:  # e.g. every domain would be 0
+            raise MixError(f"{' '.join(args.weights)}: {exc}") from None
     offset = run.events_size()
     request = run.send_request(mix=mix)
     print(f"mix request {request} sent to {run.id}: {describe(mix)}")

@@ -1,5 +1,6 @@
 """Metrics pane: one run's loss curves (total, per domain, held-out), tokens/s, lr, grad norm,
-memory, MFU and the mix history on the same step axis, live.
+memory, MFU and the mix history on the same step axis, live; under the mix, the latest mix
+suggestion of the stage's policy with its reasons (`a` accepts it).
 
 The watcher thread folds events into the run store; this pane copies what it draws out of the
 store on a 3 Hz timer, and only while it is the active tab and the run changed. Per-domain loss
@@ -12,17 +13,19 @@ from __future__ import annotations
 from typing import Any
 
 from textual.css.query import NoMatches
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 
 from engine.jobs.protocol import Event, RunState
-from fcwork.format import fmt_eta, fmt_number
+from engine.jobs.rundir import RunDir
+from fcwork.format import fmt_eta, fmt_number, suggestion_lines
 from fcwork.panes.base import Pane
 from fcwork.widgets.modals import PickScreen
 from fcwork.widgets.plot import PALETTE, Line, LinePlot, MixStrips, smooth
 from fcwork.widgets.stat import Stat
-from fcwork.widgets.textline import PartsLine
+from fcwork.widgets.textline import PartsLine, TextLine
 
 REDRAW_S = 1 / 3
 VIEWS = ("total", "domains", "held-out")
@@ -56,6 +59,8 @@ class MetricsPane(Pane):
         Binding("r", "choose_run", "Run", tooltip="choose the run to show"),
         Binding("f", "follow", "Follow", tooltip="follow the running stage (the default)"),
         Binding("l", "view", "Loss view", tooltip="loss shown: total, per domain (smoothed), held-out per domain"),
+        Binding("a", "accept_suggestion", "Accept mix",
+                tooltip="accept the mix suggested under the strips (sent to the trainer as a Manifest mix edit is)"),
     ]
 
     def __init__(self, *a: Any, **kw: Any) -> None:
@@ -71,6 +76,8 @@ class MetricsPane(Pane):
         yield title
         yield LinePlot("loss", empty="no steps yet", id="loss-plot")
         yield MixStrips(id="mix-strips")
+        yield TextLine(id="suggestion")
+        yield TextLine(id="suggestion-why")
         with Horizontal(id="stats"):
             for key, labels in STATS:
                 yield Stat(labels, id=f"stat-{key}")
@@ -120,6 +127,28 @@ class MetricsPane(Pane):
         self.follow = True
         self._pick_default()
         self.app.notify("Following the running stage")
+
+    def action_accept_suggestion(self) -> None:
+        """Send the latest suggestion's mix as a control request: answered with its step, replayed on resume."""
+        with self.store.lock:
+            h = self.store.runs.get(self.run_id) if self.run_id else None
+            sug = dict(h.suggestion) if h is not None and h.suggestion else None
+            live = h is not None and h.state in RunState.LIVE
+        if sug is None:
+            self.app.notify("No mix suggestion for this run (a stage suggests with mix_policy = \"suggest\")",
+                            severity="warning")
+        elif sug.get("auto"):
+            self.app.notify("This stage applies its suggestions itself (mix_policy = \"auto\")")
+        elif not live:
+            self.app.notify(f"Run {self.run_id} is not training: the suggestion cannot be applied", severity="warning")
+        else:
+            self.send_suggestion(self.run_id, dict(sug["mix"]), sug.get("step"))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="metrics-control")
+    def send_suggestion(self, run_id: str, mix: dict[str, float], step: Any) -> None:
+        request_id = RunDir(self.ws.runs_dir / run_id).send_request(mix=mix)
+        self.app.call_from_thread(self.app.notify, f"Mix suggested at step {step} sent to run {run_id} "
+                                                   f"(request {request_id}); it applies at the next step")
 
     def action_view(self) -> None:
         self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
@@ -174,7 +203,9 @@ class MetricsPane(Pane):
         for key, _ in STATS:
             s = h.series.get(key)
             stats[key] = (list(s.ys)[-SPARK_POINTS:], s.last) if s is not None else ([], None)
+        in_force = mixes[-1][1] if mixes else h.start_mix
         return {
+            "suggestion": suggestion_lines(h.suggestion, in_force) if h.suggestion else None,
             "title": title_parts(h, self.follow), "lines": lines, "mixes": mixes, "domains": domains,
             "stats": stats, "x_max": max(h.max_steps, h.step, 1), "step": h.step,
         }
@@ -190,6 +221,11 @@ class MetricsPane(Pane):
         self.query_one("#loss-plot", LinePlot).plot(d["lines"], x_range, title=f"loss ({view})")
         changes = [(step, mix) for step, mix, _ in d["mixes"]]
         self.query_one("#mix-strips", MixStrips).show(changes, d["domains"], x_range, d["step"])
+        head, why = d["suggestion"] or ("", "")
+        for wid, text in (("#suggestion", head), ("#suggestion-why", why)):
+            line = self.query_one(wid, TextLine)
+            line.set(text)
+            line.display = bool(text)
         for key, _ in STATS:
             ys, last = d["stats"][key]
             unit = "B" if key == "mem_bytes" else ""
