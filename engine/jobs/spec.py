@@ -59,6 +59,9 @@ def parse_run_spec(doc: dict[str, Any], origin: str, run_dir: Path) -> RunSpec:
     model = doc["stage"].get("model")
     if not isinstance(model, dict):
         raise RunError(f"{origin}: stage.model: expected a table with the resolved model shape, got {model!r}")
+    if "vision_params" in model:  # frozen before the tower existed: a bare parameter budget, no tower
+        model = {k: v for k, v in model.items() if k != "vision_params"}
+        doc = {**doc, "stage": {**doc["stage"], "model": model}}
     stage_mix = doc["stage"].get("mix")
     domains = {**dict.fromkeys(stage_mix if isinstance(stage_mix, dict) else (), 0.0), **mix}
 
