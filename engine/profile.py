@@ -27,6 +27,9 @@ TIME_CONTROL_CLASSES = ("ultrabullet", "bullet", "blitz", "rapid", "classical", 
 PGN_RESULTS = ("1-0", "0-1", "1/2-1/2", "*")
 BUILTIN_PREFIX = "builtin:"
 SPECIAL_SYMBOLS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<image>")
+IMAGE_SYMBOL = "<image>"
+IMAGE_FORMATS = ("webdataset", "parquet")  # file formats that may carry images (`image` key)
+IMAGE_BUILTINS = ("chess-diagrams", "charts")  # built-ins of image-text pairs (engine.data.builtin)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -87,6 +90,10 @@ class DataConfig:
     shares: dict[str, float] = spec(default_factory=dict)
     # `fcwork queue add` warns when a stage would pass over a domain's tokens more often than this.
     warn_epochs: float = spec(4.0, _positive, "a positive number")
+    # Image-text sources: the square side images are resized to once (a stage's tower may ask for
+    # another size, built on demand), and the largest image decoded (more pixels: a decompression bomb).
+    image_size: int = spec(64, lambda v: 8 <= v <= 4096, "an integer from 8 to 4096")
+    max_image_pixels: int = spec(40_000_000, _positive, "a positive integer")
 
 
 @dataclass
@@ -116,11 +123,19 @@ class SourceConfig:
     headers: bool = True  # keep the tag pairs ([White "..."]) above the moves
     comments: bool = True  # keep {comments} such as Lichess's [%clk] and [%eval]
     validate_moves: bool = False  # parse every move (~100 games/s): skip illegal games, rewrite the moves
+    # Image-text pairs: the image member suffixes of a webdataset ("jpg;png", or "auto": jpg, jpeg,
+    # png, webp) or the image column of a parquet file; `field` then names the caption.
+    image: str = ""
 
     @property
     def builtin(self) -> str | None:
         """The built-in generator's name, or None for a file source."""
         return self.format[len(BUILTIN_PREFIX):] if self.format.startswith(BUILTIN_PREFIX) else None
+
+    @property
+    def is_image(self) -> bool:
+        """An image-text source: built into image shards (engine.data.imagedata), not the text corpus."""
+        return bool(self.image) or self.builtin in IMAGE_BUILTINS
 
 
 @dataclass
@@ -211,6 +226,12 @@ class Profile:
     def domains(self) -> list[str]:
         """Domains with a positive mix weight, in the profile's order."""
         return [d for d, w in self.mix.items() if w > 0]
+
+    @property
+    def image_domains(self) -> list[str]:
+        """Domains of image-text sources, in the profile's order (their mix weight is the share of
+        micro-batches that carry an image); the text corpus leaves them out."""
+        return list(dict.fromkeys(s.domain for s in self.sources if s.is_image))
 
     def normalised_mix(self, mix: dict[str, float] | None = None) -> dict[str, float]:
         """The mix scaled to sum to 1."""
@@ -352,6 +373,11 @@ def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
         if src.builtin is None and not src.path:
             raise fail(f"sources[{i}].path: expected a path or glob for format {describe_value(src.format)}, got nothing")
         _check_source(src, raw_sources[i], f"sources[{i}]", fail)
+    image_domains = {s.domain for s in sources if s.is_image}
+    for i, src in enumerate(sources):
+        if not src.is_image and src.domain in image_domains:
+            raise fail(f"sources[{i}].domain: expected a domain without image-text sources (text and image-text "
+                       f"sources need domains of their own), got {describe_value(src.domain)}")
 
     for domain, share in dcfg.shares.items():
         if domain not in mix:
@@ -386,6 +412,10 @@ def _check_source(src: SourceConfig, raw: dict, where: str, fail: Callable[[str]
         values = value if isinstance(value, list) else [value]
         if not values or any(isinstance(v, (list, dict)) for v in values):
             raise fail(f"{where}.where.{column}: expected a value or a list of values, got {describe_value(value)}")
+    if src.image and src.format not in IMAGE_FORMATS:
+        raise fail(f"{where}.image: only for formats {', '.join(IMAGE_FORMATS)}, got format {describe_value(src.format)}")
+    if src.image and (src.template or src.where):
+        raise fail(f"{where}.{'template' if src.template else 'where'}: not for image-text sources (`field` names the caption)")
     if src.format != "pgn":
         defaults = SourceConfig(name="x", domain="x", format="text")
         for key in PGN_KEYS:

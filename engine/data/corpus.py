@@ -117,11 +117,13 @@ def read_manifest(raw_dir: Path) -> dict | None:
 
 def domain_shares(profile: Profile) -> dict[str, float]:
     """Each corpus domain's share of target_tokens, normalised: `data.shares`, else equal over the
-    [mix] domains (any weight, 0 included) that have a source."""
+    [mix] domains (any weight, 0 included) that have a source. Image-text domains are never text
+    corpus domains (engine.data.imagedata builds them)."""
+    images = set(profile.image_domains)
     if profile.data.shares:
-        raw = {d: w for d, w in profile.data.shares.items() if w > 0}
+        raw = {d: w for d, w in profile.data.shares.items() if w > 0 and d not in images}
     else:
-        with_source = {s.domain for s in profile.sources}
+        with_source = {s.domain for s in profile.sources if not s.is_image}
         raw = {d: 1.0 for d in profile.mix if d in with_source}
     total = sum(raw.values())
     return {d: w / total for d, w in raw.items()} if total else {}
@@ -138,8 +140,10 @@ def domain_identity(profile: Profile, domain: str) -> str:
     held-out fraction and the length limits. Budgets (target_tokens, shares) and the mix are not in it."""
     d = profile.data
     key = {
-        # `optional` decides only whether a missing glob fails the build, not what is read
-        "sources": [{k: v for k, v in asdict(s).items() if k != "optional"} for s in profile.sources if s.domain == domain],
+        # `optional` decides only whether a missing glob fails the build, not what is read; `image`
+        # is always empty for a text domain (left out, so corpora built before it existed stay current)
+        "sources": [{k: v for k, v in asdict(s).items() if k not in ("optional", "image")}
+                    for s in profile.sources if s.domain == domain],
         "seed": profile.profile.seed,
         "heldout_fraction": d.heldout_fraction,
         "min_doc_chars": d.min_doc_chars,
@@ -346,14 +350,15 @@ def check_domains(profile: Profile) -> None:
     """Every domain the profile's mixes weight has corpus data planned; one-line DataError otherwise."""
     origin = profile.path or profile.name
     shares = domain_shares(profile)
-    with_source = {s.domain for s in profile.sources}
+    with_source = {s.domain for s in profile.sources if not s.is_image}
+    images = set(profile.image_domains)
     for dom in shares:
         if dom not in with_source:
             key = f"data.shares.{dom}: has a share" if profile.data.shares else f"mix.{dom}: has a weight"
             raise DataError(f"{origin}: {key} but no source in [[sources]]")
     for where, mix in [("mix", profile.mix)] + [(f"stages.{st.name}.mix", st.mix) for st in profile.stages]:
         for dom, w in mix.items():
-            if w > 0 and dom not in shares:
+            if w > 0 and dom not in shares and dom not in images:
                 why = "no source in [[sources]]" if dom not in with_source else "no share in data.shares"
                 raise DataError(f"{origin}: {where}.{dom}: has a weight but {why}")
 

@@ -165,7 +165,8 @@ def pretokenize_profile(ws: Workspace, profile: Profile, progress: ProgressFn = 
 
 def prepare_data(ws: Workspace, profile: Profile, progress: ProgressFn = _noop, force: bool = False,
                  notes: list[str] | None = None) -> list[str]:
-    """Corpus, tokenizer and shards, skipping each step whose outputs are current; returns the steps run.
+    """Corpus, tokenizer, shards and image-text data (engine.data.imagedata, at `data.image_size`),
+    skipping each step whose outputs are current; returns the steps run.
     `force` rebuilds the corpus, retrains the tokenizer and re-encodes every shard. Notes for the user
     (a tokenizer whose settings changed, which is kept) are appended to `notes`."""
     ran = []
@@ -182,4 +183,9 @@ def prepare_data(ws: Workspace, profile: Profile, progress: ProgressFn = _noop, 
     if force or "tokenizer" in ran or not shards_are_current(ws, profile):
         pretokenize_profile(ws, profile, progress, force=force or "tokenizer" in ran)
         ran.append("shards")
+    if profile.image_domains:
+        from engine.data.imagedata import prepare_images
+
+        if prepare_images(ws, profile, progress=progress, force=force):
+            ran.append("images")
     return ran

@@ -13,7 +13,7 @@ import tarfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from engine.data import files
 from engine.data.records import RecordFormat, RecordSkip
@@ -348,40 +348,57 @@ class _Tail(io.RawIOBase):
         return n
 
 
-def _read_webdataset(path: str, src: SourceConfig, stats: SourceStats, max_doc_chars: int, start: int) -> Iterator[Item]:
-    wanted = TEXT_MEMBER_SUFFIXES if src.field == "text" else (src.field,)
+def tar_members(path: str, start: int = 0) -> Iterator[tuple[int, tarfile.TarInfo, Callable[[], bytes]]]:
+    """(member number from 1, member, read its bytes) of each file member of a (compressed, local or
+    remote) tar past the first `start`, streamed; EOFError or tarfile.TarError when the tar is cut
+    short or damaged (after the members before the damage were yielded). Shared by the text reader
+    and the image-text reader (engine.data.imagesources)."""
     with files.open_stream(path) as raw:
         counted = _Tail(raw)
         index = 0
-        try:
-            with tarfile.open(fileobj=io.BufferedReader(counted), mode="r|") as tar:
-                for member in tar:
-                    index += 1
-                    if index <= start or not member.isfile():
-                        continue
-                    suffix = member.name.rsplit("/", 1)[-1].split(".", 1)[-1].lower()
-                    if suffix not in wanted:
-                        stats.skip("non-text member")
-                        continue
-                    if member.size > max_doc_chars * 4:
-                        stats.skip("too long")
-                        continue
+        with tarfile.open(fileobj=io.BufferedReader(counted), mode="r|") as tar:
+            for member in tar:
+                index += 1
+                if index <= start or not member.isfile():
+                    continue
+
+                def read(member: tarfile.TarInfo = member) -> bytes:
                     fh = tar.extractfile(member)
                     data = fh.read() if fh else b""
                     if len(data) < member.size:
                         raise EOFError("unexpected end of data")
-                    text = _decode(data, stats)
-                    if text is not None:
-                        yield text, index
-                end = tar.offset
-            while counted.read(files.BLOCK):  # the rest: the end marker and the record padding
-                pass
-            after = counted.n - end
-            # A whole tar ends with two zero blocks; a cut between members leaves none.
-            if after < 1024 or (after <= len(counted.tail) and counted.tail[len(counted.tail) - after:][:1024].strip(b"\0")):
-                raise EOFError("no end-of-archive marker")
-        except (tarfile.TarError, EOFError) as exc:
-            stats.problems.append(f"source {src.name}: {path}: truncated or damaged tar ({exc}); kept what came before")
+                    return data
+
+                yield index, member, read
+            end = tar.offset
+        while counted.read(files.BLOCK):  # the rest: the end marker and the record padding
+            pass
+        after = counted.n - end
+        # A whole tar ends with two zero blocks; a cut between members leaves none.
+        if after < 1024 or (after <= len(counted.tail) and counted.tail[len(counted.tail) - after:][:1024].strip(b"\0")):
+            raise EOFError("no end-of-archive marker")
+
+
+def member_suffix(name: str) -> str:
+    """WebDataset's suffix of a member: its file name after the first dot, lower case ("seg.png")."""
+    return name.rsplit("/", 1)[-1].split(".", 1)[-1].lower()
+
+
+def _read_webdataset(path: str, src: SourceConfig, stats: SourceStats, max_doc_chars: int, start: int) -> Iterator[Item]:
+    wanted = TEXT_MEMBER_SUFFIXES if src.field == "text" else (src.field,)
+    try:
+        for index, member, read in tar_members(path, start):
+            if member_suffix(member.name) not in wanted:
+                stats.skip("non-text member")
+                continue
+            if member.size > max_doc_chars * 4:
+                stats.skip("too long")
+                continue
+            text = _decode(read(), stats)
+            if text is not None:
+                yield text, index
+    except (tarfile.TarError, EOFError) as exc:
+        stats.problems.append(f"source {src.name}: {path}: truncated or damaged tar ({exc}); kept what came before")
 
 
 def _read_pgn(path: str, src: SourceConfig, stats: SourceStats, max_doc_chars: int, start: int) -> Iterator[Item]:

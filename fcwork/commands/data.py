@@ -1,4 +1,5 @@
-"""`fcwork data build|pretokenize|prepare|show`: the corpus and the token shards of a profile."""
+"""`fcwork data build|pretokenize|prepare|show|verify`: the corpus, the token shards and the image-text
+pairs of a profile."""
 
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     with rich_progress() as progress:
         summary: CorpusSummary = pipeline.build_data(ws, prof, progress, workers=args.workers, rebuild=args.rebuild)
     print_summary(read_manifest(ws.raw_dir(prof.name)) or {}, Console())
+    if prof.image_domains:
+        from engine.data.imagedata import build_images
+
+        with rich_progress() as progress:
+            build_images(ws, prof, progress=progress, rebuild=args.rebuild)
+        print_images(ws, prof, Console())
     return 0 if summary else 1
 
 
@@ -113,13 +120,38 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"{ws.raw_dir(prof.name)}: no corpus yet (run `fcwork data build {prof.name}`)")
         return 1
     print_summary(manifest, Console())
+    print_images(ws, prof, Console())
     return 0
 
 
+def print_images(ws: Workspace, prof, console: Console) -> None:
+    """The image-text build at `data.image_size`: images, pairs and skips per domain."""
+    from engine.data.imagedata import read_image_manifest
+
+    manifest = read_image_manifest(ws, prof)
+    if not manifest:
+        if prof.image_domains:
+            console.print(f"image-text domains {', '.join(prof.image_domains)}: not built yet (`fcwork data prepare {prof.name}`)")
+        return
+    table = Table("domain", "images", "pairs", "held-out pairs", "dups", "skipped", "this build",
+                  title=f"image-text pairs at {manifest.get('size')} px")
+    for name, d in manifest.get("domains", {}).items():
+        skipped = ", ".join(f"{n} {r}" for r, n in d.get("skipped", {}).items()) or "-"
+        table.add_row(name, f"{d['images']:,}", f"{d['pairs']:,}", f"{d['heldout_pairs']:,}", f"{d['duplicates']:,}",
+                      skipped, manifest.get("actions", {}).get(name, "kept"))
+    console.print(table)
+    for d in manifest.get("domains", {}).values():
+        for problem in d.get("problems", []):
+            console.print(f"[yellow]warning:[/] {problem}")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Every shard (training and held-out) of the profile's domains, every byte; exit 1 on a problem."""
+    """Every shard (training and held-out) of the profile's domains, and every image shard and caption
+    shard of its image-text domains (each size built), every byte; exit 1 on a problem."""
+    from engine.data.imageshards import FORMAT_VERSION as IMAGE_VERSION, verify_images
     from engine.data.shards import verify_shard
     from engine.data.tokenizer import file_hash, read_report
+    from engine.errors import ShardError
 
     ws = Workspace.open(args.workspace)
     prof = ws.load_profile(args.profile)
@@ -130,10 +162,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     tok_dir = ws.tok_dir(prof.name)
     prefixes = [tok_dir / sub / d for d in prof.domains for sub in ("", "heldout")
                 if (tok_dir / sub / f"{d}.bin").exists() or (tok_dir / sub / f"{d}.idx").exists()]
-    if not prefixes:
+    img_root = ws.data_dir(prof.name) / "img"
+    image_prefixes = [size_dir / sub / d for size_dir in sorted(img_root.glob("*px")) for d in prof.image_domains
+                      for sub in ("", "heldout") if (size_dir / sub / f"{d}.img").exists()]
+    if not prefixes and not image_prefixes:
         raise DataError(f"{tok_dir}: no shards yet (run `fcwork data pretokenize {prof.name}` first)")
+    prefixes += [p.with_name(p.name + ".cap") for p in image_prefixes]
     total = sum((p.with_name(p.name + ext)).stat().st_size for p in prefixes for ext in (".bin", ".idx")
                 if p.with_name(p.name + ext).exists())
+    total += sum(p.with_name(p.name + ext).stat().st_size for p in image_prefixes for ext in (".img", ".pairs"))
     console = Console(stderr=True)
     table = Table("shard", "version", "tokens", "docs", "result", title=f"shards of {prof.name} ({tok_dir})")
     problems, done = 0, 0
@@ -144,8 +181,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
             done += n
             progress("verify shards", done, total)
 
+        for prefix in image_prefixes:
+            name = str(prefix.relative_to(img_root))
+            try:
+                shard = verify_images(prefix, read)
+                table.add_row(name + ".img", str(IMAGE_VERSION), f"{shard.n_images:,} images",
+                              f"{shard.n_pairs:,} pairs", "[green]ok[/]")
+            except ShardError as exc:
+                problems += 1
+                table.add_row(name + ".img", "?", "-", "-", f"[red]{exc}[/]")
         for prefix in prefixes:
-            name = str(prefix.relative_to(tok_dir))
+            name = str(prefix.relative_to(tok_dir if prefix.is_relative_to(tok_dir) else img_root))
             check = verify_shard(prefix, tok_hash, vocab, read)
             problems += len(check.problems)
             result = "[green]ok[/]" if check.ok else "[red]" + "; ".join(check.problems) + "[/]"

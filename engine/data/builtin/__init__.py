@@ -43,6 +43,30 @@ BUILTIN_SOURCES: dict[str, BuiltinSource] = {
 }
 
 
+@dataclass(frozen=True)
+class BuiltinImageSource:
+    """A built-in source of image-text pairs (engine.data.imagesources.ImageSample) with known ground truth."""
+
+    name: str
+    domain: str
+    description: str
+    module: str  # engine.data.builtin.<module> has generate(seed) -> Iterator[ImageSample]
+
+    def generate(self, seed: int) -> Iterator:
+        return importlib.import_module(f"engine.data.builtin.{self.module}").generate(seed)
+
+
+IMAGE_SOURCES: dict[str, BuiltinImageSource] = {
+    s.name: s
+    for s in (
+        BuiltinImageSource("chess-diagrams", "caption", "chess board diagrams drawn from opening lines plus random "
+                           "moves, captioned with their FEN and a sentence", "chess_diagrams"),
+        BuiltinImageSource("charts", "caption", "bar and line charts of small generated tables, captioned with "
+                           "their values", "charts"),
+    )
+}
+
+
 def iter_builtin(name: str, seed: int, max_chars: int) -> Iterator[str]:
     """Yield documents (plain text) of built-in source `name`, deterministically for `seed`, until about
     max_chars characters have been yielded (max_chars > 0 always given)."""
