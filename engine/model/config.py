@@ -97,10 +97,10 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # Trains on a laptop CPU in minutes; its tower sees 32 px images as 16 patches of 8 px.
+    # Trains on a laptop CPU in minutes; its tower sees 64 px images as 64 patches of 8 px.
     "tiny": ModelConfig(
         dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=512,
-        vision_layers=2, vision_width=64, vision_heads=2, vision_mlp_dim=256, image_size=32, patch_size=8,
+        vision_layers=2, vision_width=64, vision_heads=2, vision_mlp_dim=256, image_size=64, patch_size=8,
     ),
     # The seed plan's stage 0/1 text-only sanity model: 4 layers, 1024 wide.
     "stage0": ModelConfig(dim=1024, n_layers=4, n_heads=16, n_kv_heads=4, ffn_dim=2816, max_seq_len=2048),

@@ -1,0 +1,127 @@
+"""Vision stages in the trainer: align (decoder frozen, tower + projector learn from captions) and
+joint (everything, images mixed with text), per-part learning rates, caption loss in the step and
+eval events, checkpoints holding the tower, and exact resume after SIGKILL with images."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+
+from engine.profile import loads_profile
+from tests.train_fixtures import (
+    events_of, kill, log_tail, make_run, start_trainer, step_losses, train_here, wait_for,
+)
+
+MODEL = ("{ dim = 32, n_layers = 2, n_heads = 2, n_kv_heads = 1, ffn_dim = 64, max_seq_len = 64, "
+         "vision_layers = 1, vision_width = 16, vision_heads = 2, vision_mlp_dim = 32, image_size = 16, "
+         "patch_size = 4 }")
+COMMON = f"""model = {MODEL}
+seq_len = 48
+lr = 3e-3
+warmup_steps = 1
+device = "cpu"
+precision = "fp32"
+compile = "off"
+eval_batches = 2
+eval_probes = false
+keep_checkpoints = 4
+seed = 11
+"""
+STAGES = f"""
+[[stages]]
+name = "align"
+{COMMON}micro_batch = 1
+grad_accum = 2
+max_steps = 6
+lr_decoder = 0
+checkpoint_every = 3
+eval_every = 6
+[stages.mix]
+caption = 1
+
+[[stages]]
+name = "joint"
+{COMMON}micro_batch = 2
+grad_accum = 2
+max_steps = 8
+lr_vision = 1e-3
+checkpoint_every = 2
+eval_every = 4
+[stages.mix]
+code = 0.3
+science = 0.2
+caption = 0.5
+"""
+SOURCES = """
+[[sources]]
+name = "charts"
+domain = "caption"
+format = "builtin:charts"
+max_docs = 60
+
+[[sources]]
+name = "boards"
+domain = "caption"
+format = "builtin:chess-diagrams"
+max_docs = 60
+"""
+
+
+@pytest.fixture(scope="module")
+def vision_workspace(train_workspace):
+    """The trainer fixture's workspace with image-text sources built at the tower's 16 px."""
+    from engine.data.imagedata import prepare_images
+
+    tw = train_workspace
+    text = tw.profile.path.read_text().replace("chess = 0.2", "chess = 0.2\ncaption = 0")
+    text = text.replace("[tokenizer]", "[data]\nimage_size = 16\n\n[tokenizer]") + SOURCES + STAGES
+    path = tw.profile.path
+    path.write_text(text)
+    prof = loads_profile(text, str(path), path)
+    prepare_images(tw.ws, prof)
+    tw.profile = prof
+    return tw
+
+
+def _weights(run, step):
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "ckpt" / f"step-{step}" / "model.safetensors"))
+
+
+def test_align_trains_tower_and_projector_only_and_reports_caption_loss(vision_workspace):
+    run = make_run(vision_workspace, "align")
+    assert train_here(run) == 0, log_tail(run)
+    first, last = _weights(run, 3), _weights(run, 6)
+    assert any(k.startswith("vision.encoder") for k in last) and "projector.linear_2.weight" in last
+    for name, t in last.items():
+        moved = not torch.equal(t, first[name])
+        if name.startswith(("vision.", "projector.")) and "post_layernorm" not in name:
+            assert moved, name
+        else:
+            assert not moved, name  # the frozen decoder (and the unused post_layernorm) stay as they were
+    steps = events_of(run, "step")
+    assert set(steps[-1]["domain_loss"]) == {"caption"}
+    evals = events_of(run, "eval")
+    assert evals and evals[-1]["domain_loss"]["caption"] > 0 and evals[-1]["domain_bpb"]["caption"] > 0
+
+
+def test_joint_mixes_text_and_images_and_resumes_exactly_after_sigkill(vision_workspace):
+    reference = make_run(vision_workspace, "joint")
+    assert train_here(reference) == 0, log_tail(reference)
+    ref = step_losses(reference)
+    domains = set().union(*(e["domain_loss"] for e in events_of(reference, "step")))
+    assert {"caption", "code"} <= domains
+    assert set(events_of(reference, "eval")[-1]["domain_loss"]) >= {"caption", "code", "science"}
+
+    run = make_run(vision_workspace, "joint")
+    proc = start_trainer(run)
+    wait_for(lambda: (run / "ckpt" / "step-4").exists(), 120, "checkpoint 4")
+    kill(proc)
+    assert proc.returncode == -signal.SIGKILL
+    assert train_here(run) == 0, log_tail(run)
+    assert step_losses(run) == ref
+    final, expected = _weights(run, 8), _weights(reference, 8)
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
