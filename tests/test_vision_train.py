@@ -9,6 +9,7 @@ import signal
 import pytest
 import torch
 
+from engine.eval.probes.vision import fen_squares, square_accuracy
 from engine.profile import loads_profile
 from tests.train_fixtures import (
     events_of, kill, log_tail, make_run, start_trainer, step_losses, train_here, wait_for,
@@ -25,7 +26,6 @@ device = "cpu"
 precision = "fp32"
 compile = "off"
 eval_batches = 2
-eval_probes = false
 keep_checkpoints = 4
 seed = 11
 """
@@ -49,6 +49,7 @@ max_steps = 8
 lr_vision = 1e-3
 checkpoint_every = 2
 eval_every = 4
+eval_probes = false
 [stages.mix]
 code = 0.3
 science = 0.2
@@ -76,7 +77,7 @@ def vision_workspace(train_workspace):
 
     tw = train_workspace
     text = tw.profile.path.read_text().replace("chess = 0.2", "chess = 0.2\ncaption = 0")
-    text = text.replace("[tokenizer]", "[data]\nimage_size = 16\n\n[tokenizer]") + SOURCES + STAGES
+    text = text.replace("[tokenizer]", "[data]\nimage_size = 16\nheldout_fraction = 0.15\n\n[tokenizer]") + SOURCES + STAGES
     path = tw.profile.path
     path.write_text(text)
     prof = loads_profile(text, str(path), path)
@@ -106,6 +107,8 @@ def test_align_trains_tower_and_projector_only_and_reports_caption_loss(vision_w
     assert set(steps[-1]["domain_loss"]) == {"caption"}
     evals = events_of(run, "eval")
     assert evals and evals[-1]["domain_loss"]["caption"] > 0 and evals[-1]["domain_bpb"]["caption"] > 0
+    probes = evals[-1]["probes"]  # read off held-out boards and charts, checked against their ground truth
+    assert 0 <= probes["fen"]["square_accuracy"] <= 1 and 0 <= probes["chart"]["exact"] <= 1
 
 
 def test_joint_mixes_text_and_images_and_resumes_exactly_after_sigkill(vision_workspace):
@@ -125,3 +128,12 @@ def test_joint_mixes_text_and_images_and_resumes_exactly_after_sigkill(vision_wo
     assert step_losses(run) == ref
     final, expected = _weights(run, 8), _weights(reference, 8)
     assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_fen_square_accuracy_counts_each_square():
+    start = "rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR"
+    assert square_accuracy(start, start) == 1.0
+    assert square_accuracy("rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR", start) == 62 / 64
+    assert square_accuracy("rnbqkbnr/pppp", start) == 12 / 64  # cut short: the squares it wrote still count
+    assert square_accuracy("not a board", start) == 0.0
+    assert fen_squares("8/8/8/8/8/8/8/9") is None and fen_squares(start)[36] == "P"

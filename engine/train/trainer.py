@@ -121,7 +121,7 @@ class Trainer:
             if st.eval_probes and self.par.main:
                 # Rows per forward as in a training micro batch: the memory the stage already budgets for.
                 self.probe_limits = replace(EvalLimits.during_training(), batch=min(8, st.micro_batch))
-                self.probe_text = load_heldout(spec.shards, spec.domains, probe_docs(self.probe_limits))
+                self.probe_text = load_heldout(spec.shards, spec.text_domains, probe_docs(self.probe_limits))
                 self.probe_tokenizer = Tokenizer.load(spec.tokenizer) if self.probe_text else None
         self.tokens_per_step = st.micro_batch * st.grad_accum * self.par.world * st.seq_len
         return shards
@@ -404,8 +404,22 @@ class Trainer:
                 fields["loss"] = sum(fields["domain_loss"].values()) / max(len(fields["domain_loss"]), 1)
         if self.probe_text:
             fields.update(self.run_probes(model))
+        if self.eval_pairs and self.spec.stage.eval_probes:
+            fields["probes"] = {**fields.get("probes", {}), **self.image_probes(model)}
         self.events.write(Event.EVAL, **fields)
         self.mark = (time.perf_counter(), self.step)  # keep eval time out of the next tokens/s
+
+    def image_probes(self, model: torch.nn.Module) -> dict[str, Any]:
+        """FEN read from held-out board diagrams and values read from held-out charts (engine.eval.probes.vision)."""
+        from engine.eval.probes.vision import image_probes
+
+        try:
+            with eager():
+                found = image_probes(model, Tokenizer.load(self.spec.tokenizer), self.eval_pairs, self.spec.images)
+        except Exception:  # noqa: BLE001 - a probe bug must not cost the run
+            log.exception("step %d: image probes failed", self.step)
+            return {}
+        return {name: {k: v for k, v in p.items() if k != "n"} for name, p in found.items()}
 
     def run_probes(self, model: torch.nn.Module) -> dict[str, Any]:
         """The eval harness on the weights in memory: probe scores for the eval event, the full record
