@@ -5,14 +5,17 @@ eval events, checkpoints holding the tower, and exact resume after SIGKILL with 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from engine.errors import FcError
 from engine.eval.probes.vision import fen_squares, square_accuracy
 from engine.profile import loads_profile
 from tests.train_fixtures import (
-    events_of, kill, log_tail, make_run, start_trainer, step_losses, train_here, wait_for,
+    ENGINE_ROOT, events_of, kill, log_tail, make_run, start_trainer, step_losses, train_here, wait_for,
 )
 
 MODEL = ("{ dim = 32, n_layers = 2, n_heads = 2, n_kv_heads = 1, ffn_dim = 64, max_seq_len = 64, "
@@ -109,6 +112,34 @@ def test_align_trains_tower_and_projector_only_and_reports_caption_loss(vision_w
     assert evals and evals[-1]["domain_loss"]["caption"] > 0 and evals[-1]["domain_bpb"]["caption"] > 0
     probes = evals[-1]["probes"]  # read off held-out boards and charts, checked against their ground truth
     assert 0 <= probes["fen"]["square_accuracy"] <= 1 and 0 <= probes["chart"]["exact"] <= 1
+    _generate_with_an_image(vision_workspace, run)
+
+
+def _generate_with_an_image(tw, run):
+    """`fcwork generate RUN --image FILE PROMPT` gives what the model gives in this process."""
+    from PIL import Image
+
+    from engine.data.tokenizer import Tokenizer
+    from engine.model.generate import SamplingConfig, generate
+    from fcwork.commands.generate import image_prompt
+    from tests.eval_fixtures import load_run_model
+
+    picture = run / "board.png"
+    Image.new("RGB", (40, 24), (200, 30, 30)).save(picture)
+    model, tok = load_run_model(run), Tokenizer.load(tw.tokenizer_path)
+    ids, pixels = image_prompt(model, tok, "FEN:", str(picture))
+    assert ids[:16] == [model.image_token_id] * 16 and len(ids) > 16
+    want = tok.decode(generate(model, ids, SamplingConfig(6), images=pixels).tokens)
+    cli = [sys.executable, "-m", "fcwork.cli", "--workspace", str(tw.ws.root), "generate", run.name, "FEN:",
+           "--image", str(picture), "-n", "6", "-t", "0", "--device", "cpu"]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=300, cwd=ENGINE_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip("\n") == want.rstrip("\n")
+    with pytest.raises(FcError, match=r"^--image .*none\.png: cannot read \(No such file or directory\)$"):
+        image_prompt(model, tok, "FEN:", str(run / "none.png"))
+    (run / "notes.png").write_text("not an image")
+    with pytest.raises(FcError, match=r"notes\.png: not an image \(expected a PNG, JPEG"):
+        image_prompt(model, tok, "FEN:", str(run / "notes.png"))
 
 
 def test_joint_mixes_text_and_images_and_resumes_exactly_after_sigkill(vision_workspace):

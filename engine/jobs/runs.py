@@ -34,6 +34,11 @@ def run_domains(profile: Profile, stage: StageConfig) -> dict[str, float]:
     return normalise(weights)  # cannot fail: parse_profile checked both mixes
 
 
+def stage_image_domains(profile: Profile, stage: StageConfig) -> list[str]:
+    """The image-text domains a stage trains on (weighted in its starting mix): empty for a text stage."""
+    return [d for d in run_domains(profile, stage) if d in profile.image_domains]
+
+
 def _check_data(ws: Workspace, profile: Profile, domains: list[str]) -> tuple[Path, str, Path, int]:
     """Tokenizer path and hash, shard folder and vocabulary size; one-line errors when missing."""
     tok_path = ws.tokenizer_path(profile.tokenizer_name)
@@ -116,7 +121,7 @@ def create_run(ws: Workspace, profile: Profile, stage_name: str) -> Path:
     needs: resolved model shape, tokenizer hash, shard folder, init checkpoint, starting mix."""
     stage = profile.stage(stage_name)
     mix = run_domains(profile, stage)
-    image_domains = [d for d in mix if d in profile.image_domains]
+    image_domains = stage_image_domains(profile, stage)
     text = [d for d in mix if d not in image_domains]
     tok_path, tok_hash, shard_dir, vocab = _check_data(ws, profile, text)
     init_ckpt = find_init_checkpoint(ws, profile, stage_name, stage.init_from) if stage.init_from else None

@@ -448,7 +448,8 @@ class Trainer:
         precision = self.dev.precision if self.dev else "auto"
         try:
             est = memory_estimate(self.spec.model, st.seq_len, st.micro_batch, st.activation_checkpointing,
-                                  precision, device, devices=st.world_size, strategy=st.strategy)
+                                  precision, device, include_vision=bool(self.spec.image_domains),
+                                  devices=st.world_size, strategy=st.strategy)
         except FcError:
             return message
         return (f"{message} (`fcwork model info` estimates {est['total'] / 2**30:,.2f} GiB for this stage "
