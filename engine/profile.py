@@ -194,6 +194,9 @@ class StageConfig:
     eval_probes: bool = True  # each eval also runs the domain probes and one sample per domain
     log_every: int = spec(1, _positive, "a positive integer")
     init_from: str = ""
+    # A local SigLIP checkpoint folder (*.safetensors of a SiglipVisionModel, SiglipModel or LLaVA) to
+    # start the vision tower from, instead of from scratch; its shape must be the model's tower.
+    vision_init: str = ""
     seed: int = spec(0, _non_negative, "a non-negative integer")
     max_restarts: int = spec(2, _non_negative, "a non-negative integer")
     mix: dict[str, float] = spec(default_factory=dict)

@@ -143,3 +143,22 @@ def test_pixel_shuffle_and_placeholder_expansion():
     assert bad.check() == ["pixel_shuffle: expected a divisor of the patch grid's side (4), got 3"]
     with pytest.raises(ModelError, match="pixel_shuffle: LLaVA feeds every patch"):
         llava_config_dict(ModelConfig(**{**SMALL.__dict__, "pixel_shuffle": 2}), IMAGE_ID)
+
+
+def test_tower_starts_from_a_local_siglip_checkpoint(tmp_path):
+    from engine.train.images import load_siglip
+
+    theirs = spread(transformers.SiglipVisionModel(
+        transformers.SiglipVisionConfig(**siglip_vision_config_dict(SMALL))), 5)
+    theirs.save_pretrained(tmp_path / "siglip")
+    model = VisionLanguageModel(SMALL, IMAGE_ID)
+    assert load_siglip(str(tmp_path / "siglip"), model) == len(model.vision.state_dict())
+    pixels = to_pixels(images(1, SMALL.image_size))
+    with torch.no_grad():
+        assert (model.vision(pixels) - theirs(pixel_values=pixels).last_hidden_state).abs().max() < 1e-5
+    other = ModelConfig(**{**SMALL.__dict__, "vision_width": 32})
+    with pytest.raises(ModelError, match=r"siglip: embeddings\.patch_embedding\.\w+: shape \[48.*\] does not "
+                                         r"match the model's \[32"):
+        load_siglip(str(tmp_path / "siglip"), VisionLanguageModel(other, IMAGE_ID))
+    with pytest.raises(ModelError, match="expected a folder with SigLIP"):
+        load_siglip(str(tmp_path / "nothing"), model)

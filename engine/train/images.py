@@ -211,3 +211,37 @@ def caption_eval(model: torch.nn.Module, pairs: dict, count: int, seq_len: int, 
     finally:
         model.train(was_training)
     return out
+
+
+def load_siglip(folder: str, model: torch.nn.Module) -> int:
+    """Start the tower from a local SigLIP checkpoint folder (its *.safetensors; the vision tower's
+    tensors found under any of hf_names.SIGLIP_PREFIXES); returns the tensors loaded. One-line
+    ModelError for a folder without them or of another shape."""
+    from safetensors import safe_open
+
+    from engine.errors import ModelError
+    from engine.model.hf_names import SIGLIP_PREFIXES
+
+    root = Path(folder).expanduser()
+    files = sorted(root.glob("*.safetensors")) if root.is_dir() else []
+    if not files:
+        raise ModelError(f"vision_init {folder}: expected a folder with SigLIP *.safetensors files")
+    want = {k: tuple(v.shape) for k, v in model.vision.state_dict().items()}
+    found: dict[str, torch.Tensor] = {}
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            for name in f.keys():
+                for prefix in SIGLIP_PREFIXES:
+                    if name.startswith(prefix) and name[len(prefix):] in want:
+                        found.setdefault(name[len(prefix):], f.get_tensor(name))
+                        break
+    missing = [k for k in want if k not in found]
+    if missing:
+        raise ModelError(f"vision_init {folder}: {missing[0]}: missing (expected a SigLIP vision tower of "
+                         f"{model.cfg.vision_layers} layers, width {model.cfg.vision_width})")
+    for name, t in found.items():
+        if tuple(t.shape) != want[name]:
+            raise ModelError(f"vision_init {folder}: {name}: shape {list(t.shape)} does not match the model's "
+                             f"{list(want[name])}")
+    model.vision.load_state_dict(found)
+    return len(found)

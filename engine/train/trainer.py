@@ -167,6 +167,9 @@ class Trainer:
             if self.spec.init_from:
                 self.init_from(self.spec.init_from)
                 origin = f"initialised from {self.spec.init_from}"
+            if self.spec.stage.vision_init and hasattr(self.model, "vision"):
+                n = vision.load_siglip(self.spec.stage.vision_init, self.model)
+                origin += f", tower from {self.spec.stage.vision_init} ({n} tensors)"
         return origin, self.replay_requests(last_request)
 
     def resume(self, where: Path) -> int:
