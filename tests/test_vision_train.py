@@ -13,6 +13,7 @@ import torch
 
 from engine.errors import FcError
 from engine.eval.probes.vision import fen_squares, square_accuracy
+from engine.jobs.rundir import RunDir
 from engine.profile import loads_profile
 from tests.train_fixtures import (
     ENGINE_ROOT, events_of, kill, log_tail, make_run, start_trainer, step_losses, train_here, wait_for,
@@ -149,6 +150,9 @@ def test_joint_mixes_text_and_images_and_resumes_exactly_after_sigkill(vision_wo
     domains = set().union(*(e["domain_loss"] for e in events_of(reference, "step")))
     assert {"caption", "code"} <= domains
     assert set(events_of(reference, "eval")[-1]["domain_loss"]) >= {"caption", "code", "science"}
+    # The Metrics pane draws from this fold: caption's training and held-out curves beside the text domains'.
+    history = RunDir(reference).history()
+    assert "caption" in history.domains() and {"loss/caption", "eval/caption", "loss/code"} <= set(history.series)
 
     run = make_run(vision_workspace, "joint")
     proc = start_trainer(run)
