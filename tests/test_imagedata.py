@@ -281,3 +281,78 @@ def test_build_counts_skips_and_is_incremental(train_workspace, tmp_path):
     assert imagedata.prepare_images(tw.ws, prof, size=8) is True
     assert imagedata.open_image_data(tw.ws, prof, size=8)["caption"].image(0).shape == (8, 8, 3)
     assert imagedata.images_are_current(tw.ws, prof, 16)
+    # `fcwork data verify` reads the image shards and the caption shards too, and names a damaged one.
+    from tests.test_cli_data import fcwork
+
+    ok = fcwork(tw.ws.root, "data", "verify", "imgfx")
+    assert ok.returncode == 0 and "16px/caption.img" in ok.stdout and "16px/heldout/caption.cap" in ok.stdout
+    img = imagedata.image_dir(tw.ws, prof, 16) / "caption.img"
+    raw = bytearray(img.read_bytes())
+    raw[-1] ^= 0xFF
+    img.write_bytes(bytes(raw))
+    bad = fcwork(tw.ws.root, "data", "verify", "imgfx")
+    assert bad.returncode == 1 and "checksum mismatch" in bad.stdout and "1 problem" in bad.stderr
+
+
+def test_held_out_pairs_keep_their_ground_truth(train_workspace):
+    from engine.data import imagedata
+
+    tw = train_workspace
+    path = tw.ws.profiles_dir / "truthfx.toml"
+    text = tw.profile.path.read_text().replace('name = "trainfx"', 'name = "truthfx"').replace(
+        "chess = 0.2", "chess = 0.2\ncaption = 0").replace("[tokenizer]", "[data]\nimage_size = 8\nheldout_fraction = 0.2\n\n[tokenizer]")
+    path.write_text(text + '\n[[sources]]\nname = "boards"\ndomain = "caption"\nformat = "builtin:chess-diagrams"\nmax_docs = 30\n')
+    prof = tw.ws.load_profile("truthfx")
+    imagedata.build_images(tw.ws, prof)
+    held = imagedata.pair_records(tw.ws, prof, "caption")
+    assert held and all(r["source"] == "boards" for r in held)
+    fen_pairs = [r for r in held if r["text"].startswith("FEN: ")]
+    assert fen_pairs and all(r["text"] == "FEN: " + r["meta"]["fen"] for r in fen_pairs)
+    import chess
+
+    assert all(chess.Board(r["meta"]["fen"] + " w - - 0 1").board_fen() == r["meta"]["fen"] for r in fen_pairs)
+    from engine.errors import DataError
+
+    with pytest.raises(DataError, match="missing"):
+        imagedata.pair_records(tw.ws, prof, "nope")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('image = "jpg"\nformat = "jsonl"\npath = "x"', "sources[0].image: only for formats webdataset, parquet"),
+    ('image = "jpg"\nformat = "parquet"\npath = "x"\ntemplate = "{a}"', "sources[0].template: not for image-text"),
+])
+def test_image_keys_are_checked(extra, message):
+    from engine.errors import ProfileError
+
+    base = '[profile]\nname = "p"\n[mix]\ncaption = 1\n[[sources]]\nname = "s"\ndomain = "caption"\n'
+    with pytest.raises(ProfileError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        loads_profile(base + extra, "p.toml")
+
+
+def test_text_and_image_sources_keep_their_domains_apart():
+    from engine.data.corpus import check_domains, domain_shares
+    from engine.errors import ProfileError
+
+    base = ('[profile]\nname = "p"\n[mix]\ncode = 1\ncaption = 0.5\n'
+            '[[sources]]\nname = "c"\ndomain = "code"\nformat = "text"\npath = "x"\n'
+            '[[sources]]\nname = "i"\ndomain = "caption"\nformat = "builtin:charts"\n')
+    prof = loads_profile(base)
+    assert prof.image_domains == ["caption"] and domain_shares(prof) == {"code": 1.0}
+    check_domains(prof)  # a weighted image-text domain needs no text corpus
+    with pytest.raises(ProfileError, match="sources.2..domain: expected a domain without image-text sources"):
+        loads_profile(base + '[[sources]]\nname = "t"\ndomain = "caption"\nformat = "text"\npath = "y"\n')
+
+
+GOOD_PNG = _encoded("PNG", (24, 16), (10, 200, 90))
+
+
+@settings(max_examples=80, deadline=None)
+@given(base=st.sampled_from([GOOD_JPG, GOOD_PNG, _encoded("WEBP"), _encoded("GIF")]), data=st.data())
+def test_damaged_images_never_raise(base, data):
+    """Cut short and bytes flipped anywhere: decoding gives pixels or a reason, never an exception."""
+    raw = bytearray(base[: data.draw(st.integers(0, len(base)), label="cut")])
+    for pos in data.draw(st.lists(st.integers(0, max(len(raw) - 1, 0)), max_size=4), label="flips"):
+        if raw:
+            raw[pos] ^= 0xA5
+    out = decode_image(bytes(raw), 8, 20_000_000)
+    assert isinstance(out, str) or (out.shape == (8, 8, 3) and out.dtype == np.uint8)

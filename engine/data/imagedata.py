@@ -33,6 +33,7 @@ from typing import Callable
 
 from engine.atomic import atomic_write_text
 from engine.data.corpus import is_heldout
+from engine.data.imagesources import BUILTIN_IMAGES
 from engine.data.imageshards import FORMAT_VERSION, ImageShard, ImageShardWriter, image_paths, open_images
 from engine.data.shards import Shard, ShardWriter, open_shard, shard_counts
 from engine.errors import DataError, ShardError
@@ -158,8 +159,15 @@ def build_domain(profile: Profile, domain: str, size: int, out: Path, progress: 
     skipped: Counter = Counter()
     seen: set[bytes] = set()
     base_dir = profile.path.parent if profile.path else None
+    sources = [s for s in profile.sources if s.domain == domain and s.is_image]
+    # A bar when every source says how many images it gives at most (max_docs, or a built-in's 600).
+    caps = [s.max_docs or (BUILTIN_IMAGES if s.builtin else 0) for s in sources]
+    expected = sum(caps) if all(caps) else 0
+    label = f"images {domain}"
+    if not expected:
+        progress(f"{label}: decoding", 0, 0)
     try:
-        for src in (s for s in profile.sources if s.domain == domain and s.is_image):
+        for src in sources:
             stats = SourceStats()
             kept = 0
             for sample in iter_image_source(src, stats, base_dir, seed=profile.profile.seed):
@@ -182,13 +190,15 @@ def build_domain(profile: Profile, domain: str, size: int, out: Path, progress: 
                     summary.pairs += len(sample.captions)
                     summary.caption_bytes += nbytes
                 kept += 1
-                if kept % 64 == 0:
-                    progress(f"images {domain}", summary.images + summary.heldout_images, 0)
+                if expected and kept % 64 == 0:
+                    progress(label, min(summary.images + summary.heldout_images, expected), expected)
             summary.sources[src.name] = kept
             skipped.update(stats.skipped)
             summary.problems += stats.problems
         for split in splits:
             split.close()
+        if expected:
+            progress(label, expected, expected)
     except BaseException:
         for split in splits:
             split.abort()
@@ -202,9 +212,13 @@ def build_images(ws: Workspace, profile: Profile, size: int | None = None, progr
                  rebuild: bool = False) -> dict[str, ImageDomainSummary]:
     """Build the image-text domains that are out of date at `size` (default `data.image_size`), keep
     the rest; the manifest is written last, atomically. Returns the summaries of every domain."""
+    from engine.data.corpus import check_sources_found
+
     size = size or profile.data.image_size
     out = image_dir(ws, profile, size)
     plan = plan_images(ws, profile, size, rebuild)
+    profile_dir = profile.path.parent if profile.path else None
+    check_sources_found(profile, [s for s in profile.sources if s.is_image and plan.get(s.domain) == "build"], profile_dir)
     previous = (read_image_manifest(ws, profile, size) or {}).get("domains", {})
     summaries: dict[str, ImageDomainSummary] = {}
     for dom, action in plan.items():
@@ -282,6 +296,7 @@ def encode_captions(ws: Workspace, profile: Profile, size: int | None = None, pr
                     for ids in tok.encode_batch(lines[k:k + 256]):
                         writer.add(ids)
                     progress(f"captions {dom}", k, len(lines))
+                progress(f"captions {dom}", len(lines), len(lines))
     stamp = {"tokenizer_hash": tok.hash,
              "domains": {d: m.get("build_id") for d, m in domains.items()}}
     atomic_write_text(out / STAMP, json.dumps(stamp) + "\n")
@@ -350,6 +365,22 @@ def open_pairs(prefix: Path, domain: str, size: int, tokenizer_hash: str | None 
         raise ShardError(f"{prefix}.cap.bin: {captions.n_docs} captions for {shard.n_pairs} pairs (stale): "
                          "run `fcwork data prepare`")
     return ImagePairs(domain, shard, captions)
+
+
+def pair_records(ws: Workspace, profile: Profile, domain: str, size: int | None = None,
+                 heldout: bool = True) -> list[dict]:
+    """The captions of a domain's pairs in pair order: {"text", "source", "meta"}, meta holding a
+    built-in's ground truth (a diagram's `fen` and `turn`; a chart's `kind`, `labels`, `values`)
+    for the probes; held-out side by default."""
+    out = image_dir(ws, profile, size or profile.data.image_size)
+    path = (out / "heldout" if heldout else out) / f"{domain}.captions.jsonl"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (run `fcwork data prepare {profile.name}`)") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
 
 
 def open_image_data(ws: Workspace, profile: Profile, size: int | None = None, heldout: bool = False,

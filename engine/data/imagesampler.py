@@ -23,7 +23,14 @@ So the loss tokens of a step are `loss_mask.sum()`: with text fill every non-ima
 The image micro-batch decision, the image domain and the pair are drawn from counter-based hashes
 of (seed, first_index) on streams of their own, independent of the text sampler's draws.
 
-No torch here: the trainer turns the arrays into tensors.
+No torch here: the trainer turns the arrays into tensors. In a trainer:
+
+    prepare_images(ws, profile, size)                       # engine.data.imagedata; no-op when current
+    pairs = open_image_data(ws, profile, size, tokenizer_hash=h, vocab_size=v)
+    sampler = ImageTextSampler(pairs, text_shards, seq_len, seed, schedule, image_token_id, eos_id, n_patches)
+    mb = sampler.micro_batch(step, sequence_index(step, m, rank, ...), micro_batch)
+    # mb.tokens, mb.loss_mask, mb.domain_ids; mb.image (or None) goes to the tower; a live mix change:
+    # sampler.check(mix), then sampler.schedule.add(step, mix)
 """
 
 from __future__ import annotations
@@ -112,12 +119,11 @@ def image_row(pairs: ImagePairs, p: int, seq_len: int, image_token_id: int, imag
     width = seq_len + 1
     if image_tokens < 1 or image_tokens >= width - 1:
         raise DataError(f"image sampler: image_tokens {image_tokens}: expected 1 to {width - 2} for seq_len {seq_len}")
-    caption = np.asarray(pairs.caption(p), dtype=np.int64)[: width - image_tokens - 1]
+    caption = np.asarray(pairs.caption(p), dtype=np.int64)[: width - image_tokens]
     row = np.full(width, eos_id, dtype=np.int64)
     row[:image_tokens] = image_token_id
     row[image_tokens:image_tokens + caption.size] = caption
-    end = image_tokens + caption.size + 1  # the EOS (or the window's end)
-    end = min(end, width)
+    end = min(image_tokens + caption.size + 1, width)  # after the EOS, or the window's end
     caption_len = end - image_tokens
     mask = np.zeros(seq_len, dtype=bool)
     mask[image_tokens - 1:end - 1] = True  # targets image_tokens .. end - 1
@@ -225,6 +231,21 @@ class ImageTextSampler:
         dom[0] = len(self.text_domains) + self.image_domains.index(domain)
         return MicroBatch(tokens, dom, mask, image=pairs.image(p), image_row=0, image_tokens=self.image_tokens,
                           caption_len=caption_len, domain=domain, pair=p)
+
+    def epochs(self, tokens_drawn: Mapping[str, int]) -> dict[str, float]:
+        """Passes per domain: text domains as the text sampler counts them; an image-text domain's
+        tokens drawn over its pairs' tokens (captions with EOS plus the image positions)."""
+        out = {}
+        text = {d: n for d, n in tokens_drawn.items() if d not in self.pairs}
+        if text:
+            if self.text is None:
+                raise DataError(f"image sampler: domain {next(iter(text))!r} has no data (domains: {', '.join(self.domains)})")
+            out.update(self.text.epochs(text))
+        for d, n in tokens_drawn.items():
+            if d in self.pairs:
+                total = self.pairs[d].captions.n_tokens + self.pairs[d].n_pairs * self.image_tokens
+                out[d] = n / total if total else 0.0
+        return out
 
     def state(self) -> dict[str, Any]:
         """Nothing to save beyond the text sampler's: every draw is recomputed from (seed, step, index)."""

@@ -34,10 +34,11 @@ from engine.errors import DataError
 from engine.profile import SourceConfig
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
-MAX_IMAGE_BYTES = 64 << 20  # an encoded image larger than this is skipped unread
+MAX_MEMBER_BYTES = 64 << 20  # a tar member (image or caption) larger than this is skipped unread
 MAX_CAPTION_CHARS = 4000
 IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
-PAD_GREY = 128  # letterbox bars: mid grey, neutral for any image's statistics
+PAD_GREY = 128
+BUILTIN_IMAGES = 600  # images a built-in image source gives without max_docs  # letterbox bars: mid grey, neutral for any image's statistics
 
 
 @dataclass
@@ -131,7 +132,7 @@ def iter_image_source(src: SourceConfig, stats: SourceStats, base_dir: Path | No
         gen = IMAGE_SOURCES.get(src.builtin)
         if gen is None:
             raise DataError(f"builtin:{src.builtin}: unknown built-in image source (known: {', '.join(IMAGE_SOURCES)})")
-        samples = gen.generate(seed)
+        samples = gen.generate(seed, src.max_docs or BUILTIN_IMAGES)
     else:
         try:
             paths = source_paths(src, base_dir)
@@ -175,18 +176,23 @@ def _iter_files(src: SourceConfig, stats: SourceStats, paths: list[str]) -> Iter
 def _caption_of(members: dict[str, bytes], src: SourceConfig, fmt: RecordFormat, stats: SourceStats) -> Any:
     wanted = ("txt", "text") if src.field == "text" else (src.field.lower(),)
     for suffix in wanted:
+        if members.get(suffix) is _TOO_LARGE:
+            return None
         if suffix in members:
             try:
                 return members[suffix].decode("utf-8")
             except UnicodeDecodeError:
                 stats.skip("invalid UTF-8")
                 return ""
-    if "json" in members:
+    if "json" in members and members["json"] is not _TOO_LARGE:
         try:
             return fmt.render(json.loads(members["json"]))
         except (ValueError, RecordSkip, AttributeError):
             return None
     return None
+
+
+_TOO_LARGE = b"too large"  # stands for a member skipped unread (compared by identity)
 
 
 def _read_tar(path: str, src: SourceConfig, stats: SourceStats) -> Iterator[ImageSample]:
@@ -200,6 +206,8 @@ def _read_tar(path: str, src: SourceConfig, stats: SourceStats) -> Iterator[Imag
         if image is None:
             stats.skip("no image member")
             return None
+        if image is _TOO_LARGE:
+            return None  # counted when it was seen
         caption = _caption_of(members, src, fmt, stats)
         if caption is None:
             stats.skip("no caption")
@@ -217,9 +225,9 @@ def _read_tar(path: str, src: SourceConfig, stats: SourceStats) -> Iterator[Imag
                 key, members = k, {}
             suffix = member_suffix(name)
             if suffix in suffixes or suffix in caption_suffixes:
-                if member.size > MAX_IMAGE_BYTES:
-                    stats.skip("image too large")
-                    members[suffix] = b""
+                if member.size > MAX_MEMBER_BYTES:
+                    stats.skip("member too large")
+                    members[suffix] = _TOO_LARGE
                     continue
                 members[suffix] = read()
         if key is not None and (s := sample()) is not None:

@@ -5,8 +5,10 @@ them why it is invalid), and sends it to the running stage as a control request;
 `answer` to it is shown as "applied at step N". Beside each weight is the share the running stage
 trains with now (its live mix, which run it is and since which step on the line below), so a live
 change is never mistaken for lost. ctrl+o writes the typed weights into the profile's [mix] in place.
-ctrl+b prepares the profile's data (corpus, tokenizer, shards, each only when out of date) in a
-child process (fcwork.jobs), with its progress shown under the sources.
+ctrl+b prepares the profile's data (corpus, tokenizer, shards, image-text pairs, each only when out
+of date) in a child process (fcwork.jobs), with its progress shown under the sources. A profile
+with image-text sources also gets, under the mix, each image domain's counts (images, pairs, what
+was skipped and why) and a sample image drawn in half blocks with its caption.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from fcwork.format import fmt_bytes
 from fcwork.panes.base import Pane
 from fcwork.widgets.bars import Bar
 from fcwork.widgets.colors import theme_color
+from fcwork.widgets.halfblock import ImagePreview
 from fcwork.widgets.row_table import RowTable
 from fcwork.widgets.textline import PartsLine
 
@@ -68,10 +71,17 @@ def describe_sources(ws: Any, profile: Any) -> list[SourceRow]:
     base = profile.path.parent if profile.path else None
     manifest = read_manifest(ws.raw_dir(profile.name)) or {}
     domains = manifest.get("domains", {}) if isinstance(manifest.get("domains"), dict) else {}
+    images = _image_manifest(ws, profile).get("domains", {}) if profile.image_domains else {}
     rows = []
     for src in profile.sources:
         info = describe_source(src, base)
         tokens = "-"
+        if src.is_image:  # image-text sources: the images kept at the last build, not tokens
+            kept = ((images.get(src.domain) or {}).get("sources") or {}).get(src.name)
+            tokens = f"{fmt_count(kept)} img" if isinstance(kept, int) else "-"
+            rows.append(SourceRow(info.name, info.domain, info.format, info.status,
+                                  fmt_bytes(info.bytes) if info.files else "-", tokens))
+            continue
         dom = domains.get(src.domain) or {}
         docs_by_source = dom.get("sources") or {}
         est, docs = dom.get("est_tokens"), dom.get("docs")
@@ -83,6 +93,57 @@ def describe_sources(ws: Any, profile: Any) -> list[SourceRow]:
         size = fmt_bytes(info.bytes) if info.files else "-"
         rows.append(SourceRow(info.name, info.domain, info.format, info.status, size, tokens))
     return rows
+
+
+def _image_manifest(ws: Any, profile: Any) -> dict:
+    from engine.data.imagedata import read_image_manifest
+
+    return read_image_manifest(ws, profile) or {}
+
+
+@dataclass
+class ImageRow:
+    """One image-text domain as the pane shows it: its counts, skips, and where its sample comes from."""
+
+    domain: str
+    line: str  # "caption 64 px: 1,154 images, 1,723 pairs (34 held out); skipped 2 corrupt image"
+    build_id: str
+
+
+def describe_images(ws: Any, profile: Any) -> tuple[list[ImageRow], Any, str]:
+    """The image-text domains at `data.image_size` (from the image build's manifest), and a sample:
+    the first training image of the first built domain (uint8 pixels) with its caption."""
+    import json
+
+    from engine.data.imagedata import image_dir
+    from engine.data.imageshards import open_images
+    from engine.errors import ShardError
+
+    manifest = _image_manifest(ws, profile)
+    size = manifest.get("size", profile.data.image_size)
+    built = manifest.get("domains") or {}
+    rows, pixels, caption = [], None, ""
+    for dom in profile.image_domains:
+        m = built.get(dom)
+        if not isinstance(m, dict):
+            rows.append(ImageRow(dom, f"{dom}: not built yet (ctrl+b builds it)", ""))
+            continue
+        skipped = ", ".join(f"{n:,} {why}" for why, n in (m.get("skipped") or {}).items())
+        line = (f"{dom} {size} px: {m.get('images', 0):,} images, {m.get('pairs', 0):,} pairs "
+                f"({m.get('heldout_pairs', 0):,} held out)" + (f"; skipped {skipped}" if skipped else "; nothing skipped"))
+        if m.get("problems"):
+            line += f"; {len(m['problems'])} problem(s): {m['problems'][0]}"
+        rows.append(ImageRow(dom, line, str(m.get("build_id", ""))))
+        if pixels is None and m.get("images"):
+            folder = image_dir(ws, profile, size)
+            try:
+                shard = open_images(folder / dom)
+                pixels = shard.image(0).copy()
+                with open(folder / f"{dom}.captions.jsonl", encoding="utf-8") as fh:
+                    caption = str(json.loads(fh.readline()).get("text", ""))
+            except (ShardError, OSError, ValueError, IndexError):
+                pixels, caption = None, ""
+    return rows, pixels, caption
 
 
 class ManifestPane(Pane):
@@ -117,9 +178,11 @@ class ManifestPane(Pane):
             self.path = path
 
     class SourcesLoaded(Message):
-        def __init__(self, profile_name: str, rows: list[SourceRow]) -> None:
+        def __init__(self, profile_name: str, rows: list[SourceRow], images: list[ImageRow] | None = None,
+                     pixels: Any = None, caption: str = "") -> None:
             super().__init__()
             self.profile_name, self.rows = profile_name, rows
+            self.images, self.pixels, self.caption = images or [], pixels, caption
 
     class DataProgress(Message):
         """A line of the data job's progress (done < 0: the job ended)."""
@@ -147,6 +210,7 @@ class ManifestPane(Pane):
         self._status = ""
         self._rows: list[SourceRow] | None = None
         self._live: Any = ()  # what the live column shows: (run, step, from step, mix), None: no run; (): not drawn
+        self._images: list[ImageRow] | None = None  # the image-text rows on screen
 
     def compose(self) -> ComposeResult:
         yield Label("Sources", markup=False, id="sources-title", classes="pane-title")
@@ -159,6 +223,11 @@ class ManifestPane(Pane):
                          id="mix-head", classes="mix-row")
         yield Vertical(id="mix-rows")
         yield Static("", markup=False, id="mix-status")
+        with Vertical(id="images"):
+            yield Label("Image-text pairs", markup=False, classes="pane-title")
+            with Horizontal(id="images-row"):
+                yield ImagePreview(id="image-preview")
+                yield Static("", markup=False, id="image-info")
 
     def _set_columns(self) -> None:
         """The sources table's columns: the format (long, and the least needed) only where it fits."""
@@ -179,6 +248,7 @@ class ManifestPane(Pane):
         self._set_columns()
         self.query_one("#data-status").display = False
         self.query_one("#data-progress").display = False
+        self.query_one("#images").display = False
         self.set_interval(SOURCES_S, self._tick)
         self.set_interval(REDRAW_S, lambda: self.active and self.redraw())
 
@@ -474,9 +544,22 @@ class ManifestPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="manifest-sources")
     def load_sources(self, profile: Any) -> None:
-        self.post_message(self.SourcesLoaded(profile.name, describe_sources(self.ws, profile)))
+        images, pixels, caption = describe_images(self.ws, profile) if profile.image_domains else ([], None, "")
+        self.post_message(self.SourcesLoaded(profile.name, describe_sources(self.ws, profile), images, pixels, caption))
+
+    def _show_images(self, event: ManifestPane.SourcesLoaded) -> None:
+        if event.images == self._images:
+            return
+        self._images = event.images
+        self.query_one("#images").display = bool(event.images)
+        lines = [r.line for r in event.images]
+        if event.pixels is not None:  # the caption beside the image, whole (under it, it would be cut)
+            lines.append(f"sample: {event.caption}")
+        self.query_one("#image-info", Static).update(Text("\n".join(lines)))
+        self.query_one("#image-preview", ImagePreview).show(event.pixels)
 
     def on_manifest_pane_sources_loaded(self, event: ManifestPane.SourcesLoaded) -> None:
+        self._show_images(event)
         if event.rows == self._rows:
             return
         self._rows = event.rows

@@ -50,10 +50,11 @@ class BuiltinImageSource:
     name: str
     domain: str
     description: str
-    module: str  # engine.data.builtin.<module> has generate(seed) -> Iterator[ImageSample]
+    module: str  # engine.data.builtin.<module> has generate(seed, count) -> Iterator[ImageSample]
 
-    def generate(self, seed: int) -> Iterator:
-        return importlib.import_module(f"engine.data.builtin.{self.module}").generate(seed)
+    def generate(self, seed: int, count: int = 600) -> Iterator:
+        """`count` samples for `seed` (deterministic: the first n of a larger count are the same)."""
+        return importlib.import_module(f"engine.data.builtin.{self.module}").generate(seed, count)
 
 
 IMAGE_SOURCES: dict[str, BuiltinImageSource] = {

@@ -82,12 +82,12 @@ def positions(rng: random.Random) -> Iterator[tuple[chess.Board, str]]:
     for san in opening.san.split():
         board.push_san(san)
     for _ in range(rng.randint(2, 6)):
-        yield board.copy(stack=False), opening.name
-        for _ in range(rng.randint(1, 8)):
+        for _ in range(rng.randint(1, 8)):  # at least one move past the book: fewer repeated boards
             moves = list(board.legal_moves)
             if not moves:
                 return
             board.push(moves[rng.randrange(len(moves))])
+        yield board.copy(stack=False), opening.name
 
 
 def describe(board: chess.Board, opening: str) -> str:
