@@ -84,9 +84,7 @@ class ImageBatches:
         self.sampler.check(weights)
 
     def epochs(self, tokens_drawn: dict[str, int]) -> dict[str, float]:
-        text = self.sampler.text
-        out = text.epochs({d: n for d, n in tokens_drawn.items() if d in text.shards}) if text else {}
-        return out
+        return self.sampler.epochs(tokens_drawn)
 
 
 def open_image_pairs(spec: RunSpec, heldout: bool) -> dict:
