@@ -296,6 +296,8 @@ class Trainer:
             every = self.sampler.domain_counts(step, first, st.grad_accum * par.world * st.micro_batch)
         if every is not None:
             dom_count = every
+        elif par.world > 1:  # image micro-batches: each rank knows its own rows; one small all-reduce
+            dom_count = par.sum(torch.as_tensor(dom_count, device=dev.device)).cpu().numpy()
         for i, d in enumerate(self.domain_names):
             self.tokens_drawn[d] = self.tokens_drawn.get(d, 0) + int(dom_count[i]) * (st.seq_len + 1)
         grads = [p for p in model.parameters() if p.grad is not None]
