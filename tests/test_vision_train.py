@@ -114,6 +114,12 @@ def test_align_trains_tower_and_projector_only_and_reports_caption_loss(vision_w
     probes = evals[-1]["probes"]  # read off held-out boards and charts, checked against their ground truth
     assert 0 <= probes["fen"]["square_accuracy"] <= 1 and 0 <= probes["chart"]["exact"] <= 1
     _generate_with_an_image(vision_workspace, run)
+    # `fcwork eval` scores the same: caption bits per byte beside the text domains, and the image probes.
+    from engine.eval.harness import EvalLimits, eval_run
+
+    rec = eval_run(run, limits=EvalLimits(bpb_docs=4, samples=0, chess=2, code=2, data=2, science=2), save=False)
+    assert rec["metrics"]["domain_bpb"]["caption"] > 0 and "code" in rec["metrics"]["domain_bpb"]
+    assert {"fen", "chart"} <= set(rec["metrics"]["probes"]) and rec["probe_versions"]["vision"] == 1
 
 
 def _generate_with_an_image(tw, run):

@@ -1,5 +1,6 @@
 """The trainer's vision half: the model with its tower, per-part learning rates, image-text batches,
-and the caption loss on held-out pairs.
+and a tower started from a local SigLIP checkpoint (the held-out caption loss and image probes are
+engine.eval.probes.vision's).
 
 A stage trains with images when its run has image-text domains (stage.toml's [images]); the
 sampler is engine.data.imagesampler (at most one image per micro-batch, counter-based, so exact
@@ -9,7 +10,6 @@ resume after SIGKILL holds with images). Every micro-batch, with or without an i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +18,11 @@ import torch
 
 from engine.data.sampler import MixSchedule, Sampler
 from engine.errors import DataError
+from engine.eval.probes.vision import masked_targets, open_image_pairs, pixels
 from engine.jobs.spec import RunSpec
-from engine.model.decoder import IGNORE
+
+__all__ = ["Batch", "ImageBatches", "TextBatches", "build_model", "masked_targets", "open_image_pairs",
+           "param_groups", "pixels"]
 
 PARTS = ("decoder", "vision", "projector")
 
@@ -87,19 +90,6 @@ class ImageBatches:
         return self.sampler.epochs(tokens_drawn)
 
 
-def open_image_pairs(spec: RunSpec, heldout: bool) -> dict:
-    """The run's image-text domains (training side or held-out), checked against its tokenizer."""
-    from engine.data.imagedata import open_pairs
-
-    base = spec.images / "heldout" if heldout else spec.images
-    out = {}
-    for d in spec.image_domains:
-        if heldout and not (base / f"{d}.img").exists():
-            continue
-        out[d] = open_pairs(base / d, d, spec.model.image_size, spec.tokenizer_hash, spec.model.vocab_size)
-    return out
-
-
 def image_token_id(spec: RunSpec) -> int:
     from engine.data.tokenizer import Tokenizer
     from engine.eval.run_model import image_token_id as lookup
@@ -164,51 +154,6 @@ def init_weights(where: Path, model: torch.nn.Module, device) -> str:
     tensors = ckpt.read_weights(where, shapes, device)
     model.load_state_dict(tensors, strict=False)
     return "decoder, tower and projector" if has_tower else "decoder (a fresh tower and projector)"
-
-
-def pixels(image: np.ndarray | None, device) -> torch.Tensor | None:
-    """A batch's uint8 image as the tower's pixel values [1, 3, H, W] on `device` (None: no image)."""
-    if image is None:
-        return None
-    from engine.model.vision import to_pixels
-
-    return to_pixels(torch.from_numpy(np.array(image))[None]).to(device)
-
-
-def masked_targets(tokens: torch.Tensor, loss_mask: np.ndarray | None) -> torch.Tensor:
-    """tokens[:, 1:] with the targets that do not count set to IGNORE."""
-    targets = tokens[:, 1:]
-    if loss_mask is None:
-        return targets
-    return targets.masked_fill(~torch.as_tensor(loss_mask, device=tokens.device), IGNORE)
-
-
-@torch.no_grad()
-def caption_eval(model: torch.nn.Module, pairs: dict, count: int, seq_len: int, eos_id: int, dev) -> dict:
-    """Caption loss (nats per token) and bits per byte of the first `count` held-out pairs of each
-    image-text domain: `<image>` positions, caption, EOS; the loss on the caption and its EOS only."""
-    from engine.data.imagesampler import image_row
-
-    out: dict[str, dict[str, float]] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        for domain, side in pairs.items():
-            nats, tokens, nbytes = 0.0, 0, 0
-            for p in range(min(count, side.n_pairs)):
-                row, mask, _ = image_row(side, p, seq_len, model.image_token_id, model.cfg.image_tokens, eos_id)
-                x = torch.as_tensor(row[None]).to(dev.device)
-                with dev.autocast():
-                    per_token = model.loss(x[:, :-1], masked_targets(x, mask[None]), "none",
-                                           images=pixels(side.image(p), dev.device))
-                nats += float(per_token.double().sum())
-                tokens += int(mask.sum())
-                nbytes += side.caption_bytes(p) + 1  # the EOS ends the caption: a byte, as a newline would
-            if tokens:
-                out[domain] = {"loss": nats / tokens, "bpb": nats / (math.log(2) * nbytes)}
-    finally:
-        model.train(was_training)
-    return out
 
 
 def load_siglip(folder: str, model: torch.nn.Module) -> int:

@@ -23,6 +23,7 @@ import torch
 
 from engine.errors import DataError, FcError, RunError, differing_prefixes
 from engine.eval.harness import EvalLimits, evaluate_for_run, load_heldout, probe_docs
+from engine.eval.probes.vision import caption_eval
 from engine.jobs.events import EventWriter
 from engine.jobs.control import ControlRequest, request_path
 from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Answer, Event, RunState, Source
@@ -401,8 +402,8 @@ class Trainer:
             fields["domain_bpb"] = res.domain_bpb
         if self.eval_pairs:  # caption loss and bits per byte on held-out image-text pairs, beside the text domains
             st = self.spec.stage
-            captions = vision.caption_eval(model, self.eval_pairs, st.eval_batches * st.micro_batch, st.seq_len,
-                                           Tokenizer.load(self.spec.tokenizer).eos_id, self.dev)
+            captions = caption_eval(model, self.eval_pairs, st.eval_batches * st.micro_batch, st.seq_len,
+                                    Tokenizer.load(self.spec.tokenizer).eos_id, self.dev.autocast)
             fields["domain_loss"] = {**res.domain_loss, **{d: c["loss"] for d, c in captions.items()}}
             fields["domain_bpb"] = {**(res.domain_bpb or {}), **{d: c["bpb"] for d, c in captions.items()}}
             if not res.domain_loss:

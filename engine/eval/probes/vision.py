@@ -1,4 +1,5 @@
-"""Image probes with checked answers, on held-out image-text pairs (engine.data.imagedata):
+"""The vision half of evaluation, on held-out image-text pairs (engine.data.imagedata): caption loss
+and bits per byte (`caption_eval`), and image probes with checked answers (`image_probes`):
 
 - `fen`: the model sees a held-out board diagram and `FEN:`, and writes the position; the score is
   the share of the 64 squares it got right (empty or the right piece), over the boards.
@@ -10,10 +11,14 @@ The ground truth is the pairs' `meta` (`<domain>.captions.jsonl`, line k = pair 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 VERSION = 1
 FEN_TOKENS = 48
@@ -112,3 +117,75 @@ def image_probes(model, tok, pairs: dict, folder: Path, limit: int = 8) -> dict[
     if chart_hits:
         result["chart"] = {"exact": sum(chart_hits) / len(chart_hits), "n": len(chart_hits)}
     return result
+
+
+def open_image_pairs(spec, heldout: bool) -> dict:
+    """The run's image-text domains (training side or held-out) of an engine.jobs.spec.RunSpec,
+    checked against its tokenizer; a domain without held-out pairs is left out of the held-out side."""
+    from engine.data.imagedata import open_pairs
+
+    if spec.images is None:
+        return {}
+    base = spec.images / "heldout" if heldout else spec.images
+    out = {}
+    for d in spec.image_domains:
+        if heldout and not (base / f"{d}.img").exists():
+            continue
+        out[d] = open_pairs(base / d, d, spec.model.image_size, spec.tokenizer_hash, spec.model.vocab_size)
+    return out
+
+
+def pixels(image, device):
+    """A uint8 image [H, W, 3] as the tower's pixel values [1, 3, H, W] on `device` (None: no image)."""
+    if image is None:
+        return None
+    import torch
+
+    from engine.model.vision import to_pixels
+
+    return to_pixels(torch.from_numpy(np.array(image))[None]).to(device)
+
+
+def masked_targets(tokens, loss_mask: np.ndarray | None):
+    """tokens[:, 1:] with the targets outside `loss_mask` set to IGNORE (no loss)."""
+    import torch
+
+    from engine.model.decoder import IGNORE
+
+    targets = tokens[:, 1:]
+    if loss_mask is None:
+        return targets
+    return targets.masked_fill(~torch.as_tensor(loss_mask, device=tokens.device), IGNORE)
+
+
+def caption_eval(model, pairs: dict, count: int, seq_len: int, eos_id: int,
+                 autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, dict[str, float]]:
+    """Caption loss (nats per token) and bits per byte of the first `count` held-out pairs of each
+    image-text domain: `<image>` positions, caption, EOS; the loss on the caption and its EOS only,
+    over the caption's UTF-8 bytes + 1 for the EOS (as a newline would end it)."""
+    import torch
+
+    from engine.data.imagesampler import image_row
+
+    device = next(model.parameters()).device
+    out: dict[str, dict[str, float]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for domain, side in pairs.items():
+                nats, tokens, nbytes = 0.0, 0, 0
+                for p in range(min(count, side.n_pairs)):
+                    row, mask, _ = image_row(side, p, seq_len, model.image_token_id, model.cfg.image_tokens, eos_id)
+                    x = torch.as_tensor(row[None]).to(device)
+                    with autocast():
+                        per_token = model.loss(x[:, :-1], masked_targets(x, mask[None]), "none",
+                                               images=pixels(side.image(p), device))
+                    nats += float(per_token.double().sum())
+                    tokens += int(mask.sum())
+                    nbytes += side.caption_bytes(p) + 1
+                if tokens:
+                    out[domain] = {"loss": nats / tokens, "bpb": nats / (math.log(2) * nbytes)}
+    finally:
+        model.train(was_training)
+    return out
