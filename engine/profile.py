@@ -172,6 +172,13 @@ class StageConfig:
     grad_accum: int = spec(1, _positive, "a positive integer")
     max_steps: int = spec(200, _positive, "a positive integer")
     lr: float = spec(1e-3, _positive, "a positive number")
+    # Per-part learning rates of a model with a vision tower (nanoVLM's way): the peak lr of the
+    # decoder, the tower and the projector, each following the stage's schedule; 0 freezes the part,
+    # -1 takes `lr`. An align stage: lr_decoder = 0; a joint stage: all of them trained.
+    lr_decoder: float = spec(-1.0, lambda v: v == -1 or v >= 0, "a non-negative number (0 freezes the part) or -1 (lr)")
+    lr_vision: float = spec(-1.0, lambda v: v == -1 or v >= 0, "a non-negative number (0 freezes the part) or -1 (lr)")
+    lr_projector: float = spec(-1.0, lambda v: v == -1 or v >= 0,
+                               "a non-negative number (0 freezes the part) or -1 (lr)")
     min_lr_ratio: float = spec(0.1, lambda v: 0 <= v <= 1, "a number in [0, 1]")
     warmup_steps: int = spec(20, _non_negative, "a non-negative integer")
     schedule: str = spec("cosine", _choice("cosine", "wsd", "constant"), "'cosine', 'wsd' or 'constant'")
@@ -199,6 +206,9 @@ class StageConfig:
     eval_probes: bool = True  # each eval also runs the domain probes and one sample per domain
     log_every: int = spec(1, _positive, "a positive integer")
     init_from: str = ""
+    # A local SigLIP checkpoint folder (*.safetensors of a SiglipVisionModel, SiglipModel or LLaVA) to
+    # start the vision tower from, instead of from scratch; its shape must be the model's tower.
+    vision_init: str = ""
     seed: int = spec(0, _non_negative, "a non-negative integer")
     max_restarts: int = spec(2, _non_negative, "a non-negative integer")
     mix: dict[str, float] = spec(default_factory=dict)
@@ -216,6 +226,11 @@ class StageConfig:
         """The model shape this stage trains, with the tokenizer's vocabulary filled in."""
         cfg = PRESETS[self.model] if isinstance(self.model, str) else ModelConfig(**self.model)
         return cfg.with_vocab(vocab_size) if vocab_size else cfg
+
+    def part_lr(self, part: str) -> float:
+        """The peak learning rate of a part (decoder, vision, projector): its own, else `lr`."""
+        own = {"decoder": self.lr_decoder, "vision": self.lr_vision, "projector": self.lr_projector}[part]
+        return self.lr if own < 0 else own
 
     @property
     def world_size(self) -> int:

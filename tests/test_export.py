@@ -274,16 +274,72 @@ def test_not_a_plain_llama_decoder_is_refused(eval_workspace, tmp_path):
         export_run(run, "hf", "f32", step=7)
 
 
-def test_vision_tower_is_written_beside_the_decoder(eval_workspace, tmp_path):
-    from transformers import AutoModelForCausalLM
+VISION = {"vision_layers": 2, "vision_width": 32, "vision_heads": 2, "vision_mlp_dim": 64, "image_size": 16,
+          "patch_size": 4}
 
-    run = clone_run(eval_workspace.run, tmp_path / "run")
-    write_checkpoint(run, 30, extra={"vision.patch_embed.weight": torch.ones(8, 3, 4, 4),
-                                     "projector.fc1.weight": torch.ones(64, 8)})
+
+def vision_run(eval_workspace, dest: Path) -> tuple[Path, int]:
+    """A copy of the base run whose model has a small tower, with a checkpoint at step 30 holding it
+    (weights spread, biases and norms random) and the tokenizer's <image> id."""
+    import tomli_w
+
+    from engine.compat import tomllib
+    from engine.data.tokenizer import Tokenizer
+    from engine.eval.run_model import image_token_id
+    from engine.jobs.rundir import RunDir
+    from engine.model.projector import Projector
+    from engine.model.vision import VisionTower
+
+    run = clone_run(eval_workspace.run, dest)
+    doc = tomllib.loads((run / "stage.toml").read_text(encoding="utf-8"))
+    doc["stage"]["model"].update(VISION)
+    (run / "stage.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
+    cfg = RunDir(run).spec().model
+    torch.manual_seed(4)
+    parts = {"vision.": VisionTower(cfg), "projector.": Projector(cfg)}
+    extra = {}
+    for prefix, part in parts.items():
+        for name, t in part.state_dict().items():
+            extra[prefix + name] = t + 0.2 * torch.randn_like(t) if name.endswith("bias") or "norm" in name else t * 3
+    write_checkpoint(run, 30, extra=extra)
+    return run, image_token_id(Tokenizer.load(eval_workspace.tokenizer_path))
+
+
+def test_hf_export_of_a_vision_run_is_llava_with_equal_logits(eval_workspace, tmp_path):
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from engine.model.multimodal import expand_image_tokens
+    from engine.model.vision import to_pixels
+
+    run, image_id = vision_run(eval_workspace, tmp_path / "run")
     res = export_run(run, "hf", "f32")
-    assert res.path == run / "exports" / "hf-f32-step30"
-    assert json.loads((res.path / "vision_config.json").read_text())["tensors"]["projector.fc1.weight"] == [64, 8]
-    AutoModelForCausalLM.from_pretrained(res.path, local_files_only=True)  # the decoder alone, no unknown weights
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "processor_config.json",
+            "tokenizer.json"} <= set(res.files) and "vision.safetensors" not in res.files
+    model = LlavaForConditionalGeneration.from_pretrained(res.path, local_files_only=True).eval()
+    processor = AutoProcessor.from_pretrained(res.path, local_files_only=True)
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (1, 16, 16, 3), generator=g, dtype=torch.uint8)
+    text = "A board:<image>\nwhite to move, 1. e4 e5"
+    inputs = processor(text=text, images=Image.fromarray(pixels[0].numpy()), return_tensors="pt")
+    ids = expand_image_tokens(our_ids(eval_workspace.tokenizer_path, text), image_id, 16)
+    assert inputs["input_ids"][0].tolist() == ids
+    assert (inputs["pixel_values"] - to_pixels(pixels)).abs().max() < 1e-6
+    ours_model = load_run_model(run)
+    with torch.no_grad():
+        theirs = model(**inputs).logits
+        ours = ours_model(torch.tensor([ids]), to_pixels(pixels))
+    assert type(ours_model).__name__ == "VisionLanguageModel" and ours.abs().max() > 1.0
+    assert (theirs - ours).abs().max().item() < 1e-4
+    gguf = export_run(run, "gguf", "f32")  # the decoder alone, the tower kept beside it
+    assert {"model.gguf", "vision.safetensors", "vision_config.json"} <= set(gguf.files)
+
+
+def test_vision_tensors_of_another_shape_are_refused(eval_workspace, tmp_path):
+    run = clone_run(eval_workspace.run, tmp_path / "run")
+    write_checkpoint(run, 30, extra={"vision.patch_embed.weight": torch.ones(8, 3, 4, 4)})
+    with pytest.raises(ModelError, match=r"vision\.patch_embed\.weight: the run's model has no vision tower"):
+        export_run(run, "hf", "f32")
 
 
 def _fcwork(ws_root: Path, *args: str) -> subprocess.CompletedProcess:

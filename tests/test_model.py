@@ -203,7 +203,7 @@ def test_param_breakdown_equals_real_model(name, vocab, tied):
     counts = param_breakdown(cfg)
     assert counts["decoder"] == model.num_params() == sum(p.numel() for p in model.parameters())
     assert counts["decoder"] == sum(counts[k] for k in ("embedding", "attention", "mlp", "norms", "lm_head"))
-    assert counts["total"] == counts["decoder"] + cfg.vision_params
+    assert counts["total"] == counts["decoder"] + counts["vision_tower"] + counts["projector"]
     named = dict(model.named_parameters())
     assert counts["embedding"] == named["embed.weight"].numel()
     assert counts["norms"] == sum(p.numel() for n, p in named.items() if n.endswith("norm.weight"))
@@ -222,10 +222,10 @@ def test_meta_model_materialises_with_reset_parameters():
     assert torch.isfinite(model(tokens(cfg))).all()
 
 
-def test_fc450_is_450m_with_a_vit_b16_vision_budget():
+def test_fc450_is_450m_with_a_vit_b16_tower():
     cfg = PRESETS["fc450"].with_vocab(50000)
-    assert cfg.vision_params == vision_params()["total"]
-    assert vision_params()["vision_tower"] == 85_798_656  # ViT-B/16 at 224 px without a classifier head
+    assert vision_params(cfg)["vision_tower"] == 85_797_120  # SigLIP ViT-B/16 at 224 px, no class token, no head
+    assert vision_params(cfg)["projector"] == 1_837_056 and cfg.image_tokens == 196
     assert abs(param_breakdown(cfg)["total"] / 450e6 - 1) < 0.03
     stage0 = PRESETS["stage0"]
     assert (stage0.n_layers, stage0.dim) == (4, 1024)
@@ -245,7 +245,7 @@ def test_memory_estimate_parts_and_checkpointing():
     assert memory_estimate(cfg, 2048, 1, False, "bf16", "mps")["activations"] > plain["activations"]
     assert memory_estimate(cfg, 2048, 1, False, "auto", "cpu")["precision"] == "fp32"
     with_vision = memory_estimate(cfg, 2048, 1, True, "bf16", "cuda", include_vision=True)
-    assert with_vision["params"] == p + cfg.vision_params
+    assert with_vision["params"] == p + vision_params(cfg)["total"]
     for kwargs, message in (
         ({"seq_len": 4096}, r"seq_len: expected at most the model's max_seq_len \(2048\), got 4096"),
         ({"micro_batch": 0}, "micro_batch: expected a positive integer, got 0"),
@@ -328,7 +328,8 @@ def _fcwork(*args: str) -> subprocess.CompletedProcess:
 def test_cli_model_info_prints_counts_and_memory_without_torch():
     res = _fcwork("model", "info", "fc450", "--checkpointing", "--device", "mps")
     assert res.returncode == 0, res.stderr
-    assert "368,264,192" in res.stdout and "455,899,904" in res.stdout and "87,635,712" in res.stdout
+    assert "368,264,192" in res.stdout and "455,898,368" in res.stdout and "85,797,120" in res.stdout
+    assert "1,837,056" in res.stdout
     assert "mps (bf16)" in res.stdout and "activation checkpointing on" in res.stdout
     res = _fcwork("model", "info", "tiny", "--seq-len", "128", "--micro-batch", "4", "--device", "cpu")
     assert res.returncode == 0, res.stderr

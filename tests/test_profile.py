@@ -61,10 +61,10 @@ def test_fc450_carries_the_seed_plan():
     assert (s0.seq_len, s0.micro_batch, s0.grad_accum) == (2048, 4, 8)
     full = [s for s in prof.stages if s.model == "fc450"]
     assert full and all(s.activation_checkpointing and 32 <= s.grad_accum <= 48 for s in full)
-    # Text built-ins only fill in (the image-text ones carry the probes' ground truth, so they stay);
-    # the real sources read the formats they come in.
-    text = [s for s in prof.sources if not s.is_image]
-    assert all(s.fallback for s in text if s.builtin) and not any(s.fallback for s in text if not s.builtin)
+    # Built-ins only fill in; the real sources read the formats they come in. (The built-in image-text
+    # sources are always built: their ground truth is what the image probes check.)
+    text_builtins = [s for s in prof.sources if s.builtin and not s.is_image]
+    assert all(s.fallback for s in text_builtins) and not any(s.fallback for s in prof.sources if not s.builtin)
     assert next(s for s in prof.sources if s.domain == "chess" and not s.builtin).format == "pgn"
 
 

@@ -28,7 +28,8 @@ class DomainPasses:
     share: float  # the domain's weight in the stage's starting mix, normalised
     stage_tokens: int  # tokens the stage draws from the domain
     domain_tokens: int  # training tokens the domain holds (0: none)
-    basis: str  # where domain_tokens comes from: "shards", "corpus" or "plan"
+    basis: str  # where domain_tokens comes from: "shards", "corpus" or "plan"; for an image-text domain
+    # "pairs" (built) or "images planned", and stage_tokens and domain_tokens count images drawn and pairs
     passes: float  # stage_tokens / domain_tokens (inf when the domain has no tokens but a share)
 
 
@@ -68,12 +69,37 @@ def stage_passes(ws: Workspace, profile: Profile, stage_name: str) -> list[Domai
     stage = profile.stage(stage_name)
     total = stage_tokens(stage)
     have = domain_tokens(ws, profile)
+    images, image_basis = _image_pairs(ws, profile, stage) if profile.image_domains else ({}, "pairs")
+    micro_batches = stage.max_steps * stage.grad_accum * stage.world_size
     rows = []
     for dom, share in stage_mix(profile, stage).items():
+        if dom in profile.image_domains:  # an image-text domain: images drawn (share of micro-batches) / pairs
+            pairs = images.get(dom, 0)
+            drawn = int(micro_batches * share)
+            rows.append(DomainPasses(dom, share, drawn, pairs, image_basis, drawn / pairs if pairs else float("inf")))
+            continue
         tokens, basis = have.get(dom, (0, "plan"))
         drawn = int(total * share)
         rows.append(DomainPasses(dom, share, drawn, tokens, basis, drawn / tokens if tokens else float("inf")))
     return rows
+
+
+def _image_pairs(ws: Workspace, profile: Profile, stage: StageConfig) -> tuple[dict[str, int], str]:
+    """Training pairs per image-text domain and their basis: the image build at the stage's tower size
+    (else `data.image_size`), "pairs"; before a build, the images the sources are capped at
+    (`max_docs`, at least one caption each; an uncapped source counts 0), "images planned"."""
+    from engine.data.imagedata import read_image_manifest
+
+    size = stage.model_config().image_size if stage.model_config().has_vision else None
+    manifest = read_image_manifest(ws, profile, size) or read_image_manifest(ws, profile) or {}
+    built = {d: int(m.get("pairs", 0)) for d, m in (manifest.get("domains") or {}).items() if isinstance(m, dict)}
+    if built:
+        return built, "pairs"
+    planned: dict[str, int] = {}
+    for src in profile.sources:
+        if src.is_image:
+            planned[src.domain] = planned.get(src.domain, 0) + src.max_docs
+    return planned, "images planned"
 
 
 def epoch_warnings(profile: Profile, stage_name: str, rows: list[DomainPasses]) -> list[str]:
@@ -83,6 +109,12 @@ def epoch_warnings(profile: Profile, stage_name: str, rows: list[DomainPasses]) 
     for r in rows:
         if r.passes > limit:
             times = "with no data" if r.domain_tokens == 0 else f"{r.passes:.1f} times"
+            if r.basis in ("pairs", "images planned"):
+                out.append(f"{profile.path or profile.name}: stage {stage_name}: passes over {r.domain} {times} "
+                           f"({r.stage_tokens:,} images drawn from {r.domain_tokens:,} {r.basis.split()[0]}; more than "
+                           f"data.warn_epochs = {limit:g}): add image-text pairs (max_docs of the built-in ones), "
+                           f"or lower max_steps or its mix weight")
+                continue
             out.append(f"{profile.path or profile.name}: stage {stage_name}: passes over {r.domain} {times} "
                        f"({r.stage_tokens:,} tokens drawn from {r.domain_tokens:,} [{r.basis}]; more than "
                        f"data.warn_epochs = {limit:g}): grow data.target_tokens or that domain's share, or lower "

@@ -417,9 +417,30 @@ def eval_run(run_dir: str | os.PathLike, step: int | None = None, limits: EvalLi
     report = evaluate_model(model, tok, heldout, limits, progress)
     rec = record(report, ckpt.spec.run_id, ckpt.step, str(ckpt.path.relative_to(ckpt.spec.run_dir)), ckpt.sha256,
                  limits, device)
+    if hasattr(model, "image_token_id") and ckpt.spec.image_domains:
+        add_image_metrics(rec, model, tok, ckpt.spec, limits, progress)
     if save:
         append_eval(ckpt.spec.run_dir, rec)
     return rec
+
+
+def add_image_metrics(rec: dict[str, Any], model, tok, spec, limits: EvalLimits,
+                      progress: Progress | None = None) -> None:
+    """A vision run's record gains caption loss and bits per byte on held-out pairs (beside the text
+    domains) and the image probes (fen, chart): engine.eval.probes.vision."""
+    from engine.eval.probes.vision import VERSION as vision_version, caption_eval, image_probes, open_image_pairs
+
+    pairs = open_image_pairs(spec, heldout=True)
+    if not pairs:
+        rec["notes"].append("image probes skipped: no held-out image-text pairs")
+        return
+    if progress:
+        progress("captions and image probes", 0, 0)
+    m = rec["metrics"]
+    for domain, c in caption_eval(model, pairs, limits.bpb_docs, spec.stage.seq_len, tok.eos_id).items():
+        m["domain_loss"][domain], m["domain_bpb"][domain] = c["loss"], c["bpb"]
+    m["probes"].update(image_probes(model, tok, pairs, spec.images))
+    rec["probe_versions"]["vision"] = vision_version
 
 
 def evaluate_for_run(model, spec, step: int, limits: EvalLimits | None = None, tokenizer=None,

@@ -1,9 +1,10 @@
 """A run's trained model for eval and export: pick the checkpoint, check the tokenizer, read the weights.
 
 Both refuse a run whose tokenizer file changed since training (its SHA-256 no longer matches
-stage.toml), and only a plain Llama decoder is accepted: every tensor of the checkpoint must be
-one the decoder shape expects, except a vision tower / projector kept under their own prefixes,
-which is handed back separately so an export can write it as its own file.
+stage.toml), and only a plain Llama decoder is accepted, with or without our vision tower and
+projector (`vision.*`, `projector.*`, in the shapes of the run's model): every tensor of the
+checkpoint must be one of those. The vision tensors are handed back separately; a checkpoint that
+has them loads as a VisionLanguageModel.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from engine.jobs.spec import RunSpec
 from engine.data.tokenizer import file_hash
 
 MODEL_FILE = "model.safetensors"
-# Tensors of a vision tower and its projector (a later stage adds them); never part of the decoder.
-VISION_PREFIXES = ("vision.", "vision_tower.", "projector.")
+# Tensors of the vision tower and its projector (an align stage adds them); never part of the decoder.
+VISION_PREFIXES = ("vision.", "projector.")
+IMAGE_PIECE = "<image>"
 _LAYER_TENSORS = (
     "attn_norm.weight", "attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.o_proj.weight",
     "mlp_norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
@@ -121,12 +123,35 @@ def decoder_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def vision_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tower's and projector's tensors (our names); empty without a tower."""
+    if not cfg.has_vision:
+        return {}
+    import torch
+
+    from engine.model.projector import Projector
+    from engine.model.vision import VisionTower
+
+    with torch.device("meta"):
+        parts = {"vision.": VisionTower(cfg), "projector.": Projector(cfg)}
+    return {prefix + k: tuple(v.shape) for prefix, part in parts.items() for k, v in part.state_dict().items()}
+
+
 def split_decoder(tensors: dict[str, Any], cfg: ModelConfig, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(decoder tensors, vision tensors); ModelError for anything that makes it not a plain Llama decoder."""
+    """(decoder tensors, vision tensors); ModelError for anything that makes it not a plain Llama decoder
+    (plus, all or none, the run's vision tower and projector)."""
     expected = decoder_shapes(cfg)
+    tower = vision_shapes(cfg) if any(n.startswith(VISION_PREFIXES) for n in tensors) else {}
     decoder, vision = {}, {}
     for name, t in tensors.items():
         if name.startswith(VISION_PREFIXES):
+            if name not in tower:
+                have = "the run's model has no vision tower" if not cfg.has_vision else \
+                    "not a tensor of the run's vision tower or projector"
+                raise ModelError(f"{where}: {name}: {have}")
+            if tuple(t.shape) != tower[name]:
+                raise ModelError(
+                    f"{where}: {name}: shape {list(t.shape)} does not match the model's {list(tower[name])}")
             vision[name] = t
         elif name in expected:
             if tuple(t.shape) != expected[name]:
@@ -140,7 +165,7 @@ def split_decoder(tensors: dict[str, Any], cfg: ModelConfig, where: str) -> tupl
                 f"{where}: {name}: not a tensor of a plain Llama decoder (export takes RMSNorm/RoPE/SwiGLU/GQA "
                 "decoders without biases, plus an optional vision tower under vision./projector.)"
             )
-    missing = [n for n in expected if n not in decoder]
+    missing = [n for n in expected if n not in decoder] + [n for n in tower if n not in vision]
     if missing:
         raise ModelError(f"{where}: {missing[0]}: missing (the checkpoint is of another model shape)")
     return decoder, vision
@@ -156,7 +181,8 @@ def read_tensors(ckpt: RunCheckpoint) -> tuple[dict[str, Any], dict[str, Any]]:
     except Exception as exc:  # safetensors raises its own error types for a damaged file
         raise ModelError(f"{ckpt.weights}: not a readable safetensors file ({exc})") from None
     decoder, vision = split_decoder(raw, ckpt.spec.model, str(ckpt.weights))
-    return {k: v.to(torch.float32) for k, v in decoder.items()}, vision
+    return ({k: v.to(torch.float32) for k, v in decoder.items()},
+            {k: v.to(torch.float32) for k, v in vision.items()})
 
 
 def load_tokenizer(ckpt: RunCheckpoint):
@@ -170,16 +196,30 @@ def load_tokenizer(ckpt: RunCheckpoint):
     return tok
 
 
+def image_token_id(tok, where: str | os.PathLike = "") -> int:
+    """The tokenizer's id of the `<image>` piece (a user symbol of every profile's tokenizer)."""
+    i = tok.sp.piece_to_id(IMAGE_PIECE)
+    if tok.sp.id_to_piece(i) != IMAGE_PIECE:  # an unknown piece maps to <unk>
+        raise TokenizerError(f"{where or tok.path}: no {IMAGE_PIECE} piece (tokenizer.user_symbols must keep it "
+                             "for a model with a vision tower); retrain the tokenizer")
+    return i
+
+
 def load_model(ckpt: RunCheckpoint, device: str = "cpu"):
-    """The run's Transformer with the checkpoint's weights, in eval mode (float32)."""
+    """The run's model with the checkpoint's weights, in eval mode (float32): a Transformer, or a
+    VisionLanguageModel when the checkpoint holds a vision tower."""
     import torch
 
     from engine.model.decoder import Transformer
+    from engine.model.multimodal import VisionLanguageModel
 
-    decoder, _ = read_tensors(ckpt)
+    decoder, vision = read_tensors(ckpt)
     with torch.device(device):
-        model = Transformer(ckpt.spec.model)
-    missing, unexpected = model.load_state_dict(decoder, strict=False)
+        if vision:
+            model = VisionLanguageModel(ckpt.spec.model, image_token_id(load_tokenizer(ckpt), ckpt.spec.tokenizer))
+        else:
+            model = Transformer(ckpt.spec.model)
+    missing, unexpected = model.load_state_dict({**decoder, **vision}, strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and ckpt.spec.model.tie_embeddings)]
     if missing or unexpected:
         raise ModelError(f"{ckpt.weights}: {(missing or unexpected)[0]}: does not fit the model")

@@ -1,7 +1,8 @@
 """Exports that real clients load: Hugging Face (transformers), GGUF (llama.cpp), MLX (mlx-lm).
 
 `export_run(run_dir, fmt, dtype, step, out)` checks the run (tokenizer unchanged, a plain Llama
-decoder), then writes the folder atomically. Importing this package does not import torch.
+decoder, optionally with our vision tower), then writes the folder atomically. A run with a tower
+exports to hf in the LLaVA layout; gguf and mlx take the decoder and keep the tower beside it. Importing this package does not import torch.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def export_run(
             if fmt == "hf":
                 from engine.export.hf import export_hf
 
-                export_hf(ckpt, decoder, dtype, tmp)
+                export_hf(ckpt, decoder, dtype, tmp, vision)
             elif fmt == "gguf":
                 from engine.export.gguf import export_gguf
 
@@ -56,7 +57,8 @@ def export_run(
                 from engine.export.mlx import export_mlx
 
                 export_mlx(ckpt, decoder, dtype, tmp)
-            write_vision(tmp, vision, ckpt)
+            if fmt != "hf":  # hf holds the tower itself (the LLaVA layout); the others the decoder alone
+                write_vision(tmp, vision, ckpt)
             write_manifest(tmp, ckpt, fmt, dtype, {"qk_permuted": permute_qk} if fmt == "gguf" else None)
             files = listing(tmp)
     except OSError as exc:  # a read-only run folder, a full disk, an --out under a file

@@ -81,9 +81,10 @@ def write_manifest(out: Path, ckpt: RunCheckpoint, fmt: str, dtype: str, extra: 
 
 
 def write_vision(out: Path, vision: dict[str, Any], ckpt: RunCheckpoint) -> list[str]:
-    """A vision tower / projector goes beside the decoder as its own safetensors file and config.
+    """In a gguf or mlx export the vision tower / projector go beside the decoder as their own
+    safetensors file and config (our names; the hf export's LLaVA layout is the one to load them).
 
-    No runtime loads it yet (llama.cpp's multimodal projector format is not taken on); it keeps
+    No runtime loads it (llama.cpp's multimodal projector format is not taken on); it keeps
     the weights with the export instead of dropping them silently.
     """
     if not vision:
@@ -94,7 +95,9 @@ def write_vision(out: Path, vision: dict[str, Any], ckpt: RunCheckpoint) -> list
               metadata={"run": ckpt.spec.run_id, "step": str(ckpt.step)})
     config = {
         "kind": "fcwork-vision-tower",
-        "vision_params": ckpt.spec.model.vision_params,
+        "vision_params": sum(v.numel() for v in vision.values()),
+        "image_size": ckpt.spec.model.image_size,
+        "patch_size": ckpt.spec.model.patch_size,
         "text_hidden_size": ckpt.spec.model.dim,
         "tensors": {k: list(v.shape) for k, v in sorted(vision.items())},
     }

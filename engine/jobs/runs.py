@@ -34,6 +34,11 @@ def run_domains(profile: Profile, stage: StageConfig) -> dict[str, float]:
     return normalise(weights)  # cannot fail: parse_profile checked both mixes
 
 
+def stage_image_domains(profile: Profile, stage: StageConfig) -> list[str]:
+    """The image-text domains a stage trains on (weighted in its starting mix): empty for a text stage."""
+    return [d for d in run_domains(profile, stage) if d in profile.image_domains]
+
+
 def _check_data(ws: Workspace, profile: Profile, domains: list[str]) -> tuple[Path, str, Path, int]:
     """Tokenizer path and hash, shard folder and vocabulary size; one-line errors when missing."""
     tok_path = ws.tokenizer_path(profile.tokenizer_name)
@@ -55,6 +60,26 @@ def _check_data(ws: Workspace, profile: Profile, domains: list[str]) -> tuple[Pa
         shard = open_shard(prefix, expected_hash=tok_hash)
         vocab = shard.vocab_size
     return tok_path, tok_hash, shard_dir, vocab
+
+
+def _check_images(ws: Workspace, profile: Profile, stage: StageConfig, model, domains: list[str],
+                  tok_hash: str) -> Path:
+    """The image shards' folder of a stage whose mix weights image-text domains; one-line errors when
+    the model has no tower or the images at its size are missing or stale."""
+    from engine.data.imagedata import image_dir, open_pairs
+
+    where = f"{profile.path or profile.name}: stage {stage.name!r}"
+    if not model.has_vision:
+        raise RunError(f"{where}: mix weights image-text domain {domains[0]!r}, but the model has no vision tower "
+                       "(vision_layers = 0)")
+    folder = image_dir(ws, profile, model.image_size)
+    for domain in domains:
+        if not (folder / f"{domain}.img").exists():
+            raise DataError(f"{folder / (domain + '.img')}: no images at the tower's {model.image_size} px for "
+                            f"domain {domain!r} (set data.image_size = {model.image_size} and run "
+                            f"`fcwork data prepare {profile.name}`)")
+        open_pairs(folder / domain, domain, model.image_size, tok_hash)
+    return folder
 
 
 def _new_run_dir(ws: Workspace, stage_name: str, now: float) -> Path:
@@ -96,9 +121,16 @@ def create_run(ws: Workspace, profile: Profile, stage_name: str) -> Path:
     needs: resolved model shape, tokenizer hash, shard folder, init checkpoint, starting mix."""
     stage = profile.stage(stage_name)
     mix = run_domains(profile, stage)
-    tok_path, tok_hash, shard_dir, vocab = _check_data(ws, profile, list(mix))
+    image_domains = stage_image_domains(profile, stage)
+    text = [d for d in mix if d not in image_domains]
+    tok_path, tok_hash, shard_dir, vocab = _check_data(ws, profile, text)
     init_ckpt = find_init_checkpoint(ws, profile, stage_name, stage.init_from) if stage.init_from else None
+    if not vocab:  # an image-only stage: the vocabulary from the tokenizer itself
+        from engine.data.tokenizer import Tokenizer
+
+        vocab = Tokenizer.load(tok_path).vocab_size
     model = stage.model_config(vocab)
+    images = _check_images(ws, profile, stage, model, image_domains, tok_hash) if image_domains else None
     stage_table = asdict(stage)
     stage_table["model"] = asdict(model)
     stage_table["mix_max_epochs"] = stage.mix_max_epochs or profile.data.warn_epochs  # frozen: the run's ceiling
@@ -121,6 +153,8 @@ def create_run(ws: Workspace, profile: Profile, stage_name: str) -> Path:
         "stage": stage_table,
         "mix": mix,
     }
+    if images is not None:
+        doc["images"] = {"dir": str(images), "domains": image_domains}
     try:
         atomic_write_text(run.stage_file, tomli_w.dumps(doc))
     except BaseException:

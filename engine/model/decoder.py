@@ -268,7 +268,12 @@ class Transformer(nn.Module):
                 last_only: bool = False) -> torch.Tensor:
         """Logits [B, T, vocab] for tokens [B, T] at positions start_pos.. (a cache holds the earlier ones);
         with `last_only`, [B, 1, vocab] for the last position alone (a prompt's prefill needs no more)."""
-        T = tokens.shape[1]
+        return self.decode(self.embed(tokens), cache, start_pos, last_only)
+
+    def decode(self, h: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0,
+               last_only: bool = False) -> torch.Tensor:
+        """Logits for input embeddings h [B, T, dim] (the token embeddings, or with images spliced in)."""
+        T = h.shape[1]
         limit, what = self.cfg.max_seq_len, "max_seq_len"
         if cache is not None and cache.max_len < limit:
             limit, what = cache.max_len, "the KV cache's length"
@@ -276,7 +281,7 @@ class Transformer(nn.Module):
             raise ModelError(f"tokens: expected at most {limit} positions ({what}), got {start_pos + T}")
         cos = self.rope_cos[start_pos : start_pos + T]
         sin = self.rope_sin[start_pos : start_pos + T]
-        h = to_compute_dtype(self.embed(tokens))
+        h = to_compute_dtype(h)
         recompute = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for layer in self.layers:
             if recompute:

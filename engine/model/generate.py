@@ -101,14 +101,19 @@ def generate(
     stop_ids: Sequence[int] = (EOS_ID,),
     stop: Callable[[list[int]], bool] | None = None,
     on_token: Callable[[int], None] | None = None,
+    images: torch.Tensor | None = None,
 ) -> Generation:
     """Up to cfg.max_new_tokens tokens after `prompt`, with the KV cache.
 
     Ends at a token in `stop_ids` (not included) or when `stop(new_tokens)` says so (included).
     `on_token` sees each kept token as it comes (for streaming). A prompt longer than the
-    context allows is cut from the left.
+    context allows is cut from the left; one with `images` (pixel values for its `<image>`
+    positions, a VisionLanguageModel) must fit whole.
     """
     cfg.check()
+    if images is not None and len(prompt) + cfg.max_new_tokens > model.cfg.max_seq_len:
+        raise ModelError(f"prompt: {len(prompt)} tokens with the image's, plus max_new_tokens {cfg.max_new_tokens}: "
+                         f"expected at most the model's max_seq_len ({model.cfg.max_seq_len})")
     ids = _fit_prompt(model, prompt, cfg.max_new_tokens)
     param = next(model.parameters())
     max_len = min(len(ids) + cfg.max_new_tokens, model.cfg.max_seq_len)
@@ -119,7 +124,9 @@ def generate(
     out: list[int] = []
     reason = "length"
     try:
-        logits = model(torch.tensor([ids], device=param.device), cache=cache, start_pos=0, last_only=True)[:, -1]
+        with_images = {} if images is None else {"images": images.to(param.device)}
+        logits = model(torch.tensor([ids], device=param.device), cache=cache, start_pos=0, last_only=True,
+                       **with_images)[:, -1]
         pos = len(ids)  # where the next fed token goes
         for i in range(cfg.max_new_tokens):
             nxt = int(sample_next(logits, cfg, gen)[0])

@@ -107,3 +107,97 @@ def hf_config_dict(cfg: ModelConfig, bos_id: int = 1, eos_id: int = 2, dtype: st
         "use_cache": True,
         "torch_dtype": dtype,
     }
+
+
+# -- the vision half: LlavaForConditionalGeneration = SigLIP vision tower + projector + Llama ---------
+
+# Our prefix -> LLaVA's. The tower's and the projector's names below the prefix are transformers' own.
+_LLAVA_PREFIXES = (
+    ("vision.", "model.vision_tower."),
+    ("projector.", "model.multi_modal_projector."),
+)
+# Where a SigLIP vision tower's tensors may sit in a checkpoint someone else saved (SiglipModel,
+# SiglipVisionModel, LLaVA), longest first.
+SIGLIP_PREFIXES = ("model.vision_tower.vision_model.", "model.vision_tower.", "vision_tower.vision_model.",
+                   "vision_tower.", "vision_model.", "")
+
+
+def state_dict_to_llava(sd: Mapping[str, T], tied: bool | None = None) -> dict[str, T]:
+    """Rename our multimodal weights (decoder, vision.*, projector.*) to LlavaForConditionalGeneration's."""
+    decoder = {k: v for k, v in sd.items() if not k.startswith(("vision.", "projector."))}
+    out: dict[str, T] = {}
+    for name, value in state_dict_to_hf(decoder, tied).items():
+        out["model.language_model." + name[len("model."):] if name.startswith("model.") else name] = value
+    for name, value in sd.items():
+        for ours, theirs in _LLAVA_PREFIXES:
+            if name.startswith(ours):
+                out[theirs + name[len(ours):]] = value
+    return out
+
+
+def llava_to_state_dict(sd: Mapping[str, T], tied: bool | None = None) -> dict[str, T]:
+    """Rename LlavaForConditionalGeneration weights to ours (the inverse of state_dict_to_llava)."""
+    decoder: dict[str, T] = {}
+    out: dict[str, T] = {}
+    for name, value in sd.items():
+        for ours, theirs in _LLAVA_PREFIXES:
+            if name.startswith(theirs):
+                out[ours + name[len(theirs):]] = value
+                break
+        else:
+            if name.startswith("model.language_model."):
+                decoder["model." + name[len("model.language_model."):]] = value
+            elif name == "lm_head.weight":
+                decoder[name] = value
+            else:
+                raise ModelError(f"LLaVA state dict: unknown parameter name {name!r}")
+    return {**hf_to_state_dict(decoder, tied), **out}
+
+
+def siglip_vision_config_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """The `vision_config` of a LLaVA config.json (a SiglipVisionConfig) with our tower's shape."""
+    return {
+        "model_type": "siglip_vision_model",
+        "hidden_size": cfg.vision_width,
+        "intermediate_size": cfg.vision_mlp_dim,
+        "num_hidden_layers": cfg.vision_layers,
+        "num_attention_heads": cfg.vision_heads,
+        "num_channels": 3,
+        "image_size": cfg.image_size,
+        "patch_size": cfg.patch_size,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": cfg.vision_norm_eps,
+        "attention_dropout": 0.0,
+        "vision_use_head": False,
+    }
+
+
+def llava_config_dict(cfg: ModelConfig, image_token_id: int, bos_id: int = 1, eos_id: int = 2,
+                      dtype: str = "float32") -> dict[str, Any]:
+    """config.json of a LlavaForConditionalGeneration: our decoder as text_config, our tower as
+    vision_config, features from the last tower layer (-1) with every patch kept ("full": no class token)."""
+    if not cfg.has_vision:
+        raise ModelError("model.vision_layers: a LLaVA export needs a vision tower, the model has none")
+    if cfg.pixel_shuffle != 1:
+        raise ModelError(f"model.pixel_shuffle: LLaVA feeds every patch to its projector, expected 1 for the "
+                         f"hf export, got {cfg.pixel_shuffle}")
+    text = hf_config_dict(cfg, bos_id, eos_id, dtype)
+    text.pop("architectures")
+    return {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "text_config": text,
+        "vision_config": siglip_vision_config_dict(cfg),
+        "image_token_index": image_token_id,
+        "image_token_id": image_token_id,
+        "image_seq_length": cfg.image_tokens,
+        "projector_hidden_act": "gelu",
+        "multimodal_projector_bias": True,
+        "vision_feature_layer": -1,
+        "vision_feature_select_strategy": "full",
+        "tie_word_embeddings": bool(cfg.tie_embeddings),
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": dtype,
+        "dtype": dtype,
+    }

@@ -19,32 +19,34 @@ PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 
 
-@dataclass(frozen=True)
-class VisionShape:
-    """The vision tower (a ViT with a class token) and the 2-layer MLP projector into the decoder's width."""
-
-    image_size: int = 224
-    patch: int = 16
-    width: int = 768
-    depth: int = 12
-    mlp_dim: int = 3072
-    channels: int = 3
-    out_dim: int = 1024
-
-
-# ViT-B/16 at 224 px projected into fc450's 1024-wide decoder: what fc450's vision_params budgets.
-VIT_B16 = VisionShape()
-
-
-def vision_params(v: VisionShape = VIT_B16) -> dict[str, int]:
-    """Parameters of the ViT (patch conv, class token, positions, blocks, final norm) and the projector."""
-    w = v.width
-    patch_embed = v.channels * v.patch * v.patch * w + w
-    positions = ((v.image_size // v.patch) ** 2 + 1) * w
-    block = 2 * (2 * w) + (w * 3 * w + 3 * w) + (w * w + w) + (w * v.mlp_dim + v.mlp_dim) + (v.mlp_dim * w + w)
-    tower = patch_embed + w + positions + v.depth * block + 2 * w
-    projector = (w * v.out_dim + v.out_dim) + (v.out_dim * v.out_dim + v.out_dim)
+def vision_params(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters of the SigLIP-layout tower (patch conv, positions, blocks, post norm) and the projector."""
+    if not cfg.has_vision:
+        return {"vision_tower": 0, "projector": 0, "total": 0}
+    w, m = cfg.vision_width, cfg.vision_mlp_dim
+    patch_embed = 3 * cfg.patch_size * cfg.patch_size * w + w
+    positions = (cfg.image_size // cfg.patch_size) ** 2 * w
+    block = 2 * (2 * w) + 4 * (w * w + w) + (w * m + m) + (m * w + w)
+    tower = patch_embed + positions + cfg.vision_layers * block + 2 * w
+    into = w * cfg.pixel_shuffle ** 2
+    projector = (into * cfg.dim + cfg.dim) + (cfg.dim * cfg.dim + cfg.dim)
     return {"vision_tower": tower, "projector": projector, "total": tower + projector}
+
+
+def vision_activation_bytes(cfg: ModelConfig, images: int, precision: str, checkpointing: bool = False) -> int:
+    """Bytes the tower and projector keep for the backward pass for `images` images (approximate):
+    per patch and layer both norms' inputs, the q/k/v input, q, k, v, the attention output, the MLP's
+    two inputs and its GELU's input; the [heads, P, P] attention probabilities are not kept (fused).
+    With activation checkpointing only each layer's input is kept, plus one layer while recomputed."""
+    if not cfg.has_vision or images <= 0:
+        return 0
+    a = 2 if precision == "bf16" else 4
+    w, m = cfg.vision_width, cfg.vision_mlp_dim
+    patches = (cfg.image_size // cfg.patch_size) ** 2
+    per_layer = 2 * 4 * w + a * (w + 3 * w + w + w) + a * 2 * m
+    projector = cfg.image_tokens * (a * w * cfg.pixel_shuffle ** 2 + a * 2 * cfg.dim)
+    layers = cfg.vision_layers * 4 * w + per_layer if checkpointing else cfg.vision_layers * per_layer
+    return images * (patches * (layers + 4 * w) + projector)
 
 
 def _need_vocab(cfg: ModelConfig) -> None:
@@ -53,7 +55,8 @@ def _need_vocab(cfg: ModelConfig) -> None:
 
 
 def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
-    """Parameters by component: embedding, attention, mlp, norms, lm_head (0 when tied), decoder, vision, total."""
+    """Parameters by component: embedding, attention, mlp, norms, lm_head (0 when tied), decoder,
+    vision_tower, projector, vision (the two), total."""
     _need_vocab(cfg)
     d, hd = cfg.dim, cfg.head_dim
     attention = cfg.n_layers * (d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2)
@@ -62,6 +65,7 @@ def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
     embedding = cfg.vocab_size * d
     lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
     decoder = embedding + attention + mlp + norms + lm_head
+    vision = vision_params(cfg)
     return {
         "embedding": embedding,
         "attention": attention,
@@ -69,8 +73,10 @@ def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
         "norms": norms,
         "lm_head": lm_head,
         "decoder": decoder,
-        "vision": cfg.vision_params,
-        "total": decoder + cfg.vision_params,
+        "vision_tower": vision["vision_tower"],
+        "projector": vision["projector"],
+        "vision": vision["total"],
+        "total": decoder + vision["total"],
     }
 
 
@@ -129,8 +135,8 @@ def memory_estimate(
 
     An upper-bound style estimate for one micro-batch (every term counted at its peak). With
     activation checkpointing only each block's input is kept, plus one block's activations
-    while it is recomputed. The vision budget counts only with `include_vision`. On `devices`
-    (all of them, every node's) with DDP each device holds everything; with FSDP the weights,
+    while it is recomputed. The vision tower and projector (their weights, and one image's
+    activations) count only with `include_vision`. On `devices` (all of them, every node's) with DDP each device holds everything; with FSDP the weights,
     gradients and moments are split `devices` ways, and `gathered` counts the whole parameters
     in use: the root's (embedding, lm head) and two blocks' (one computing, one prefetched) in
     the compute dtype, plus one block's unsharded gradients in fp32 before they are reduced.
@@ -159,7 +165,9 @@ def memory_estimate(
     else:
         blocks = tokens * cfg.n_layers * per_layer
     final_norm = tokens * cfg.dim * (4 + a)
-    activations = blocks + final_norm
+    # One image per micro-batch (the Mac's terms): its tower and projector activations.
+    vision_acts = vision_activation_bytes(cfg, 1, precision, activation_checkpointing) if include_vision else 0
+    activations = blocks + final_norm + vision_acts
     # The logits in the compute dtype (kept for the loss's backward), plus two float32 tensors of
     # their size at the peak: the upcast and log-softmax in the forward, the softmax-gradient and
     # its cast in the backward.

@@ -106,8 +106,11 @@ class Parallel:
             from torch.nn.parallel import DistributedDataParallel
 
             on_gpu = next(model.parameters()).device.type == "cuda"
+            # A model with a tower leaves it unused in a micro-batch without an image (and a frozen
+            # part has no gradients at all): DDP must look for unused parameters every step.
             return DistributedDataParallel(model, device_ids=[self.local_rank] if on_gpu else None,
-                                           gradient_as_bucket_view=True)
+                                           gradient_as_bucket_view=True,
+                                           find_unused_parameters=hasattr(model, "vision"))
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -23,6 +23,7 @@ import torch
 
 from engine.errors import DataError, FcError, RunError, differing_prefixes
 from engine.eval.harness import EvalLimits, evaluate_for_run, load_heldout, probe_docs
+from engine.eval.probes.vision import caption_eval
 from engine.jobs.events import EventWriter
 from engine.jobs.control import ControlRequest, request_path
 from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Answer, Event, MixPolicy, RunState, Source
@@ -33,6 +34,7 @@ from engine.data.sampler import MixSchedule, Sampler
 from engine.data.tokenizer import Tokenizer
 from engine.train import checkpoint as ckpt
 from engine.train import distributed
+from engine.train import images as vision
 from engine.train.data import heldout_windows, open_training_shards, window_bytes
 from engine.train.device import DeviceInfo, eager, pick_device
 from engine.train.evaluate import evaluate
@@ -95,8 +97,12 @@ class Trainer:
         compile_on = st.compile == "on" or (st.compile == "auto" and self.dev.type == "cuda")
         self.build_model(compile_on)
         origin, last_request = self.restore(done)
-        self.sampler = Sampler(shards, st.seq_len, st.seed, self.schedule)
-        self.domain_names = list(self.sampler.domains)  # domain ids index this (sorted) list
+        if spec.image_domains:
+            tok = Tokenizer.load(spec.tokenizer)
+            self.sampler = vision.ImageBatches(spec, shards, self.schedule, self.model.image_token_id, tok.eos_id)
+        else:
+            self.sampler = vision.TextBatches(Sampler(shards, st.seq_len, st.seed, self.schedule))
+        self.domain_names = list(self.sampler.domains)  # domain ids index this list
         # Rank 0 reads the requests and hands them to the others (check_control).
         self.watcher = ControlWatcher(self.run.requests_dir, spec.domains, last_request) if self.par.main else None
         log.info("run %s: stage %s, %s params, %s on %s (%s), compile %s", spec.run_id, st.name,
@@ -107,16 +113,18 @@ class Trainer:
     def build_data(self) -> dict:
         """Training shards (checked against the run's tokenizer) and the fixed held-out windows."""
         spec, st = self.spec, self.spec.stage
-        shards = open_training_shards(spec.shards, spec.domains, spec.tokenizer_hash, spec.model.vocab_size)
-        self.eval_windows, self.eval_bytes, self.probe_text = {}, None, {}
+        shards = open_training_shards(spec.shards, spec.text_domains, spec.tokenizer_hash, spec.model.vocab_size)
+        self.eval_windows, self.eval_bytes, self.probe_text, self.eval_pairs = {}, None, {}, {}
         if st.eval_every:
-            self.eval_windows = heldout_windows(spec.shards, spec.domains, spec.tokenizer_hash,
+            self.eval_windows = heldout_windows(spec.shards, spec.text_domains, spec.tokenizer_hash,
                                                 spec.model.vocab_size, st.seq_len, st.eval_batches * st.micro_batch)
+            if spec.image_domains:
+                self.eval_pairs = vision.open_image_pairs(spec, heldout=True)
             self.eval_bytes = window_bytes(self.eval_windows, spec.tokenizer) if self.eval_windows else None
             if st.eval_probes and self.par.main:
                 # Rows per forward as in a training micro batch: the memory the stage already budgets for.
                 self.probe_limits = replace(EvalLimits.during_training(), batch=min(8, st.micro_batch))
-                self.probe_text = load_heldout(spec.shards, spec.domains, probe_docs(self.probe_limits))
+                self.probe_text = load_heldout(spec.shards, spec.text_domains, probe_docs(self.probe_limits))
                 self.probe_tokenizer = Tokenizer.load(spec.tokenizer) if self.probe_text else None
         self.tokens_per_step = st.micro_batch * st.grad_accum * self.par.world * st.seq_len
         return shards
@@ -128,8 +136,11 @@ class Trainer:
 
         cfg, st = self.spec.model, self.spec.stage
         torch.manual_seed(st.seed)
-        with torch.device(self.dev.device):
-            self.model = Transformer(cfg)
+        if self.spec.image_domains:
+            self.model = vision.build_model(self.spec, self.dev.device)
+        else:
+            with torch.device(self.dev.device):
+                self.model = Transformer(cfg)
         self.model.set_activation_checkpointing(st.activation_checkpointing)
         if self.dev.precision == "fp8":
             from engine.train.fp8 import convert_to_fp8
@@ -167,6 +178,9 @@ class Trainer:
             if self.spec.init_from:
                 self.init_from(self.spec.init_from)
                 origin = f"initialised from {self.spec.init_from}"
+            if self.spec.stage.vision_init and hasattr(self.model, "vision"):
+                n = vision.load_siglip(self.spec.stage.vision_init, self.model)
+                origin += f", tower from {self.spec.stage.vision_init} ({n} tensors)"
         return origin, self.replay_requests(last_request)
 
     def resume(self, where: Path) -> int:
@@ -195,6 +209,9 @@ class Trainer:
                 f"{where}: init_from checkpoint was trained with tokenizer {theirs_p or '?'}..., this run uses "
                 f"{ours_p}... (retrain the earlier stage with this tokenizer)"
             )
+        if self.spec.image_domains and not self.par.sharded:
+            log.info("initialised the %s from %s", vision.init_weights(where, self.model, self.dev.device), where)
+            return
         self.par.load_weights(where, self.model, self.dev.device)
 
     def replay_requests(self, last_request: int) -> int:
@@ -269,7 +286,7 @@ class Trainer:
         st, dev, model, par = self.spec.stage, self.dev, self.model, self.par
         lr = lr_at(step, st)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         logging_step = step % st.log_every == 0 or step == st.max_steps
         n_dom = len(self.domain_names)
         loss_sum = torch.zeros((), device=dev.device)
@@ -277,21 +294,30 @@ class Trainer:
         dom_count = np.zeros(n_dom, dtype=np.int64)
         for micro in range(st.grad_accum):
             first = distributed.sequence_index(step, micro, st.grad_accum, st.micro_batch, par.rank, par.world)
-            tokens, domain_ids = self.sampler.batch(step, first, st.micro_batch)
+            mb = self.sampler.batch(step, first, st.micro_batch)
+            domain_ids = mb.domain_ids
             dom_count += np.bincount(domain_ids, minlength=n_dom)
-            x = torch.as_tensor(tokens).to(dev.device, non_blocking=True)
+            x = torch.as_tensor(mb.tokens).to(dev.device, non_blocking=True)
             with par.accumulating(self.net, micro == st.grad_accum - 1):
                 with dev.autocast():
-                    per_token = token_losses(self.net, x, self.loss_fn)
-                loss = per_token.mean()
+                    per_token = token_losses(self.net, x, vision.pixels(mb.image, dev.device), mb.loss_mask,
+                                             self.loss_fn)
+                if mb.loss_mask is None:
+                    loss = per_token.mean()
+                else:  # image placeholders and padding are not predicted: the mean over the targets that count
+                    loss = per_token.sum() / max(int(mb.loss_mask.sum()), 1)
                 (loss / st.grad_accum).backward()  # DDP and FSDP average the ranks' gradients
             loss_sum += loss.detach()
             if logging_step:
-                dom_sum.index_add_(0, torch.as_tensor(domain_ids).to(dev.device), per_token.detach().mean(dim=1))
+                dom_sum.index_add_(0, torch.as_tensor(domain_ids).to(dev.device), row_losses(per_token, mb.domain_mask))
+        every = None
         if par.world > 1:  # the whole step's domains, from the sampler's hashes alone: no collective
             first = distributed.sequence_index(step, 0, st.grad_accum, st.micro_batch, 0, par.world)
-            every = self.sampler.draw(step, first, st.grad_accum * par.world * st.micro_batch)[0]
-            dom_count = np.bincount(every, minlength=n_dom)
+            every = self.sampler.domain_counts(step, first, st.grad_accum * par.world * st.micro_batch)
+        if every is not None:
+            dom_count = every
+        elif par.world > 1:  # image micro-batches: each rank knows its own rows; one small all-reduce
+            dom_count = par.sum(torch.as_tensor(dom_count, device=dev.device)).cpu().numpy()
         for i, d in enumerate(self.domain_names):
             self.tokens_drawn[d] = self.tokens_drawn.get(d, 0) + int(dom_count[i]) * (st.seq_len + 1)
         grads = [p for p in model.parameters() if p.grad is not None]
@@ -399,8 +425,18 @@ class Trainer:
         fields: dict[str, Any] = {"step": self.step, "loss": res.loss, "domain_loss": res.domain_loss}
         if res.domain_bpb:
             fields["domain_bpb"] = res.domain_bpb
+        if self.eval_pairs:  # caption loss and bits per byte on held-out image-text pairs, beside the text domains
+            st = self.spec.stage
+            captions = caption_eval(model, self.eval_pairs, st.eval_batches * st.micro_batch, st.seq_len,
+                                    Tokenizer.load(self.spec.tokenizer).eos_id, self.dev.autocast)
+            fields["domain_loss"] = {**res.domain_loss, **{d: c["loss"] for d, c in captions.items()}}
+            fields["domain_bpb"] = {**(res.domain_bpb or {}), **{d: c["bpb"] for d, c in captions.items()}}
+            if not res.domain_loss:
+                fields["loss"] = sum(fields["domain_loss"].values()) / max(len(fields["domain_loss"]), 1)
         if self.probe_text:
             fields.update(self.run_probes(model))
+        if self.eval_pairs and self.spec.stage.eval_probes:
+            fields["probes"] = {**fields.get("probes", {}), **self.image_probes(model)}
         self.events.write(Event.EVAL, **fields)
         if self.spec.stage.mix_policy != MixPolicy.FIXED:
             self.consider_mix(res.domain_bpb or res.domain_loss, "bpb" if res.domain_bpb else "loss")
@@ -433,6 +469,18 @@ class Trainer:
         self.events.write(Event.MIX, step=step + 1, mix=weights, source=MixPolicy.AUTO)
         log.info("mix from step %d (auto): %s", step + 1, weights)
 
+    def image_probes(self, model: torch.nn.Module) -> dict[str, Any]:
+        """FEN read from held-out board diagrams and values read from held-out charts (engine.eval.probes.vision)."""
+        from engine.eval.probes.vision import image_probes
+
+        try:
+            with eager():
+                found = image_probes(model, Tokenizer.load(self.spec.tokenizer), self.eval_pairs, self.spec.images)
+        except Exception:  # noqa: BLE001 - a probe bug must not cost the run
+            log.exception("step %d: image probes failed", self.step)
+            return {}
+        return {name: {k: v for k, v in p.items() if k != "n"} for name, p in found.items()}
+
     def run_probes(self, model: torch.nn.Module) -> dict[str, Any]:
         """The eval harness on the weights in memory: probe scores for the eval event, the full record
         appended to evals.jsonl. A failing probe is logged and reported, never fatal to training."""
@@ -460,7 +508,8 @@ class Trainer:
         precision = self.dev.precision if self.dev else "auto"
         try:
             est = memory_estimate(self.spec.model, st.seq_len, st.micro_batch, st.activation_checkpointing,
-                                  precision, device, devices=st.world_size, strategy=st.strategy)
+                                  precision, device, include_vision=bool(self.spec.image_domains),
+                                  devices=st.world_size, strategy=st.strategy)
         except FcError:
             return message
         return (f"{message} (`fcwork model info` estimates {est['total'] / 2**30:,.2f} GiB for this stage "
@@ -496,13 +545,26 @@ class Trainer:
         self.mark = (time.perf_counter(), self.step)  # keep checkpoint time out of the next tokens/s
 
 
-def token_losses(net: torch.nn.Module, tokens: torch.Tensor, loss_fn=None) -> torch.Tensor:
+def token_losses(net: torch.nn.Module, tokens: torch.Tensor, images: torch.Tensor | None = None,
+                 loss_mask: np.ndarray | None = None, loss_fn=None) -> torch.Tensor:
     """Per-token next-token loss [B, T] of rows of T + 1 tokens, through `net`'s own call (DDP's
-    gradient hooks are armed there); the same numbers as Transformer.loss(..., reduction="none")."""
+    gradient hooks are armed there); the same numbers as Transformer.loss(..., reduction="none").
+    With `images`, they fill the rows' `<image>` positions; targets outside `loss_mask` give 0."""
     from engine.model.decoder import cross_entropy
 
-    targets = tokens[:, 1:]
-    return (loss_fn or cross_entropy)(net(tokens[:, :-1]).flatten(0, 1), targets.flatten()).view(targets.shape)
+    targets = vision.masked_targets(tokens, loss_mask)
+    logits = net(tokens[:, :-1]) if images is None else net(tokens[:, :-1], images)
+    return (loss_fn or cross_entropy)(logits.flatten(0, 1), targets.flatten()).view(targets.shape)
+
+
+def row_losses(per_token: torch.Tensor, mask: np.ndarray | None) -> torch.Tensor:
+    """Each row's mean loss over its own domain's targets (all of them without a mask; an image row's
+    caption), detached: what the step event's loss per domain averages."""
+    per_token = per_token.detach()
+    if mask is None:
+        return per_token.mean(dim=1)
+    m = torch.as_tensor(mask, device=per_token.device, dtype=per_token.dtype)
+    return (per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
 def compiled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -528,10 +590,14 @@ def out_of_memory(exc: BaseException) -> bool:
 
 
 def build_optimizer(model: torch.nn.Module, st, dev: DeviceInfo) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices (2-D and up) only; fused kernels on CUDA."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": st.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW with weight decay on matrices (2-D and up) only; fused kernels on CUDA. A model with a
+    tower gets groups per part, at the part's learning rate (engine.train.images.param_groups)."""
+    if hasattr(model, "vision"):
+        groups = vision.param_groups(model, st)
+    else:
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": st.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     extra = {"fused": True} if dev.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=st.lr, betas=(st.beta1, st.beta2), eps=1e-8, **extra)
 

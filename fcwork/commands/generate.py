@@ -1,5 +1,6 @@
 """`fcwork generate RUN [PROMPT]`: continue a prompt (or answer it, with --chat) with a run's
-checkpoint, streaming the text as it is generated."""
+checkpoint, streaming the text as it is generated; `--image FILE` shows the model an image first
+(a run whose checkpoint has a vision tower)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run id (a folder under runs/) or path")
     p.add_argument("prompt", help="text to continue, or - to read it from stdin")
     p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--image", metavar="FILE",
+                   help="an image (PNG, JPEG, ...) put at <image> in the prompt, else before it (vision runs)")
     p.add_argument("--chat", action="store_true",
                    help="wrap the prompt as a user turn and stop at the end of the assistant's turn")
     p.add_argument("--system", default="", help="with --chat: a system turn first")
@@ -71,6 +74,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = load_model(ckpt, device)
     prompt = chat_prompt(text, args.system) if args.chat else text
     ids = [EOS_ID, *tok.encode(prompt)]  # EOS: the document boundary the model saw before every text
+    images = None
+    if args.image:
+        ids, images = image_prompt(model, tok, prompt, args.image)
     stop_ids = [EOS_ID]
     if args.chat:
         stop_ids += [i for i in tok.encode(END) if tok.decode([i]) == END]
@@ -81,7 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     start = time.perf_counter()
-    out = generate(model, ids, cfg, stop_ids=stop_ids, on_token=show)
+    out = generate(model, ids, cfg, stop_ids=stop_ids, on_token=show, images=images)
     seconds = time.perf_counter() - start
     sys.stdout.write(stream.flush() + ("\n" if not stream.shown.endswith("\n") else ""))
     sys.stdout.flush()
@@ -93,3 +99,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
               f"({len(out.tokens) / max(seconds, 1e-9):.1f} tok/s), {out.prompt_tokens} prompt tokens; "
               f"stopped at {why}[/]", highlight=False)
     return 0
+
+
+def image_prompt(model, tok, prompt: str, path: str):
+    """(token ids, pixel values) of a prompt with an image: the image's positions at `<image>` in the
+    prompt, else first (as the image-text pairs were trained: image, then caption). The image is
+    letterboxed to the tower's size as the image shards were."""
+    from pathlib import Path
+
+    import torch
+
+    from engine.data.imagesources import decode_image
+    from engine.data.tokenizer import EOS_ID
+    from engine.eval.run_model import IMAGE_PIECE
+    from engine.model.multimodal import expand_image_tokens
+    from engine.model.vision import to_pixels
+
+    if not hasattr(model, "image_token_id"):
+        raise FcError(f"--image {path}: this run's checkpoint has no vision tower (train an align or joint stage)")
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise FcError(f"--image {path}: cannot read ({exc.strerror})") from None
+    pixels = decode_image(data, model.cfg.image_size, 100_000_000)
+    if isinstance(pixels, str):
+        raise FcError(f"--image {path}: {pixels} (expected a PNG, JPEG, WebP or other image Pillow reads)")
+    image_id, n = model.image_token_id, model.cfg.image_tokens
+    ids = tok.encode(prompt)
+    if ids.count(image_id) > 1:
+        raise FcError(f"prompt: {IMAGE_PIECE} appears {ids.count(image_id)} times; one --image fills one")
+    ids = [EOS_ID, *ids] if image_id in ids else [image_id, *ids]
+    return expand_image_tokens(ids, image_id, n), to_pixels(torch.from_numpy(pixels.copy())[None])

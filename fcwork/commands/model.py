@@ -14,7 +14,6 @@ from engine.model.info import (
     memory_estimate,
     param_breakdown,
     preset,
-    vision_params,
 )
 
 GIB = 1024**3
@@ -31,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--checkpointing", action="store_true", help="with activation checkpointing")
     i.add_argument("--device", choices=("auto", *DEVICES), default="auto", help="device to estimate for")
     i.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
-    i.add_argument("--vision", action="store_true", help="count the vision budget as trained too")
+    i.add_argument("--text-only", action="store_true",
+                   help="estimate a text stage: the decoder alone (default: with the vision tower, if any)")
     i.add_argument("--devices", type=int, default=1, help="devices in all (a stage's devices x nodes; default 1)")
     i.add_argument("--strategy", choices=STRATEGIES, default="ddp",
                    help="ddp: every device holds everything; fsdp: weights, grads and moments split by devices")
@@ -52,7 +52,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     seq_len = args.seq_len if args.seq_len is not None else cfg.max_seq_len
     counts = param_breakdown(cfg)
     mem = memory_estimate(
-        cfg, seq_len, args.micro_batch, args.checkpointing, args.precision, args.device, args.vision,
+        cfg, seq_len, args.micro_batch, args.checkpointing, args.precision, args.device,
+        cfg.has_vision and not args.text_only,
         args.devices, args.strategy,
     )
     console = Console()
@@ -71,19 +72,25 @@ def cmd_info(args: argparse.Namespace) -> int:
         "lm_head": "tied to the embedding" if cfg.tie_embeddings else f"{cfg.dim} x vocab {cfg.vocab_size:,}",
         "decoder": f"{_m(per_layer)} per layer without norms",
     }
-    if counts["vision"]:
-        v = vision_params()
-        exact = v["total"] == counts["vision"]
-        how["vision"] = (
-            f"ViT-B/16 224px {_m(v['vision_tower'])} + projector {_m(v['projector'])}"
-            if exact else "budget for the vision tower + projector"
+    if cfg.has_vision:
+        grid = cfg.image_size // cfg.patch_size
+        how["vision_tower"] = (
+            f"SigLIP ViT {cfg.vision_layers} x {cfg.vision_width}, {cfg.image_size} px in {cfg.patch_size} px "
+            f"patches ({grid}x{grid})"
+        )
+        how["projector"] = (
+            f"{cfg.vision_width * cfg.pixel_shuffle ** 2}->{cfg.dim}->{cfg.dim} GELU MLP, "
+            f"{cfg.image_tokens} positions per image"
         )
     else:
-        how["vision"] = "none (text only)"
+        how["vision_tower"] = "none (text only)"
     total = counts["total"]
-    if counts["vision"]:
+    if args.preset == "fc450":
         how["total"] = f"{100 * (total / 450e6 - 1):+.1f}% against the 450M target"
-    for key in ("embedding", "attention", "mlp", "norms", "lm_head", "decoder", "vision", "total"):
+    keys = ("embedding", "attention", "mlp", "norms", "lm_head", "decoder", "vision_tower", "projector", "total")
+    for key in keys:
+        if key == "projector" and not cfg.has_vision:
+            continue
         style = "bold" if key in ("decoder", "total") else None
         table.add_row(key, f"{counts[key]:,}", f"{100 * counts[key] / total:.1f}%", how.get(key, ""), style=style)
     console.print(table)
@@ -92,12 +99,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     title = (
         f"training memory on {where} ({mem['precision']}), micro-batch {args.micro_batch} x {seq_len}, "
         f"activation checkpointing {'on' if args.checkpointing else 'off'}"
+        + (", 1 image" if mem["params"] > counts["decoder"] else "")
     )
     split = f", split {args.devices} ways" if mem["weights"] < 4 * mem["params"] else ""
     mt = Table("part", "bytes", "size", "how", title=title)
     notes = {
         "weights": f"{_m(mem['params'])} params x 4 (fp32)"
-        + (", decoder only (--vision adds the vision budget)" if counts["vision"] and not args.vision else ""),
+        + (", decoder only (--text-only)" if cfg.has_vision and args.text_only else ""),
         "grads": f"x 4 (fp32){split}",
         "optimizer": f"AdamW moments, x 8 (2 x fp32){split}",
         "gathered": "whole parameters in use: embedding, lm head and two blocks, one block's grads",
@@ -105,7 +113,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                                                                  if args.checkpointing else ""))
         if mem["cast_weights"] else
         "none: FSDP gathers them in bf16" if mem["gathered"] and mem["precision"] == "bf16" else "none in fp32",
-        "activations": "each block's input only, one block recomputed" if args.checkpointing else "every block's",
+        "activations": ("each block's input only, one block recomputed" if args.checkpointing else "every block's")
+        + (", and the tower's for one image" if mem["params"] > counts["decoder"] else ""),
         "logits": f"{args.micro_batch * seq_len:,} tokens x vocab x (compute dtype + 2 x fp32)",
         "total": "peak: weights + optimizer + the larger of grads and (casts + activations + logits)",
     }

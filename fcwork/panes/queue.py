@@ -60,6 +60,7 @@ def entry_info(ws: Any, entry: Any, device: str, profiles: dict) -> EntryInfo:
     """Device and memory estimate of a queued stage (profile and tokenizer vocabulary from disk)."""
     from engine.model.info import guess_device, memory_estimate
     from engine.data.tokenizer import read_report
+    from engine.jobs.runs import stage_image_domains
 
     key = entry.profile
     if key not in profiles:
@@ -79,7 +80,8 @@ def entry_info(ws: Any, entry: Any, device: str, profiles: dict) -> EntryInfo:
     vocab = report.vocab_size if report else prof.tokenizer.vocab_size
     try:
         est = memory_estimate(st.model_config(vocab), st.seq_len, st.micro_batch, st.activation_checkpointing,
-                              st.precision, dev, devices=st.world_size, strategy=st.strategy)
+                              st.precision, dev, include_vision=bool(stage_image_domains(prof, st)),
+                              devices=st.world_size, strategy=st.strategy)
         memory = fmt_gib(est["total"])
     except FcError:
         memory = "-"

@@ -1,0 +1,92 @@
+"""fc450's joint stage on CUDA (the stand-in for the Mac's unified memory): peak memory at 1 image x 2048
+tokens with activation checkpointing against `fcwork model info`'s estimate, and image-text tokens/s
+against text-only tokens/s at the same sequence length, beside the tower's share of the FLOPs.
+
+Both in one run: the same model (VisionLanguageModel, bf16 autocast, AdamW over every part), a
+text micro-batch (no image) and an image micro-batch (196 `<image>` positions + text) alternated
+after warm-up, so the ratio is measured under the same conditions.
+
+    python bench/vision_stage.py [--steps 10]      # needs a CUDA device
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from engine.model.config import PRESETS  # noqa: E402
+from engine.model.info import memory_estimate, param_breakdown  # noqa: E402
+from engine.model.multimodal import VisionLanguageModel  # noqa: E402
+
+GIB = 1024**3
+VOCAB, SEQ, IMAGE_ID = 50000, 2048, 5
+
+
+def step(model, opt, x, pixels) -> None:
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model.loss(x[:, :-1], x[:, 1:], images=pixels)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def timed(model, opt, x, pixels, steps: int) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(model, opt, x, pixels)
+    torch.cuda.synchronize()
+    return steps * SEQ / (time.perf_counter() - start)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("vision_stage: needs a CUDA device", file=sys.stderr)
+        return 1
+    cfg = PRESETS["fc450"].with_vocab(VOCAB)
+    torch.manual_seed(0)
+    model = VisionLanguageModel(cfg, IMAGE_ID).cuda()
+    model.set_activation_checkpointing(True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    text = torch.randint(10, VOCAB, (1, SEQ + 1), device="cuda")
+    image = text.clone()
+    image[0, 1:1 + cfg.image_tokens] = IMAGE_ID
+    pixels = torch.rand(1, 3, cfg.image_size, cfg.image_size, device="cuda") * 2 - 1
+    for _ in range(2):
+        step(model, opt, image, pixels)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step(model, opt, image, pixels)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    est = memory_estimate(cfg, SEQ, 1, True, "bf16", "cuda", include_vision=True)
+    text_tps = timed(model, opt, text, None, args.steps)
+    image_tps = timed(model, opt, image, pixels, args.steps)
+    counts = param_breakdown(cfg)
+    patches = (cfg.image_size // cfg.patch_size) ** 2
+    # 6 N per token (forward + backward) for the matmuls, the tower's over its patches.
+    decoder_flops = 6 * (counts["decoder"] - counts["embedding"]) * SEQ
+    tower_flops = 6 * counts["vision_tower"] * patches + 6 * counts["projector"] * cfg.image_tokens
+    share = tower_flops / (decoder_flops + tower_flops)
+    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; fc450 joint, 1 image x {SEQ}, "
+          "activation checkpointing, bf16 autocast, AdamW")
+    print(f"peak memory {peak / GIB:.2f} GiB; estimate {est['total'] / GIB:.2f} GiB; measured/estimate "
+          f"{peak / est['total']:.2f}")
+    print(f"tokens/s text-only {text_tps:,.0f}, image-text {image_tps:,.0f}: image-text costs "
+          f"{text_tps / image_tps - 1:+.1%} time per token; the tower's share of the FLOPs {share:.1%} "
+          f"(time ratio {text_tps / image_tps:.3f} vs FLOPs ratio {1 / (1 - share):.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
