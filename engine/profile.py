@@ -26,6 +26,7 @@ PGN_KEYS = ("min_elo", "time_control", "results", "headers", "comments", "valida
 TIME_CONTROL_CLASSES = ("ultrabullet", "bullet", "blitz", "rapid", "classical", "correspondence")
 PGN_RESULTS = ("1-0", "0-1", "1/2-1/2", "*")
 BUILTIN_PREFIX = "builtin:"
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the decoder's projections a LoRA stage may adapt
 SPECIAL_SYMBOLS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<image>")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -175,6 +176,14 @@ class StageConfig:
     seed: int = spec(0, _non_negative, "a non-negative integer")
     max_restarts: int = spec(2, _non_negative, "a non-negative integer")
     mix: dict[str, float] = spec(default_factory=dict)
+    # Chat SFT: rows packed from whole documents, loss on assistant turns (and their <|end|>) only.
+    sft: bool = False
+    # LoRA on the frozen weights of init_from (0: off, every weight trains): rank, alpha (the update is
+    # scaled by alpha / rank), dropout on the adapters' input, and which projections get adapters.
+    lora_rank: int = spec(0, _non_negative, "a non-negative integer (0: no LoRA)")
+    lora_alpha: float = spec(16.0, _positive, "a positive number")
+    lora_dropout: float = spec(0.0, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    lora_targets: list[str] = spec(default_factory=lambda: list(LORA_TARGETS))
 
     def model_config(self, vocab_size: int = 0) -> ModelConfig:
         """The model shape this stage trains, with the tokenizer's vocabulary filled in."""
@@ -432,6 +441,16 @@ def _check_stage(st: StageConfig, where: str, earlier: list[str] | None, mix: di
         raise fail(f"{where}.init_from: expected the name of an earlier stage ({known}), got {describe_value(st.init_from)}")
     if st.warmup_steps >= st.max_steps and st.max_steps > 1:
         raise fail(f"{where}.warmup_steps: expected fewer than max_steps ({st.max_steps}), got {st.warmup_steps}")
+    for target in st.lora_targets:
+        if target not in LORA_TARGETS:
+            raise fail(f"{where}.lora_targets: expected names among {', '.join(LORA_TARGETS)}, got {describe_value(target)}")
+    if st.lora_rank:
+        if not st.lora_targets:
+            raise fail(f"{where}.lora_targets: expected at least one of {', '.join(LORA_TARGETS)} when lora_rank > 0")
+        if not st.init_from:
+            raise fail(f"{where}.init_from: expected an earlier stage whose weights LoRA adapts (lora_rank is {st.lora_rank})")
+        if st.strategy == "fsdp" and st.world_size > 1:
+            raise fail(f"{where}.strategy: expected \"ddp\" with lora_rank > 0 (the adapters are small; FSDP is for whole models)")
     if st.mix:  # empty: the stage trains on the profile's mix
         try:
             check_mix(st.mix, mix, f"{where}.mix", domains_of="[mix]")

@@ -29,7 +29,8 @@ from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Answer, Event, RunSta
 from engine.jobs.rundir import RunDir
 from engine.jobs.spec import RunSpec
 from engine.mix import normalise
-from engine.data.sampler import MixSchedule, Sampler
+from engine.data.chat_template import ASSISTANT, END, SYSTEM, USER
+from engine.data.sampler import ChatIds, MixSchedule, Sampler
 from engine.data.tokenizer import Tokenizer
 from engine.train import checkpoint as ckpt
 from engine.train import distributed
@@ -38,6 +39,7 @@ from engine.train.device import DeviceInfo, eager, pick_device
 from engine.train.evaluate import evaluate
 from engine.train.lr_schedule import lr_at, schedule_info
 from engine.train.watch import ControlWatcher, Rejected, StopSignals
+from engine.model.lora import trainable_counts
 
 log = logging.getLogger("fcwork.trainer")
 THREADS_ENV = "FCWORK_TRAIN_THREADS"   # pin torch's CPU threads (same value => same sums => exact resume)
@@ -94,11 +96,13 @@ class Trainer:
         self.build_model(compile_on)
         origin, last_request = self.restore(done)
         self.sampler = Sampler(shards, st.seq_len, st.seed, self.schedule)
+        self.chat = chat_ids(Tokenizer.load(spec.tokenizer)) if st.sft else None
         self.domain_names = list(self.sampler.domains)  # domain ids index this (sorted) list
         # Rank 0 reads the requests and hands them to the others (check_control).
         self.watcher = ControlWatcher(self.run.requests_dir, spec.domains, last_request) if self.par.main else None
-        log.info("run %s: stage %s, %s params, %s on %s (%s), compile %s", spec.run_id, st.name,
-                 f"{self.model.num_params():,}", origin, self.par.describe(self.dev.name), self.dev.precision,
+        trainable, total = trainable_counts(self.model)
+        log.info("run %s: stage %s, %s params (%s trainable), %s on %s (%s), compile %s", spec.run_id, st.name,
+                 f"{total:,}", f"{trainable:,}", origin, self.par.describe(self.dev.name), self.dev.precision,
                  "on" if compile_on else "off")
         self.status(RunState.RUNNING, origin)
 
@@ -128,6 +132,13 @@ class Trainer:
         torch.manual_seed(st.seed)
         with torch.device(self.dev.device):
             self.model = Transformer(cfg)
+        self.lora = None
+        if st.lora_rank:  # the base weights before the adapters, so every rank wraps the same model
+            from engine.model.lora import LoraSpec, apply_lora
+
+            self.lora = LoraSpec(st.lora_rank, st.lora_alpha, st.lora_dropout, tuple(st.lora_targets))
+            self.load_base(self.spec.init_from)
+            apply_lora(self.model, self.lora)
         self.model.set_activation_checkpointing(st.activation_checkpointing)
         self.net = self.par.wrap(self.model, self.dev.precision, compile_on)
         self.optimizer = build_optimizer(self.model, st, self.dev)
@@ -155,7 +166,8 @@ class Trainer:
             break
         else:
             if self.spec.init_from:
-                self.init_from(self.spec.init_from)
+                if self.lora is None:  # a LoRA stage loaded its base in build_model
+                    self.init_from(self.spec.init_from)
                 origin = f"initialised from {self.spec.init_from}"
         return origin, self.replay_requests(last_request)
 
@@ -167,7 +179,10 @@ class Trainer:
             last_request = int(state.get("last_request_id", 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise RunError(f"{where / 'state.json'}: missing or malformed field ({exc})") from None
-        self.par.load_weights(where, self.model, self.dev.device)
+        if self.lora is not None:
+            self.load_adapters(where)
+        else:
+            self.par.load_weights(where, self.model, self.dev.device)
         self.par.load_optimizer(where, self.model, self.optimizer, self.dev.device)
         self.step, self.schedule = step, schedule
         self.tokens_drawn.update(state.get("tokens_drawn", {}))
@@ -184,7 +199,29 @@ class Trainer:
                 f"{where}: init_from checkpoint was trained with tokenizer {theirs_p or '?'}..., this run uses "
                 f"{ours_p}... (retrain the earlier stage with this tokenizer)"
             )
-        self.par.load_weights(where, self.model, self.dev.device)
+        if "lora" in state:  # an SFT run's adapters on its own base: the merged weights
+            self.model.load_state_dict(self.base_weights(where), strict=False)
+        else:
+            self.par.load_weights(where, self.model, self.dev.device)
+
+    def base_weights(self, where: Path) -> dict[str, torch.Tensor]:
+        """The whole decoder of a checkpoint (a LoRA run's merged onto its base), checked against our shape."""
+        from engine.eval.run_model import checkpoint_weights, split_decoder
+
+        decoder, _ = split_decoder(checkpoint_weights(where), self.spec.model, str(where))
+        return {k: v.to(self.dev.device) for k, v in decoder.items()}
+
+    def load_base(self, where: Path) -> None:
+        """A LoRA stage's frozen base: init_from's weights (the tokenizer checked as for init_from)."""
+        self.init_from(where)
+
+    def load_adapters(self, where: Path) -> None:
+        """A LoRA checkpoint's adapters (its model.safetensors holds nothing else)."""
+        from engine.model.lora import adapter_tensors
+
+        expected = {n: tuple(t.shape) for n, t in adapter_tensors(self.model).items()}
+        tensors = ckpt.read_weights(where, expected, self.dev.device)
+        self.model.load_state_dict(tensors, strict=False)
 
     def replay_requests(self, last_request: int) -> int:
         """Requests answered after the checkpoint we resumed from stay answered: their mixes go back in
@@ -257,19 +294,31 @@ class Trainer:
         loss_sum = torch.zeros((), device=dev.device)
         dom_sum = torch.zeros(n_dom, device=dev.device)  # per-sequence mean losses, summed by domain
         dom_count = np.zeros(n_dom, dtype=np.int64)
+        kept = torch.zeros((), device=dev.device)  # SFT: target tokens that carried loss
         for micro in range(st.grad_accum):
             first = distributed.sequence_index(step, micro, st.grad_accum, st.micro_batch, par.rank, par.world)
-            tokens, domain_ids = self.sampler.batch(step, first, st.micro_batch)
+            mask = None
+            if self.chat is not None:
+                tokens, mask, domain_ids = self.sampler.packed_batch(step, first, st.micro_batch, self.chat)
+                mask = torch.as_tensor(mask[:, 1:]).to(dev.device, non_blocking=True)
+            else:
+                tokens, domain_ids = self.sampler.batch(step, first, st.micro_batch)
             dom_count += np.bincount(domain_ids, minlength=n_dom)
             x = torch.as_tensor(tokens).to(dev.device, non_blocking=True)
             with par.accumulating(self.net, micro == st.grad_accum - 1):
                 with dev.autocast():
-                    per_token = token_losses(self.net, x)
-                loss = per_token.mean()
+                    per_token = token_losses(self.net, x, mask)
+                if mask is None:
+                    loss, row_loss = per_token.mean(), per_token.detach().mean(dim=1)
+                else:
+                    n_row = mask.sum(dim=1)
+                    loss = per_token.sum() / n_row.sum().clamp(min=1)
+                    row_loss = per_token.detach().sum(dim=1) / n_row.clamp(min=1)
+                    kept += n_row.sum()
                 (loss / st.grad_accum).backward()  # DDP and FSDP average the ranks' gradients
             loss_sum += loss.detach()
             if logging_step:
-                dom_sum.index_add_(0, torch.as_tensor(domain_ids).to(dev.device), per_token.detach().mean(dim=1))
+                dom_sum.index_add_(0, torch.as_tensor(domain_ids).to(dev.device), row_loss)
         if par.world > 1:  # the whole step's domains, from the sampler's hashes alone: no collective
             first = distributed.sequence_index(step, 0, st.grad_accum, st.micro_batch, 0, par.world)
             every = self.sampler.draw(step, first, st.grad_accum * par.world * st.micro_batch)[0]
@@ -282,10 +331,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if not logging_step:
             return None
-        sums = par.sum(torch.cat([loss_sum[None], dom_sum])).tolist()  # waits for the device: real timing
-        loss_value, sums = sums[0] / (st.grad_accum * par.world), sums[1:]
+        sums = par.sum(torch.cat([loss_sum[None], kept[None], dom_sum])).tolist()  # waits for the device
+        loss_value, kept_all, sums = sums[0] / (st.grad_accum * par.world), sums[1], sums[2:]
         domain_loss = {d: sums[i] / int(dom_count[i]) for i, d in enumerate(self.domain_names) if dom_count[i]}
-        return self.step_event(step, loss_value, domain_loss, lr, float(grad_norm))
+        fields = self.step_event(step, loss_value, domain_loss, lr, float(grad_norm))
+        if self.chat is not None:
+            fields["loss_share"] = round(kept_all / (st.grad_accum * par.world * st.micro_batch * st.seq_len), 4)
+        return fields
 
     def step_event(self, step: int, loss: float, domain_loss: dict[str, float], lr: float, grad_norm: float) -> dict:
         """The step event's fields, with speed averaged over the steps since the last one."""
@@ -420,6 +472,14 @@ class Trainer:
         self.saved_step = self.step
         if not self.par.main:
             return
+        trainable, total = trainable_counts(self.model)
+        extra: dict[str, Any] = {"trainable_params": trainable, "params": total,
+                                 "optim_bytes": sum(t.numel() * t.element_size() for t in moments.values())}
+        if self.lora is not None:  # only the adapters: the base is init_from's checkpoint
+            from engine.model.lora import is_adapter
+
+            weights = {n: t for n, t in weights.items() if is_adapter(n)}
+            extra.update(lora=self.lora.to_dict(), lora_base=str(self.spec.init_from))
         state = {
             "step": self.step,
             "tokens": self.step * self.tokens_per_step,
@@ -435,6 +495,7 @@ class Trainer:
             "model": asdict(self.spec.model),
             "run_id": self.spec.run_id,
             "time": time.time(),
+            **extra,
         }
         where = ckpt.write_checkpoint(self.run.ckpt_dir, self.step, weights, moments, state, st.keep_checkpoints)
         self.events.write(Event.CHECKPOINT, step=self.step, path=str(where))
@@ -442,12 +503,15 @@ class Trainer:
         self.mark = (time.perf_counter(), self.step)  # keep checkpoint time out of the next tokens/s
 
 
-def token_losses(net: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def token_losses(net: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token next-token loss [B, T] of rows of T + 1 tokens, through `net`'s own call (DDP's
-    gradient hooks are armed there); the same numbers as Transformer.loss(..., reduction="none")."""
-    from engine.model.decoder import cross_entropy
+    gradient hooks are armed there); the same numbers as Transformer.loss(..., reduction="none").
+    `mask` [B, T] (SFT): targets where it is False are IGNORE and give 0."""
+    from engine.model.decoder import IGNORE, cross_entropy
 
     targets = tokens[:, 1:]
+    if mask is not None:
+        targets = torch.where(mask, targets, IGNORE)
     return cross_entropy(net(tokens[:, :-1]).flatten(0, 1), targets.flatten()).view(targets.shape)
 
 
@@ -462,6 +526,12 @@ def out_of_memory(exc: BaseException) -> bool:
     if oom_type is not None and isinstance(exc, oom_type):
         return True
     return isinstance(exc, RuntimeError) and any(p in str(exc) for p in OOM_PHRASES)
+
+
+def chat_ids(tok: Tokenizer) -> ChatIds:
+    """The ids an SFT stage's loss mask needs, from the run's tokenizer."""
+    roles = tuple(tok.symbol_id(s) for s in (SYSTEM, USER, ASSISTANT))
+    return ChatIds(tok.eos_id, tok.symbol_id(ASSISTANT), tok.symbol_id(END), roles)
 
 
 def build_optimizer(model: torch.nn.Module, st, dev: DeviceInfo) -> torch.optim.Optimizer:

@@ -1,0 +1,110 @@
+"""Chat SFT with LoRA: the loss mask of the chat template, packing whole conversations, adapters
+only in checkpoints, exact resume after SIGKILL, and the adapters in PEFT's layout checked in peft."""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as hs
+
+from engine.data.chat_template import ASSISTANT, END, SYSTEM, USER, assistant_mask, last_state, render
+from tests.sft_fixtures import base_run, make_sft_run, read_json, sft_workspace  # noqa: F401 (fixtures)
+from tests.train_fixtures import events_of, kill, log_tail, start_trainer, step_losses, train_here, wait_for
+
+A, E, S, U = 3, 4, 5, 6  # stand-in ids: assistant, end, system, user
+ROLES = (S, U, A)
+
+
+def test_mask_covers_assistant_turns_and_their_end():
+    ids = np.array([S, 10, E, 11, U, 12, 13, E, 11, A, 14, 15, E, 11, U, 16, E, 11, A, 17, E, 11, 2])
+    want = [0] * 10 + [1, 1, 1] + [0] * 6 + [1, 1] + [0, 0]
+    assert assistant_mask(ids, A, E, ROLES).astype(int).tolist() == want
+    assert assistant_mask(np.array([20, 21, 2]), A, E, ROLES).all()  # not a conversation: all learnt
+    cut = ids[:11]
+    assert last_state(cut, A, E, ROLES) and assistant_mask(ids[11:15], A, E, ROLES, inside=True).tolist() == [1, 1, 0, 0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(hs.lists(hs.tuples(hs.sampled_from(["system", "user", "assistant"]), hs.integers(0, 3)), min_size=1, max_size=6),
+       hs.integers(0, 30))
+def test_mask_of_a_cut_matches_the_whole(turns, cut):
+    """A conversation cut anywhere (a long one split over rows) masks its tail as the whole does."""
+    sym = {"system": S, "user": U, "assistant": A}
+    ids = []
+    for role, n in turns:
+        ids += [sym[role], *range(20, 20 + n), E, 11]
+    ids = np.array(ids)
+    cut = min(cut, len(ids) - 1)
+    whole = assistant_mask(ids, A, E, ROLES)
+    inside = last_state(ids[:cut], A, E, ROLES)
+    part = assistant_mask(ids[cut:], A, E, ROLES, inside=inside)
+    if inside or np.isin(ids[cut:], ROLES).any():
+        assert part.tolist() == whole[cut:].tolist()
+
+
+def test_render_matches_the_exports_jinja():
+    from jinja2 import Template
+
+    from engine.data.chat_template import JINJA
+
+    msgs = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?")]
+    sym = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+    ours = render([(sym[r], t) for r, t in msgs], add_generation_prompt=True)
+    theirs = Template(JINJA).render(messages=[{"role": r, "content": t} for r, t in msgs], add_generation_prompt=True)
+    assert ours == theirs and ours.endswith(f"{END}\n{ASSISTANT}\n")
+
+
+def test_packed_rows_keep_conversations_whole(sft_workspace):
+    from engine.data.sampler import MixSchedule, Sampler
+    from engine.data.shards import open_shard
+    from engine.data.tokenizer import Tokenizer
+    from engine.train.trainer import chat_ids
+
+    tw = sft_workspace
+    tok = Tokenizer.load(tw.tokenizer_path)
+    chat = chat_ids(tok)
+    shard = open_shard(tw.ws.tok_dir(tw.profile.name) / "chat", tok.hash)
+    sampler = Sampler({"chat": shard}, 32, 7, MixSchedule.constant({"chat": 1.0}))
+    tokens, mask, dom = sampler.packed_batch(0, 100, 16, chat)
+    again = sampler.packed_batch(0, 100, 16, chat)
+    assert np.array_equal(tokens, again[0]) and np.array_equal(mask, again[1])
+    docs = {tuple(shard.tokens[int(a):int(b)].tolist()) for a, b in zip(shard.doc_starts[:-1], shard.doc_starts[1:])}
+    for row, m in zip(tokens, mask):
+        ends = np.flatnonzero(row == tok.eos_id)
+        pieces = np.split(row, ends + 1)
+        body = [p for p in pieces if p.size and not (p == tok.eos_id).all()]
+        assert all(tuple(p.tolist()) in docs for p in body[:-1] if p[-1] == tok.eos_id)  # whole documents
+        learnt = row[m]
+        assert chat.end_id in learnt.tolist() or not m.any() or m[-1]  # a turn ends, or the row cuts it
+        assert chat.assistant_id not in learnt.tolist() and chat.role_ids[1] not in learnt.tolist()
+
+
+def test_lora_sft_trains_adapters_only_and_resumes_exactly(sft_workspace, base_run):
+    from safetensors.torch import load_file
+
+    reference = make_sft_run(sft_workspace, base_run)
+    assert train_here(reference) == 0, log_tail(reference)
+    steps = events_of(reference, "step")
+    assert all(0 < e["loss_share"] < 1 for e in steps)
+    ckpt = reference / "ckpt" / "step-12"
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert saved and all(k.endswith((".lora_A", ".lora_B")) for k in saved)
+    assert len(saved) == 2 * 2 * 5  # 2 layers x 5 targets x (A, B)
+    state = read_json(ckpt / "state.json")
+    assert state["lora"]["rank"] == 4 and state["trainable_params"] < state["params"] / 5
+    assert state["optim_bytes"] <= 2 * 4 * state["trainable_params"] + 64 * len(saved)
+    assert any(float(saved[k].abs().max()) > 0 for k in saved if k.endswith("lora_B"))
+
+    run = make_sft_run(sft_workspace, base_run)
+    proc = start_trainer(run)
+    wait_for(lambda: max(step_losses(run), default=0) >= 5, 90, "step 5")
+    kill(proc)
+    assert proc.returncode == -signal.SIGKILL
+    assert train_here(run) == 0, log_tail(run)
+    assert step_losses(run) == step_losses(reference)
+    mine = load_file(str(run / "ckpt" / "step-12" / "model.safetensors"))
+    import torch
+
+    assert all(torch.equal(mine[k], saved[k]) for k in saved)
