@@ -81,11 +81,17 @@ def test_packed_rows_keep_conversations_whole(sft_workspace):
         assert chat.assistant_id not in learnt.tolist() and chat.role_ids[1] not in learnt.tolist()
 
 
-def test_lora_sft_trains_adapters_only_and_resumes_exactly(sft_workspace, base_run):
+@pytest.fixture(scope="module")
+def lora_run(sft_workspace, base_run):
+    run = make_sft_run(sft_workspace, base_run)
+    assert train_here(run) == 0, log_tail(run)
+    return run
+
+
+def test_lora_sft_trains_adapters_only_and_resumes_exactly(sft_workspace, base_run, lora_run):
     from safetensors.torch import load_file
 
-    reference = make_sft_run(sft_workspace, base_run)
-    assert train_here(reference) == 0, log_tail(reference)
+    reference = lora_run
     steps = events_of(reference, "step")
     assert all(0 < e["loss_share"] < 1 for e in steps)
     ckpt = reference / "ckpt" / "step-12"
@@ -108,3 +114,34 @@ def test_lora_sft_trains_adapters_only_and_resumes_exactly(sft_workspace, base_r
     import torch
 
     assert all(torch.equal(mine[k], saved[k]) for k in saved)
+
+
+def test_adapters_load_in_peft_on_our_hf_export_and_merge_for_export(base_run, lora_run, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from engine.eval.run_model import find_checkpoint, load_model
+    from engine.export import ExportError, export_adapters, export_run
+
+    base_hf = export_run(base_run, "hf", out=tmp_path / "base").path
+    adapters = export_adapters(lora_run, out=tmp_path / "adapters").path
+    merged_hf = export_run(lora_run, "hf", out=tmp_path / "merged").path
+    config = read_json(adapters / "adapter_config.json")
+    assert config["r"] == 4 and sorted(config["target_modules"]) == ["down_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    ours = load_model(find_checkpoint(lora_run))
+    ids = torch.tensor([[2, 5, 9, 30, 41, 7, 3, 99, 120, 6]])
+    with torch.no_grad():
+        want = ours(ids)
+        peft = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base_hf), adapters).eval()
+        got = peft(input_ids=ids).logits
+        merged = LlamaForCausalLM.from_pretrained(merged_hf).eval()(input_ids=ids).logits
+        plain = LlamaForCausalLM.from_pretrained(base_hf).eval()(input_ids=ids).logits
+    assert (got - want).abs().max() < 1e-5
+    assert (merged - want).abs().max() < 1e-5
+    assert (plain - want).abs().max() > 1e-4  # the adapters do change the model
+    tok = AutoTokenizer.from_pretrained(merged_hf)
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|user|>\nhi\n<|end|>\n<|assistant|>\n"
+    with pytest.raises(ExportError, match="no lora_rank"):
+        export_adapters(base_run, out=tmp_path / "none")
