@@ -145,3 +145,17 @@ def test_adapters_load_in_peft_on_our_hf_export_and_merge_for_export(base_run, l
     assert text == "<|user|>\nhi\n<|end|>\n<|assistant|>\n"
     with pytest.raises(ExportError, match="no lora_rank"):
         export_adapters(base_run, out=tmp_path / "none")
+
+
+def test_chat_probe_checks_answers_in_their_clients():
+    from engine.eval.probes import chat
+
+    items = chat.build_items([], 6, seed=0)
+    assert [i.kind for i in items] == ["chess", "code", "table"] * 2
+    assert items == chat.build_items([], 6, seed=0)
+    for item in items:  # the reference answer passes, a wrong one does not, a missing <|end|> is seen
+        assert chat.check(item, f"{item.answer}\n{END}") == {"answer": item.answer, "end": True, "correct": True}
+        assert not chat.check(item, "Zz9 nonsense")["correct"]
+        assert not chat.check(item, item.answer)["end"]
+    assert chat.run_snippet("import socket; socket.create_connection(('example.com', 80))") is None
+    assert chat.run_snippet("while True: pass", timeout=0.5) is None
