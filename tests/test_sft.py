@@ -159,3 +159,25 @@ def test_chat_probe_checks_answers_in_their_clients():
         assert not chat.check(item, item.answer)["end"]
     assert chat.run_snippet("import socket; socket.create_connection(('example.com', 80))") is None
     assert chat.run_snippet("while True: pass", timeout=0.5) is None
+
+
+def test_runs_show_says_what_a_lora_run_trains(lora_run, capsys):
+    from fcwork.cli import main
+
+    assert main(["--workspace", str(lora_run.parent.parent), "runs", "show", lora_run.name]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    state = read_json(lora_run / "ckpt" / "step-12" / "state.json")
+    assert f"trainable parameters: {state['trainable_params']:,} of {state['params']:,}" in out
+    assert "optimizer state" in out and "LoRA: rank 4, alpha 8.0, dropout 0.1 on q, v, o, up, down" in out
+    assert "loss on assistant turns only" in out
+
+
+def test_a_live_mix_edit_applies_in_an_sft_stage(sft_workspace, base_run):
+    from engine.jobs.rundir import RunDir
+
+    run = make_sft_run(sft_workspace, base_run, max_steps=3, checkpoint_every=3, warmup_steps=1)
+    RunDir(run).send_request(mix={"chat": 1.0, "code": 0.0})
+    assert train_here(run) == 0, log_tail(run)
+    (answer,) = events_of(run, "answer")
+    assert answer["outcome"] == "applied" and answer["step"] == 1
+    assert events_of(run, "step")[-1]["mix"]["code"] == 0.0
