@@ -146,6 +146,13 @@ def test_adapters_load_in_peft_on_our_hf_export_and_merge_for_export(base_run, l
     with pytest.raises(ExportError, match="no lora_rank"):
         export_adapters(base_run, out=tmp_path / "none")
 
+    from fcwork.cli import main
+
+    ws = str(lora_run.parent.parent)
+    assert main(["--workspace", ws, "export", lora_run.name, "--adapters-only", "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "adapter_model.safetensors").exists()
+    assert main(["--workspace", ws, "export", lora_run.name]) == 2
+
 
 def test_chat_probe_checks_answers_in_their_clients():
     from engine.eval.probes import chat
