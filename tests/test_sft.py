@@ -164,6 +164,7 @@ def test_chat_probe_checks_answers_in_their_clients():
         assert chat.check(item, f"{item.answer}\n{END}") == {"answer": item.answer, "end": True, "correct": True}
         assert not chat.check(item, "Zz9 nonsense")["correct"]
         assert not chat.check(item, item.answer)["end"]
+        assert not chat.check(item, END)["end"]  # an empty turn is no answer
     assert chat.run_snippet("import socket; socket.create_connection(('example.com', 80))") is None
     assert chat.run_snippet("while True: pass", timeout=0.5) is None
 

@@ -7,7 +7,8 @@ table. The prompt is the chat template's user turn and the assistant's opening; 
 text before `<|end|>`. Checks: python-chess accepts the first move in the position; the snippet,
 run in a fresh `python -I` subprocess with a timeout and its sockets refused, prints the answer;
 the table value recomputed from the CSV equals the answer's number. Metrics: `end` (share of
-answers ending with `<|end|>`), `correct`, and the correct share per kind.
+answers that say something and end with `<|end|>`: an empty turn does not count), `correct`, and the
+correct share per kind.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def check(item: Task, completion: str) -> dict:
         ask, _, csv = item.subject.partition("\n")
         want, got = _number(table_answer(csv, ask)), _number(answer)
         correct = want is not None and got is not None and math.isclose(want, got, rel_tol=1e-9, abs_tol=1e-9)
-    return {"answer": answer, "end": ended, "correct": bool(correct)}
+    return {"answer": answer, "end": ended and bool(answer), "correct": bool(correct)}
 
 
 def _turn_ended(text: str) -> bool:
