@@ -26,6 +26,7 @@ PGN_KEYS = ("min_elo", "time_control", "results", "headers", "comments", "valida
 TIME_CONTROL_CLASSES = ("ultrabullet", "bullet", "blitz", "rapid", "classical", "correspondence")
 PGN_RESULTS = ("1-0", "0-1", "1/2-1/2", "*")
 BUILTIN_PREFIX = "builtin:"
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the decoder's projections a LoRA stage may adapt
 SPECIAL_SYMBOLS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<image>")
 IMAGE_SYMBOL = "<image>"
 IMAGE_FORMATS = ("webdataset", "parquet")  # file formats that may carry images (`image` key)
@@ -221,6 +222,14 @@ class StageConfig:
     mix_max_change: float = spec(0.1, lambda v: 0 < v <= 1, "a number in (0, 1]")  # per domain, per suggestion
     # Passes over a domain's training tokens past which a suggestion never raises it (0: data.warn_epochs).
     mix_max_epochs: float = spec(0.0, _non_negative, "a non-negative number (0: data.warn_epochs)")
+    # Chat SFT: rows packed from whole documents, loss on assistant turns (and their <|end|>) only.
+    sft: bool = False
+    # LoRA on the frozen weights of init_from (0: off, every weight trains): rank, alpha (the update is
+    # scaled by alpha / rank), dropout on the adapters' input, and which projections get adapters.
+    lora_rank: int = spec(0, _non_negative, "a non-negative integer (0: no LoRA)")
+    lora_alpha: float = spec(16.0, _positive, "a positive number")
+    lora_dropout: float = spec(0.0, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    lora_targets: list[str] = spec(default_factory=lambda: list(LORA_TARGETS))
 
     def model_config(self, vocab_size: int = 0) -> ModelConfig:
         """The model shape this stage trains, with the tokenizer's vocabulary filled in."""
@@ -516,6 +525,16 @@ def _check_stage(st: StageConfig, where: str, earlier: list[str] | None, mix: di
             raise fail(f"{where}.suggest_every: expected a multiple of eval_every ({st.eval_every}), got {st.suggest_every}")
     if st.mix_min > st.mix_max:
         raise fail(f"{where}.mix_min: expected at most mix_max ({st.mix_max:g}), got {st.mix_min:g}")
+    for target in st.lora_targets:
+        if target not in LORA_TARGETS:
+            raise fail(f"{where}.lora_targets: expected names among {', '.join(LORA_TARGETS)}, got {describe_value(target)}")
+    if st.lora_rank:
+        if not st.lora_targets:
+            raise fail(f"{where}.lora_targets: expected at least one of {', '.join(LORA_TARGETS)} when lora_rank > 0")
+        if not st.init_from:
+            raise fail(f"{where}.init_from: expected an earlier stage whose weights LoRA adapts (lora_rank is {st.lora_rank})")
+        if st.strategy == "fsdp" and st.world_size > 1:
+            raise fail(f"{where}.strategy: expected \"ddp\" with lora_rank > 0 (the adapters are small; FSDP is for whole models)")
     if st.mix:  # empty: the stage trains on the profile's mix
         try:
             check_mix(st.mix, mix, f"{where}.mix", domains_of="[mix]")

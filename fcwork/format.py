@@ -20,6 +20,11 @@ PROBE_ROWS = (
     ("code", "compile", "code: body compiles"),
     ("data", "exact", "data: exact answer"),
     ("science", "accuracy", "science: cloze accuracy"),
+    ("chat", "end", "chat: ends its turn"),
+    ("chat", "correct", "chat: right answer"),
+    ("chat", "chess", "chat: legal move named"),
+    ("chat", "code", "chat: snippet's output"),
+    ("chat", "table", "chat: table value"),
 )
 # (probe, metric) -> label, in display order.
 PROBE_LABELS = {(p, m): label for p, m, label in PROBE_ROWS}

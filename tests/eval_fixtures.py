@@ -153,6 +153,36 @@ def eval_workspace(tmp_path_factory) -> EvalWorkspace:
     return EvalWorkspace(ws, tok_path, run, tied)
 
 
+def make_lora_run(base: Path, dest: Path, rank: int = 4, seed: int = 3) -> Path:
+    """A copy of run `base` whose checkpoint is LoRA adapters (random, B not zero) on base's own
+    checkpoint, written as the trainer writes a LoRA stage's."""
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.jobs.rundir import RunDir
+    from engine.model.decoder import Transformer
+    from engine.model.lora import LoraSpec, adapter_tensors, apply_lora
+
+    run = clone_run(base, dest)
+    shutil.rmtree(run / "ckpt")
+    spec = RunDir(run).spec()
+    lora = LoraSpec(rank, alpha=8.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
+    torch.manual_seed(seed)
+    model = Transformer(spec.model)
+    apply_lora(model, lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0.0, 0.5)
+    ckpt = run / "ckpt" / f"step-{STEP}"
+    ckpt.mkdir(parents=True)
+    save_file(adapter_tensors(model), str(ckpt / "model.safetensors"))
+    base_ckpt = RunDir(base).latest_checkpoint()
+    (ckpt / "state.json").write_text(json.dumps({"step": STEP, "tokenizer_hash": spec.tokenizer_hash,
+                                                 "lora": lora.to_dict(), "lora_base": str(base_ckpt)}))
+    return run
+
+
 def clone_run(run_dir: Path, dest: Path, tokenizer: Path | None = None) -> Path:
     """A copy of a run folder at dest (stage.toml pointing at `tokenizer` when given)."""
     shutil.copytree(run_dir, dest)

@@ -33,16 +33,16 @@ from engine.profile import SPECIAL_SYMBOLS, SourceConfig
 from engine.data.sources import SourceStats, iter_source
 
 REPO = Path(__file__).resolve().parent.parent
-NAMES = ["python-stdlib", "science-docs", "chess-games", "data-notebooks", "chat"]
+NAMES = ["python-stdlib", "science-docs", "chess-games", "data-notebooks", "chat", "chat-tasks"]
 BUDGET = {"python-stdlib": 150_000, "science-docs": 40_000, "chess-games": 15_000, "data-notebooks": 20_000,
-          "chat": 15_000}
+          "chat": 15_000, "chat-tasks": 10_000}
 
 
 def take(name: str, seed: int, budget: int | None = None) -> list[str]:
     return list(iter_builtin(name, seed, budget or BUDGET[name]))
 
 
-def test_registry_names_the_five_sources_of_the_default_profile():
+def test_registry_names_the_six_sources_of_the_default_profile():
     assert sorted(BUILTIN_SOURCES) == sorted(NAMES)
     default = (REPO / "profiles" / "default.toml").read_text()
     for name in NAMES:

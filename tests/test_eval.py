@@ -224,7 +224,7 @@ def test_eval_run_appends_a_record_with_metrics_probes_and_samples(eval_workspac
     rec = eval_run(run, limits=FAST)
     assert rec["run"] == eval_workspace.run.name and rec["step"] == 20 and rec["checkpoint"] == "ckpt/step-20"
     assert rec["checkpoint_sha256"] == sha256_file(run / "ckpt" / "step-20" / "model.safetensors")
-    assert set(rec["probe_versions"]) == {"bpb", "chess", "code", "data", "science"}
+    assert set(rec["probe_versions"]) == {"bpb", "chess", "code", "data", "science", "chat"}
     m = rec["metrics"]
     assert set(m["domain_bpb"]) == {"code", "science", "chess", "data", "chat"}
     assert all(v > 0 for v in m["domain_bpb"].values()) and m["bpb"] > 0

@@ -16,7 +16,7 @@ from engine.errors import FcError, ModelError, TokenizerError
 from engine.export import export_run
 from engine.export.common import ExportError
 from tests.conftest import REPO
-from tests.eval_fixtures import clone_run, load_run_model, write_checkpoint
+from tests.eval_fixtures import clone_run, load_run_model, make_lora_run, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,6 +28,16 @@ STRINGS = [
     "<|system|>\nYou are helpful.<|end|>\n<|user|>\nhi<|end|>\n<|assistant|>\nhello<|end|>",
     "1. e4 e5 2. Nf3 Nc6 3. Bb5 a6 {Ruy Lopez} 1/2-1/2",
 ]
+
+
+@pytest.fixture(scope="module")
+def lora_run(eval_workspace, tmp_path_factory) -> Path:
+    """A LoRA run on eval_workspace.run's checkpoint: exports merge its adapters."""
+    return make_lora_run(eval_workspace.run, tmp_path_factory.mktemp("lora") / "lora-run")
+
+
+def run_of(eval_workspace, request, which: str) -> Path:
+    return request.getfixturevalue("lora_run") if which == "lora_run" else getattr(eval_workspace, which)
 
 
 def fixed_ids(vocab: int) -> torch.Tensor:
@@ -56,11 +66,11 @@ def heldout_texts(ew, n: int = 2) -> list[str]:
 
 # -- Hugging Face ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("which", ["run", "tied_run"])
-def test_hf_export_loads_in_transformers_with_equal_logits_and_ids(eval_workspace, tmp_path, which):
+@pytest.mark.parametrize("which", ["run", "tied_run", "lora_run"])
+def test_hf_export_loads_in_transformers_with_equal_logits_and_ids(eval_workspace, tmp_path, which, request):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run_dir = getattr(eval_workspace, which)
+    run_dir = run_of(eval_workspace, request, which)
     res = export_run(run_dir, "hf", "f32", out=tmp_path / "hf")
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.model", "tokenizer.json",
             "tokenizer_config.json", "special_tokens_map.json", "fcwork-export.json"} <= set(res.files)
@@ -119,11 +129,11 @@ def _gguf_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
 
 
 @needs_accelerate
-@pytest.mark.parametrize("which", ["run", "tied_run"])
-def test_gguf_export_loads_in_transformers_gguf_reader(eval_workspace, tmp_path, which):
+@pytest.mark.parametrize("which", ["run", "tied_run", "lora_run"])
+def test_gguf_export_loads_in_transformers_gguf_reader(eval_workspace, tmp_path, which, request):
     import gguf
 
-    run_dir = getattr(eval_workspace, which)
+    run_dir = run_of(eval_workspace, request, which)
     res = export_run(run_dir, "gguf", "f32", out=tmp_path / "gguf")
     reader = gguf.GGUFReader(str(res.path / "model.gguf"))
     field = lambda k: reader.fields[k].contents()  # noqa: E731
@@ -140,7 +150,8 @@ def test_gguf_export_loads_in_transformers_gguf_reader(eval_workspace, tmp_path,
     assert len(tokens) == len(pieces) and field("tokenizer.ggml.token_type") == [
         3 if i == end else p.type for i, p in enumerate(pieces)]
     assert all(t == p.text or (set(p.text) == {"\u2581"} and t == " " * len(p.text)) for t, p in zip(tokens, pieces))
-    assert ("output.weight" in {t.name for t in reader.tensors}) == (which == "run")
+    assert ("output.weight" in {t.name for t in reader.tensors}) == (which != "tied_run")
+    assert field("tokenizer.chat_template").startswith("{% for message in messages %}")
 
     ids = fixed_ids(len(pieces))
     assert (_gguf_logits(res.path, ids) - our_logits(run_dir, ids)).abs().max().item() < 1e-5
@@ -193,11 +204,13 @@ def test_gguf_q8_holds_q8_0_tensors_and_loads(eval_workspace, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (pip install llama-cpp-python builds llama.cpp, ~10 min)")
-def test_gguf_export_in_llama_cpp(eval_workspace, tmp_path):
+@pytest.mark.parametrize("which", ["run", "lora_run"])
+def test_gguf_export_in_llama_cpp(eval_workspace, tmp_path, which, request):
+    run_dir = run_of(eval_workspace, request, which)
     import numpy as np
     from llama_cpp import GGML_TYPE_F32, Llama, llama_vocab_is_eog
 
-    res = export_run(eval_workspace.run, "gguf", "f32", out=tmp_path / "gguf")
+    res = export_run(run_dir, "gguf", "f32", out=tmp_path / "gguf")
     vocab = Llama(str(res.path / "model.gguf"), vocab_only=True, verbose=False)
     end = vocab.tokenize(b"<|end|>", add_bos=False, special=True)
     assert end == our_ids(eval_workspace.tokenizer_path, "<|end|>") and vocab.token_eos() == 2
@@ -214,7 +227,7 @@ def test_gguf_export_in_llama_cpp(eval_workspace, tmp_path):
     ids = fixed_ids(600)[0]
     llm.eval(ids.tolist())
     theirs = torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
-    assert (theirs - our_logits(eval_workspace.run, ids[None])[0]).abs().max().item() < 1e-4
+    assert (theirs - our_logits(run_dir, ids[None])[0]).abs().max().item() < 1e-4
 
 
 # -- MLX -------------------------------------------------------------------------------------------
@@ -234,11 +247,13 @@ def _mlx_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
 
 
 @needs_mlx
-def test_mlx_export_loads_in_mlx_lm(eval_workspace, tmp_path):
-    res = export_run(eval_workspace.run, "mlx", "f32", out=tmp_path / "mlx")
+@pytest.mark.parametrize("which", ["run", "lora_run"])
+def test_mlx_export_loads_in_mlx_lm(eval_workspace, tmp_path, which, request):
+    run_dir = run_of(eval_workspace, request, which)
+    res = export_run(run_dir, "mlx", "f32", out=tmp_path / "mlx")
     ids = fixed_ids(600)
     theirs, tokenizer = _mlx_logits(res.path, ids)
-    assert (theirs - our_logits(eval_workspace.run, ids)).abs().max().item() < 1e-4
+    assert (theirs - our_logits(run_dir, ids)).abs().max().item() < 1e-4
     for text in STRINGS:
         assert tokenizer.encode(text) == our_ids(eval_workspace.tokenizer_path, text)
 

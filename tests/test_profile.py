@@ -105,6 +105,11 @@ def test_fc450_corpus_is_sized_for_its_stages(tmp_path):
         (lambda t: t + '[[stages]]\nname = "a"\n', 'stages[1].name: expected a unique stage name'),
         (lambda t: t + "[[stages]]\nname = \"b\"\n[stages.mix]\nchess = 1.0\n", "stages[1].mix.chess: expected a domain of [mix]"),
         (lambda t: "[profile\n", "invalid TOML"),
+        (lambda t: t.replace("seq_len = 64", "lora_rank = 8"), "stages[0].init_from: expected an earlier stage whose weights LoRA adapts"),
+        (lambda t: t.replace("seq_len = 64", "lora_rank = -1"), "stages[0].lora_rank: expected a non-negative integer (0: no LoRA), got -1"),
+        (lambda t: t.replace("seq_len = 64", 'lora_targets = ["q", "qkv"]'), 'stages[0].lora_targets: expected names among q, k, v, o, gate, up, down, got "qkv"'),
+        (lambda t: t.replace("seq_len = 64", "lora_dropout = 1.5"), "stages[0].lora_dropout: expected a number in [0, 1), got 1.5"),
+        (lambda t: t.replace("seq_len = 64", "sft = 1"), "stages[0].sft: expected true or false, got 1"),
     ],
 )
 def test_bad_profiles_give_one_line_errors(edit, expected):

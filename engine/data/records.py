@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 _MAP = (dict, Mapping)  # dict first: isinstance against typing's Mapping alone is slow
 
-from engine.data.chat_template import ASSISTANT, SYSTEM, USER, turn
+from engine.data.chat_template import ASSISTANT, SYSTEM, USER, render
 from engine.templates import parse_template, template_fields
 
 ROLES = {"system": SYSTEM, "user": USER, "human": USER, "assistant": ASSISTANT, "gpt": ASSISTANT}
@@ -58,10 +58,10 @@ def render_messages(messages: list) -> str:
             raise RecordSkip(f"unknown chat role {role!r}")
         if not isinstance(content, str):
             raise RecordSkip("message content not a string")
-        turns.append(turn(symbol, content))
+        turns.append((symbol, content))
     if not turns:
         raise RecordSkip("no chat messages")
-    return "\n".join(turns)
+    return render(turns)
 
 
 def is_messages(value: Any) -> bool:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import bisect
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from engine.errors import DataError, ShardError
+from engine.data.chat_template import assistant_mask, last_state
 from engine.data.shards import Shard
 
 MASK64 = (1 << 64) - 1
@@ -150,6 +152,20 @@ class MixSchedule:
         return f"MixSchedule({self.entries()!r})"
 
 
+@dataclass(frozen=True)
+class ChatIds:
+    """The token ids the SFT mask needs: `roles` = (assistant, end, (system, user, assistant))."""
+
+    eos_id: int
+    assistant_id: int
+    end_id: int
+    role_ids: tuple[int, ...]
+
+    @property
+    def roles(self) -> tuple:
+        return self.assistant_id, self.end_id, self.role_ids
+
+
 class Sampler:
     """Serves batches of windows drawn from per-domain shards by a (possibly changing) mix.
 
@@ -242,6 +258,48 @@ class Sampler:
         if out.size and int(out.max()) >= self._vocab:
             self._refuse(out, dom, starts)
         return out, dom
+
+    def packed_batch(self, step: int, first_index: int, count: int, chat: "ChatIds") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens int64 [count, seq_len + 1], loss mask bool [same], domain_ids [count]) for chat SFT.
+
+        Each row starts at a whole document (the hash picks which) and takes the documents after it
+        while they fit whole; the rest is EOS with no loss. A document longer than a row gives a window
+        (at a hashed offset). The mask marks assistant turns and their `<|end|>` (conversations), or
+        every token of a document that is not a conversation (`chat_template.assistant_mask`). Like
+        `batch`, every row depends only on (seed, index, mix in force).
+        """
+        dom, _ = self.draw(step, first_index, count)
+        h_win = hash_indices(self._keys, np.arange(first_index, first_index + count, dtype=np.uint64))[1]
+        L = self.seq_len + 1
+        out = np.full((count, L), chat.eos_id, dtype=np.int64)
+        mask = np.zeros((count, L), dtype=bool)
+        for r in range(count):
+            d = int(dom[r])
+            tokens, starts = self._tokens[d], self.shards[self.domains[d]].doc_starts
+            n_docs = len(starts) - 1
+            k = int(h_win[r] % np.uint64(n_docs))
+            filled, first = 0, True
+            while filled < L:
+                a, b = int(starts[k]), int(starts[k + 1])
+                size = b - a
+                if first and size > L:
+                    offset = int((h_win[r] >> np.uint64(32)) % np.uint64(size - L + 1))
+                    inside = last_state(tokens[a:a + offset], *chat.roles) if offset else False
+                    ids = tokens[a + offset:a + offset + L]
+                    out[r] = ids
+                    mask[r] = assistant_mask(ids, *chat.roles, inside=inside)
+                    break
+                if not first and size > L - filled:
+                    break
+                ids = tokens[a:b]
+                out[r, filled:filled + size] = ids
+                mask[r, filled:filled + size] = assistant_mask(ids, *chat.roles)
+                filled += size
+                first = False
+                k = (k + 1) % n_docs
+        if out.size and int(out.max()) >= self._vocab:
+            self._refuse(out, dom, np.zeros(count, dtype=np.int64))
+        return out, mask, dom
 
     def _refuse(self, out: np.ndarray, dom: np.ndarray, starts: np.ndarray) -> None:
         """A window holds an id the model cannot embed (a shard damaged after it was opened): name it."""

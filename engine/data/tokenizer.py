@@ -73,6 +73,14 @@ class Tokenizer:
     def pieces(self, text: str) -> list[str]:
         return self.sp.encode(text, out_type=str)
 
+    def symbol_id(self, symbol: str) -> int:
+        """The id of a user symbol (`<|end|>`); TokenizerError when the model has no such piece."""
+        i = self.sp.piece_to_id(symbol)
+        if i == self.sp.unk_id() or self.sp.id_to_piece(i) != symbol:
+            raise TokenizerError(f"{self.path}: no piece {symbol!r} (a tokenizer trained without the chat "
+                                 "symbols cannot train or prompt a chat stage; retrain it)")
+        return i
+
 
 @dataclass
 class TokenizerReport:

@@ -39,6 +39,7 @@ class EvalLimits:
     code: int = 8
     data: int = 8
     science: int = 16
+    chat: int = 12             # chat questions (3 kinds in turn); skipped for runs without chat text
     samples: int = 1           # sample generations per domain
     sample_tokens: int = 48
     probes: tuple[str, ...] = PROBES
@@ -47,7 +48,8 @@ class EvalLimits:
     @classmethod
     def during_training(cls) -> "EvalLimits":
         """The smaller set the trainer runs every `eval_every` steps: about half the items, shorter samples."""
-        return cls(bpb_docs=8, bpb_tokens=4096, chess=8, code=4, data=4, science=8, samples=1, sample_tokens=32)
+        return cls(bpb_docs=8, bpb_tokens=4096, chess=8, code=4, data=4, science=8, chat=6, samples=1,
+                   sample_tokens=32)
 
     def check(self) -> None:
         for f in fields(self):

@@ -171,15 +171,60 @@ def split_decoder(tensors: dict[str, Any], cfg: ModelConfig, where: str) -> tupl
     return decoder, vision
 
 
-def read_tensors(ckpt: RunCheckpoint) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(decoder, vision) tensors of a checkpoint, as float32 torch tensors on the CPU."""
-    import torch
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint folder's state.json ({} when it says nothing readable)."""
+    try:
+        state = json.loads((path / CKPT_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path / CKPT_STATE}: unreadable checkpoint state ({exc})") from None
+    return state if isinstance(state, dict) else {}
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     try:
-        raw = load_file(str(ckpt.weights))
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing") from None
     except Exception as exc:  # safetensors raises its own error types for a damaged file
-        raise ModelError(f"{ckpt.weights}: not a readable safetensors file ({exc})") from None
+        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def lora_parts(path: Path, state: dict[str, Any] | None = None):
+    """(LoraSpec, adapter tensors, base checkpoint folder) of a LoRA checkpoint; None for a whole model."""
+    from engine.model.lora import LoraSpec
+
+    state = read_state(path) if state is None else state
+    if "lora" not in state:
+        return None
+    spec = LoraSpec.from_dict(state["lora"], f"{path / CKPT_STATE}: lora")
+    base = Path(str(state.get("lora_base", "")))
+    if not str(state.get("lora_base", "")) or not (base / MODEL_FILE).exists():
+        raise RunError(f"{path / CKPT_STATE}: lora_base {str(base)!r}: the base checkpoint the adapters were "
+                       "trained on is gone (its run or checkpoint was removed)")
+    return spec, _load_safetensors(path / MODEL_FILE), base
+
+
+def checkpoint_weights(path: Path, depth: int = 0) -> dict[str, Any]:
+    """A checkpoint folder's whole model: its weights, or for a LoRA run its adapters merged onto the
+    base checkpoint it names (itself possibly a LoRA run's)."""
+    from engine.model.lora import merge
+
+    parts = lora_parts(path)
+    if parts is None:
+        return _load_safetensors(path / MODEL_FILE)
+    if depth > 8:
+        raise RunError(f"{path / CKPT_STATE}: lora_base: a chain of more than 8 LoRA runs")
+    spec, adapters, base = parts
+    return merge(checkpoint_weights(base, depth + 1), adapters, spec)
+
+
+def read_tensors(ckpt: RunCheckpoint) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(decoder, vision) tensors of a checkpoint (a LoRA run's merged), as float32 torch tensors on the CPU."""
+    import torch
+
+    raw = checkpoint_weights(ckpt.path)
     decoder, vision = split_decoder(raw, ckpt.spec.model, str(ckpt.weights))
     return ({k: v.to(torch.float32) for k, v in decoder.items()},
             {k: v.to(torch.float32) for k, v in vision.items()})

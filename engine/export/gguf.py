@@ -26,6 +26,7 @@ from engine.export.hf_tokenizer import SPACE, check_convertible
 from engine.export.spm_model import CONTROL, USER_DEFINED, SpmModel, read_spm_model
 from engine.model.hf_names import state_dict_to_hf
 from engine.eval.run_model import RunCheckpoint
+from engine.data.chat_template import JINJA
 from engine.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
 GGUF_FILE = "model.gguf"
@@ -110,6 +111,7 @@ def export_gguf(ckpt: RunCheckpoint, decoder: dict[str, Any], dtype: str, out: P
         writer.add_tokenizer_pre("default")
         writer.add_token_list(tokens)
         writer.add_token_scores(scores)
+        writer.add_chat_template(JINJA)  # tokenizer.chat_template: llama.cpp's --jinja renders our turns
         writer.add_token_types(types)
         writer.add_bos_token_id(BOS_ID)
         writer.add_eos_token_id(EOS_ID)

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from engine.data.chat_template import JINJA
 from engine.atomic import atomic_write_text
 from engine.errors import TokenizerError
 from engine.export.spm_model import CONTROL, NORMAL, UNKNOWN, USER_DEFINED, SpmModel, read_spm_model
@@ -129,6 +130,7 @@ def write_hf_tokenizer(tokenizer_path: str | os.PathLike, out_dir: Path, add_bos
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "padding_side": "left",
+        "chat_template": JINJA,  # engine.data.chat_template's layout, for apply_chat_template
         "added_tokens_decoder": decoder,
         **special,
     }

@@ -9,6 +9,7 @@ The file formats themselves are owned by events.py, control.py and runs.py (stag
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -228,6 +229,17 @@ class RunDir:
         return found[-1][1] if found else None
 
     # -- exports ------------------------------------------------------------------------------
+
+    def checkpoint_state(self, path: Path | None = None) -> dict[str, Any]:
+        """state.json of a checkpoint folder (the latest when None); {} when there is none or it is unreadable."""
+        path = path or self.latest_checkpoint()
+        if path is None:
+            return {}
+        try:
+            state = json.loads((path / CKPT_STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
 
     def exports(self) -> list[tuple[str, int]]:
         """Finished exports as (folder name, bytes), by name (temp folders of an export under way are not listed)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.data.sampler import MixSchedule, Sampler
+from engine.data.sampler import ChatIds, MixSchedule, Sampler
 from engine.errors import DataError
 from engine.eval.probes.vision import masked_targets, open_image_pairs, pixels
 from engine.jobs.spec import RunSpec
@@ -41,11 +41,15 @@ class Batch:
 class TextBatches:
     """The text sampler as `Batch`es (what a stage without images trains on)."""
 
-    def __init__(self, sampler: Sampler) -> None:
+    def __init__(self, sampler: Sampler, chat: "ChatIds | None" = None) -> None:
         self.sampler = sampler
         self.domains = sampler.domains
+        self.chat = chat  # chat SFT: rows packed from whole documents, loss on the assistant's turns
 
     def batch(self, step: int, first: int, count: int) -> Batch:
+        if self.chat is not None:
+            tokens, mask, dom = self.sampler.packed_batch(step, first, count, self.chat)
+            return Batch(tokens, dom, loss_mask=mask[:, 1:], domain_mask=mask[:, 1:])
         tokens, dom = self.sampler.batch(step, first, count)
         return Batch(tokens, dom)
 

@@ -30,7 +30,8 @@ from engine.jobs.protocol import EXIT_OK, EXIT_USER_ERROR, Answer, Event, MixPol
 from engine.jobs.rundir import RunDir
 from engine.jobs.spec import RunSpec
 from engine.mix import normalise
-from engine.data.sampler import MixSchedule, Sampler
+from engine.data.chat_template import ASSISTANT, END, SYSTEM, USER
+from engine.data.sampler import ChatIds, MixSchedule, Sampler
 from engine.data.tokenizer import Tokenizer
 from engine.train import checkpoint as ckpt
 from engine.train import distributed
@@ -41,6 +42,7 @@ from engine.train.evaluate import evaluate
 from engine.train.lr_schedule import lr_at, schedule_info
 from engine.train.suggest import AutoMix, Bounds, PolicyState, suggest
 from engine.train.watch import ControlWatcher, Rejected, StopSignals
+from engine.model.lora import trainable_counts
 
 log = logging.getLogger("fcwork.trainer")
 THREADS_ENV = "FCWORK_TRAIN_THREADS"   # pin torch's CPU threads (same value => same sums => exact resume)
@@ -97,16 +99,18 @@ class Trainer:
         compile_on = st.compile == "on" or (st.compile == "auto" and self.dev.type == "cuda")
         self.build_model(compile_on)
         origin, last_request = self.restore(done)
+        self.chat = chat_ids(Tokenizer.load(spec.tokenizer)) if st.sft else None
         if spec.image_domains:
             tok = Tokenizer.load(spec.tokenizer)
             self.sampler = vision.ImageBatches(spec, shards, self.schedule, self.model.image_token_id, tok.eos_id)
         else:
-            self.sampler = vision.TextBatches(Sampler(shards, st.seq_len, st.seed, self.schedule))
+            self.sampler = vision.TextBatches(Sampler(shards, st.seq_len, st.seed, self.schedule), self.chat)
         self.domain_names = list(self.sampler.domains)  # domain ids index this list
         # Rank 0 reads the requests and hands them to the others (check_control).
         self.watcher = ControlWatcher(self.run.requests_dir, spec.domains, last_request) if self.par.main else None
-        log.info("run %s: stage %s, %s params, %s on %s (%s), compile %s", spec.run_id, st.name,
-                 f"{self.model.num_params():,}", origin, self.par.describe(self.dev.name), self.dev.precision,
+        trainable, total = trainable_counts(self.model)
+        log.info("run %s: stage %s, %s params (%s trainable), %s on %s (%s), compile %s", spec.run_id, st.name,
+                 f"{total:,}", f"{trainable:,}", origin, self.par.describe(self.dev.name), self.dev.precision,
                  "on" if compile_on else "off")
         self.status(RunState.RUNNING, origin)
 
@@ -141,6 +145,13 @@ class Trainer:
         else:
             with torch.device(self.dev.device):
                 self.model = Transformer(cfg)
+        self.lora = None
+        if st.lora_rank:  # the base weights before the adapters, so every rank wraps the same model
+            from engine.model.lora import LoraSpec, apply_lora
+
+            self.lora = LoraSpec(st.lora_rank, st.lora_alpha, st.lora_dropout, tuple(st.lora_targets))
+            self.load_base(self.spec.init_from)
+            apply_lora(self.model, self.lora)
         self.model.set_activation_checkpointing(st.activation_checkpointing)
         if self.dev.precision == "fp8":
             from engine.train.fp8 import convert_to_fp8
@@ -176,7 +187,8 @@ class Trainer:
             break
         else:
             if self.spec.init_from:
-                self.init_from(self.spec.init_from)
+                if self.lora is None:  # a LoRA stage loaded its base in build_model
+                    self.init_from(self.spec.init_from)
                 origin = f"initialised from {self.spec.init_from}"
             if self.spec.stage.vision_init and hasattr(self.model, "vision"):
                 n = vision.load_siglip(self.spec.stage.vision_init, self.model)
@@ -191,7 +203,10 @@ class Trainer:
             last_request = int(state.get("last_request_id", 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise RunError(f"{where / 'state.json'}: missing or malformed field ({exc})") from None
-        self.par.load_weights(where, self.model, self.dev.device)
+        if self.lora is not None:
+            self.load_adapters(where)
+        else:
+            self.par.load_weights(where, self.model, self.dev.device)
         self.par.load_optimizer(where, self.model, self.optimizer, self.dev.device)
         self.step, self.schedule = step, schedule
         self.tokens_drawn.update(state.get("tokens_drawn", {}))
@@ -209,10 +224,31 @@ class Trainer:
                 f"{where}: init_from checkpoint was trained with tokenizer {theirs_p or '?'}..., this run uses "
                 f"{ours_p}... (retrain the earlier stage with this tokenizer)"
             )
-        if self.spec.image_domains and not self.par.sharded:
+        if "lora" in state:  # an SFT run's adapters on its own base: the merged weights
+            self.model.load_state_dict(self.base_weights(where), strict=False)
+        elif self.spec.image_domains and not self.par.sharded:
             log.info("initialised the %s from %s", vision.init_weights(where, self.model, self.dev.device), where)
-            return
-        self.par.load_weights(where, self.model, self.dev.device)
+        else:
+            self.par.load_weights(where, self.model, self.dev.device)
+
+    def base_weights(self, where: Path) -> dict[str, torch.Tensor]:
+        """The whole decoder of a checkpoint (a LoRA run's merged onto its base), checked against our shape."""
+        from engine.eval.run_model import checkpoint_weights, split_decoder
+
+        decoder, _ = split_decoder(checkpoint_weights(where), self.spec.model, str(where))
+        return {k: v.to(self.dev.device) for k, v in decoder.items()}
+
+    def load_base(self, where: Path) -> None:
+        """A LoRA stage's frozen base: init_from's weights (the tokenizer checked as for init_from)."""
+        self.init_from(where)
+
+    def load_adapters(self, where: Path) -> None:
+        """A LoRA checkpoint's adapters (its model.safetensors holds nothing else)."""
+        from engine.model.lora import adapter_tensors
+
+        expected = {n: tuple(t.shape) for n, t in adapter_tensors(self.model).items()}
+        tensors = ckpt.read_weights(where, expected, self.dev.device)
+        self.model.load_state_dict(tensors, strict=False)
 
     def replay_requests(self, last_request: int) -> int:
         """Requests answered after the checkpoint we resumed from stay answered: their mixes go back in
@@ -292,6 +328,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=dev.device)
         dom_sum = torch.zeros(n_dom, device=dev.device)  # per-sequence mean losses, summed by domain
         dom_count = np.zeros(n_dom, dtype=np.int64)
+        kept = torch.zeros((), device=dev.device)  # SFT: target tokens that carried loss
         for micro in range(st.grad_accum):
             first = distributed.sequence_index(step, micro, st.grad_accum, st.micro_batch, par.rank, par.world)
             mb = self.sampler.batch(step, first, st.micro_batch)
@@ -304,8 +341,10 @@ class Trainer:
                                              self.loss_fn)
                 if mb.loss_mask is None:
                     loss = per_token.mean()
-                else:  # image placeholders and padding are not predicted: the mean over the targets that count
-                    loss = per_token.sum() / max(int(mb.loss_mask.sum()), 1)
+                else:  # image placeholders, padding and SFT's prompts are not predicted: the mean over the rest
+                    n = int(mb.loss_mask.sum())
+                    loss = per_token.sum() / max(n, 1)
+                    kept += n
                 (loss / st.grad_accum).backward()  # DDP and FSDP average the ranks' gradients
             loss_sum += loss.detach()
             if logging_step:
@@ -326,10 +365,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if not logging_step:
             return None
-        sums = par.sum(torch.cat([loss_sum[None], dom_sum])).tolist()  # waits for the device: real timing
-        loss_value, sums = sums[0] / (st.grad_accum * par.world), sums[1:]
+        sums = par.sum(torch.cat([loss_sum[None], kept[None], dom_sum])).tolist()  # waits for the device
+        loss_value, kept_all, sums = sums[0] / (st.grad_accum * par.world), sums[1], sums[2:]
         domain_loss = {d: sums[i] / int(dom_count[i]) for i, d in enumerate(self.domain_names) if dom_count[i]}
-        return self.step_event(step, loss_value, domain_loss, lr, float(grad_norm))
+        fields = self.step_event(step, loss_value, domain_loss, lr, float(grad_norm))
+        if self.chat is not None:
+            fields["loss_share"] = round(kept_all / (st.grad_accum * par.world * st.micro_batch * st.seq_len), 4)
+        return fields
 
     def step_event(self, step: int, loss: float, domain_loss: dict[str, float], lr: float, grad_norm: float) -> dict:
         """The step event's fields, with speed averaged over the steps since the last one."""
@@ -522,6 +564,14 @@ class Trainer:
         self.saved_step = self.step
         if not self.par.main:
             return
+        trainable, total = trainable_counts(self.model)
+        extra: dict[str, Any] = {"trainable_params": trainable, "params": total,
+                                 "optim_bytes": sum(t.numel() * t.element_size() for t in moments.values())}
+        if self.lora is not None:  # only the adapters: the base is init_from's checkpoint
+            from engine.model.lora import is_adapter
+
+            weights = {n: t for n, t in weights.items() if is_adapter(n)}
+            extra.update(lora=self.lora.to_dict(), lora_base=str(self.spec.init_from))
         state = {
             "step": self.step,
             "tokens": self.step * self.tokens_per_step,
@@ -538,6 +588,7 @@ class Trainer:
             "model": asdict(self.spec.model),
             "run_id": self.spec.run_id,
             "time": time.time(),
+            **extra,
         }
         where = ckpt.write_checkpoint(self.run.ckpt_dir, self.step, weights, moments, state, st.keep_checkpoints)
         self.events.write(Event.CHECKPOINT, step=self.step, path=str(where))
@@ -587,6 +638,12 @@ def out_of_memory(exc: BaseException) -> bool:
     if oom_type is not None and isinstance(exc, oom_type):
         return True
     return isinstance(exc, RuntimeError) and any(p in str(exc) for p in OOM_PHRASES)
+
+
+def chat_ids(tok: Tokenizer) -> ChatIds:
+    """The ids an SFT stage's loss mask needs, from the run's tokenizer."""
+    roles = tuple(tok.symbol_id(s) for s in (SYSTEM, USER, ASSISTANT))
+    return ChatIds(tok.eos_id, tok.symbol_id(ASSISTANT), tok.symbol_id(END), roles)
 
 
 def build_optimizer(model: torch.nn.Module, st, dev: DeviceInfo) -> torch.optim.Optimizer:

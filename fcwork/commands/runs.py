@@ -13,7 +13,7 @@ from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 from fcwork.commands.train import eval_events, resolve_run
 from engine.mix import describe
-from fcwork.format import PROBE_ROWS, export_lines, fmt_num as _fmt_loss, mix_history_lines, suggestion_lines
+from fcwork.format import PROBE_ROWS, export_lines, fmt_bytes, fmt_num as _fmt_loss, mix_history_lines, suggestion_lines
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +44,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def training_lines(st: dict, state: dict) -> list[str]:
+    """What trains: SFT's loss and LoRA's adapters from the stage, and the trainable parameters and
+    optimizer state measured by the latest checkpoint."""
+    lines = []
+    if st.get("sft"):
+        lines.append("chat SFT: rows of whole conversations, loss on assistant turns only")
+    if st.get("lora_rank"):
+        lines.append(f"LoRA: rank {st['lora_rank']}, alpha {st.get('lora_alpha')}, dropout {st.get('lora_dropout')} "
+                     f"on {', '.join(st.get('lora_targets', []))}; the base weights frozen")
+    if state.get("trainable_params"):
+        trainable, total = int(state["trainable_params"]), int(state.get("params") or 0)
+        share = f" ({trainable / total:.2%})" if total else ""
+        lines.append(f"trainable parameters: {trainable:,} of {total:,}{share}; optimizer state "
+                     f"{fmt_bytes(int(state.get('optim_bytes', 0)))} (step {state.get('step')})")
+    return lines
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     run = RunDir(resolve_run(ws, args.run))
@@ -60,6 +77,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     init = stage.get("paths", {}).get("init_from", "")
     if init:
         console.print(f"initialised from {init}")
+    for line in training_lines(st, run.checkpoint_state()):
+        console.print(line, highlight=False)
     ckpts = run.checkpoints()
     console.print("checkpoints: " + (", ".join(p.name for _, p in ckpts) if ckpts else "none")
                   + (f" (latest {ckpts[-1][1].name})" if ckpts else ""))

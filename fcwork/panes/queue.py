@@ -88,6 +88,14 @@ def entry_info(ws: Any, entry: Any, device: str, profiles: dict) -> EntryInfo:
     return EntryInfo(dev, memory, st.max_steps)
 
 
+def stage_notes(st) -> str:
+    """What the add picker says beyond model and steps: where a stage starts, SFT, LoRA."""
+    notes = [f"from {st.init_from}"] if st.init_from else []
+    notes += ["chat SFT"] if st.sft else []
+    notes += [f"LoRA r{st.lora_rank}"] if st.lora_rank else []
+    return "".join(f", {n}" for n in notes)
+
+
 class QueuePane(Pane):
     """The workspace's stage queue."""
 
@@ -304,7 +312,7 @@ class QueuePane(Pane):
             self.app.notify("No profile loaded", severity="error")
             return
         options = [(f"{self.profile.name} / {st.name}  ({st.model if isinstance(st.model, str) else 'custom'}, "
-                    f"{st.max_steps} steps)", st.name) for st in self.profile.stages]
+                    f"{st.max_steps} steps{stage_notes(st)})", st.name) for st in self.profile.stages]
         name = self.profile.name
 
         def picked(stage: str | None) -> None:

@@ -39,6 +39,8 @@ BUILTIN_SOURCES: dict[str, BuiltinSource] = {
         BuiltinSource("data-notebooks", "data", "notebook-style analyses of small tables with computed results",
                       "data_notebooks"),
         BuiltinSource("chat", "chat", "synthesised user/assistant exchanges about the other domains", "chat"),
+        BuiltinSource("chat-tasks", "tasks", "short questions with one checkable answer (a legal chess move, what a "
+                      "snippet prints, a table's value): chat SFT data", "chat_tasks"),
     )
 }
 

@@ -49,12 +49,12 @@ class ProbeResult:
     examples: list[dict] = field(default_factory=list)
 
 
-PROBES = ("chess", "code", "data", "science")
+PROBES = ("chess", "code", "data", "science", "chat")
 EXAMPLES_KEPT = 3
 
 
 def probe_module(name: str):
-    """The module of probe `name` (chess, code, data, science)."""
+    """The module of probe `name` (chess, code, data, science, chat)."""
     import importlib
 
     if name not in PROBES:

@@ -1,0 +1,108 @@
+"""Chat probe: does the model answer a chat question in the chat template and end its turn, and is
+the answer right?
+
+Items are the synthesised questions of engine.data.builtin.chat_tasks, drawn with the probe's own
+seed (the corpus draws with the profile's), in turn a chess position, a Python snippet and a CSV
+table. The prompt is the chat template's user turn and the assistant's opening; the answer is the
+text before `<|end|>`. Checks: python-chess accepts the first move in the position; the snippet,
+run in a fresh `python -I` subprocess with a timeout and its sockets refused, prints the answer;
+the table value recomputed from the CSV equals the answer's number. Metrics: `end` (share of
+answers that say something and end with `<|end|>`: an empty turn does not count), `correct`, and the
+correct share per kind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import subprocess
+import sys
+from typing import Sequence
+
+import chess
+
+from engine.data.builtin.chat_tasks import KINDS, Task, table_answer, task
+from engine.data.chat_template import END, chat_prompt
+from engine.eval.probes import EXAMPLES_KEPT, LanguageModel, ProbeResult, clip
+
+NAME = "chat"
+DOMAIN = "chat"  # runs where the run has chat text (the questions themselves are synthesised)
+VERSION = 1
+MAX_NEW_TOKENS = 24
+RUN_TIMEOUT = 5.0
+# Prepended to a snippet: no sockets (no network), whatever the snippet imports.
+_NO_NETWORK = ("import socket\n"
+               "def _refuse(*a, **k):\n    raise OSError('network disabled in the chat probe')\n"
+               "socket.socket = socket.create_connection = socket.getaddrinfo = _refuse\n")
+
+
+def build_items(texts: Sequence[str], limit: int, seed: int) -> list[Task]:
+    """`limit` questions, the kinds in turn (texts are not used: the questions are synthesised)."""
+    rng = random.Random(f"chat-probe:{seed}")
+    return [task(rng, KINDS[i % len(KINDS)]) for i in range(limit)]
+
+
+def run_snippet(code: str, timeout: float = RUN_TIMEOUT) -> str | None:
+    """What `code` prints, run isolated (`python -I`, empty environment, no sockets); None when it fails."""
+    try:
+        out = subprocess.run([sys.executable, "-I", "-c", _NO_NETWORK + code], capture_output=True, text=True,
+                             timeout=timeout, stdin=subprocess.DEVNULL, env={"PATH": os.defpath})
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.strip().rstrip("."))
+    except ValueError:
+        return None
+
+
+def check(item: Task, completion: str) -> dict:
+    """{"answer", "end", "correct"} for the model's completion of this item."""
+    ended = END in completion
+    answer = completion.split(END)[0].strip()
+    correct = False
+    if item.kind == "chess":
+        words = answer.split()
+        try:
+            correct = bool(words) and chess.Board(item.subject).parse_san(words[0].rstrip(".,!?")) is not None
+        except ValueError:
+            correct = False
+    elif item.kind == "code":
+        printed = run_snippet(item.subject)
+        correct = printed is not None and answer == printed
+    else:
+        ask, _, csv = item.subject.partition("\n")
+        want, got = _number(table_answer(csv, ask)), _number(answer)
+        correct = want is not None and got is not None and math.isclose(want, got, rel_tol=1e-9, abs_tol=1e-9)
+    return {"answer": answer, "end": ended and bool(answer), "correct": bool(correct)}
+
+
+def _turn_ended(text: str) -> bool:
+    return END in text
+
+
+def run(lm: LanguageModel, texts: Sequence[str], limit: int, seed: int) -> ProbeResult:
+    items = build_items(texts, limit, seed)
+    outs = lm.complete_many([chat_prompt(item.question) for item in items], MAX_NEW_TOKENS,
+                            [_turn_ended] * len(items))
+    ended = 0
+    right = dict.fromkeys(KINDS, 0)
+    count = dict.fromkeys(KINDS, 0)
+    examples = []
+    for item, out in zip(items, outs):
+        verdict = check(item, out.text)
+        ended += verdict["end"]
+        right[item.kind] += verdict["correct"]
+        count[item.kind] += 1
+        if len(examples) < EXAMPLES_KEPT:
+            examples.append({"prompt": clip(item.question), "completion": out.text, "expected": item.answer, **verdict})
+    n = len(items)
+    if not n:
+        return ProbeResult(NAME, VERSION, {}, 0, examples)
+    metrics = {"end": ended / n, "correct": sum(right.values()) / n}
+    metrics.update({k: right[k] / count[k] for k in KINDS if count[k]})
+    return ProbeResult(NAME, VERSION, metrics, n, examples)
