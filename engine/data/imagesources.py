@@ -29,7 +29,7 @@ import numpy as np
 
 from engine.data import files
 from engine.data.records import RecordFormat, RecordSkip
-from engine.data.sources import SourceStats, member_suffix, source_paths, tar_members
+from engine.data.sources import SourceStats, matched_paths, member_suffix, tar_members
 from engine.errors import DataError
 from engine.profile import SourceConfig
 
@@ -134,15 +134,9 @@ def iter_image_source(src: SourceConfig, stats: SourceStats, base_dir: Path | No
             raise DataError(f"builtin:{src.builtin}: unknown built-in image source (known: {', '.join(IMAGE_SOURCES)})")
         samples = gen.generate(seed, src.max_docs or BUILTIN_IMAGES)
     else:
-        try:
-            paths = source_paths(src, base_dir)
-        except DataError as exc:
-            stats.problems.append(f"source {src.name}: {exc}")
-            return
+        paths = matched_paths(src, base_dir, stats)
         if not paths:
-            stats.problems.append(f"source {src.name}: no files match {src.path}")
             return
-        stats.files = len(paths)
         samples = _iter_files(src, stats, paths)
     n = 0
     try:

@@ -69,6 +69,20 @@ def source_paths(src: SourceConfig, base_dir: Path | None = None) -> list[str]:
     return files.expand(src.path, base_dir)
 
 
+def matched_paths(src: SourceConfig, base_dir: Path | None, stats: "SourceStats") -> list[str]:
+    """A file source's files, counted in `stats`; none (with the reason in stats.problems) when its
+    path is bad or matches nothing."""
+    try:
+        paths = source_paths(src, base_dir)
+    except DataError as exc:
+        stats.problems.append(f"source {src.name}: {exc}")
+        return []
+    if not paths:
+        stats.problems.append(f"source {src.name}: no files match {src.path}")
+    stats.files = len(paths)
+    return paths
+
+
 def iter_source(
     src: SourceConfig, stats: SourceStats, base_dir: Path | None = None, seed: int = 0,
     max_chars: int = 0, max_doc_chars: int = 200_000,
@@ -79,15 +93,9 @@ def iter_source(
     if src.builtin is not None:
         docs = _iter_builtin(src, seed, cur)
     else:
-        try:
-            paths = source_paths(src, base_dir)
-        except DataError as exc:
-            stats.problems.append(f"source {src.name}: {exc}")
-            return
+        paths = matched_paths(src, base_dir, stats)
         if not paths:
-            stats.problems.append(f"source {src.name}: no files match {src.path}")
             return
-        stats.files = len(paths)
         docs = _iter_files(src, stats, paths, max_doc_chars)
     start_chars = cur.chars
     for doc in docs:

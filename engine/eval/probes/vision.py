@@ -33,18 +33,24 @@ def fen_squares(board: str) -> list[str] | None:
         return None
     out: list[str] = []
     for rank in ranks:
-        row: list[str] = []
-        for ch in rank:
-            if ch.isdigit():
-                row += ["."] * int(ch)
-            elif ch in "pnbrqkPNBRQK":
-                row.append(ch)
-            else:
-                return None
-        if len(row) != 8:
+        row, whole = _rank_squares(rank)
+        if not whole or len(row) != 8:
             return None
         out += row
     return out
+
+
+def _rank_squares(rank: str) -> tuple[list[str], bool]:
+    """One rank of a FEN board as squares, as far as it parses, and whether all of it did."""
+    row: list[str] = []
+    for ch in rank:
+        if ch.isdigit():
+            row += ["."] * int(ch)
+        elif ch in "pnbrqkPNBRQK":
+            row.append(ch)
+        else:
+            return row, False
+    return row, True
 
 
 def square_accuracy(written: str, truth: str) -> float:
@@ -54,15 +60,7 @@ def square_accuracy(written: str, truth: str) -> float:
     assert want is not None
     got: list[str] = []
     for rank in written.strip().split(" ")[0].split("/")[:8]:
-        row: list[str] = []
-        for ch in rank:
-            if ch.isdigit():
-                row += ["."] * int(ch)
-            elif ch in "pnbrqkPNBRQK":
-                row.append(ch)
-            else:
-                break
-        got += (row + ["?"] * 8)[:8]
+        got += (_rank_squares(rank)[0] + ["?"] * 8)[:8]
     got = (got + ["?"] * 64)[:64]
     return sum(a == b for a, b in zip(got, want)) / 64
 
