@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from engine.compat import tomllib
 
 import pytest
@@ -200,3 +201,70 @@ def test_load_run_spec_errors_name_the_key(train_workspace):
     os.remove(path)
     with pytest.raises(RunError, match="no such file"):
         RunDir(run).spec()
+
+
+# -- a queue entry's own start point (`fcwork queue add ... --from`) ---------------------------
+
+def _edit_stage(run_dir, edit) -> None:
+    import tomli_w
+
+    path = run_dir / "stage.toml"
+    doc = tomllib.loads(path.read_text())
+    edit(doc)
+    path.write_text(tomli_w.dumps(doc))
+
+
+def test_a_queue_entry_starts_from_the_stage_or_run_it_names(train_workspace):
+    from engine.jobs.queue import StageQueue
+
+    ws, prof, tok = train_workspace.ws, train_workspace.profile, train_workspace.tokenizer_hash
+    code = create_run(ws, prof, "code-only")
+    finish_run_by_hand(code, steps=(3, 6), tokenizer_hash=tok)
+    older = create_run(ws, prof, "short")
+    finish_run_by_hand(older, steps=(4,), tokenizer_hash=tok)
+    q = StageQueue(ws)
+    by_stage = q.add("trainfx", "follow", "code-only")
+    ids = [r.id for r in RunDir.all(ws)]
+    prefix = next(older.name[:n] for n in range(9, len(older.name) + 1)
+                  if [i for i in ids if i.startswith(older.name[:n])] == [older.name])
+    by_run = q.add("trainfx", "follow", prefix)
+    assert (by_stage.init_from, by_run.init_from) == ("code-only", older.name)  # a prefix is kept whole
+    run = create_run(ws, prof, "follow", by_stage.init_from)
+    assert tomllib.loads((run / "stage.toml").read_text())["paths"]["init_from"] == str(code / "ckpt" / "step-6")
+    assert RunDir(create_run(ws, prof, "follow", by_run.init_from)).spec().init_from == older / "ckpt" / "step-4"
+    # The queue waits for a queued entry of the chosen stage, not the stage's own init_from; a run never waits.
+    short, code_entry = q.add("trainfx", "short"), q.add("trainfx", "code-only")
+    entries = q.read()
+    assert q.waiting_for(by_stage, entries).id == code_entry.id
+    assert q.waiting_for(by_run, entries) is None
+    assert q.waiting_for(q.add("trainfx", "follow"), q.read()).id == short.id
+
+
+def test_queue_add_from_refuses_what_it_cannot_start_from(train_workspace):
+    from engine.jobs.queue import StageQueue
+    from tests.queue_fixtures import fcwork
+
+    ws, prof, tok = train_workspace.ws, train_workspace.profile, train_workspace.tokenizer_hash
+    runs = {}
+    for name, edit in (("profile", lambda d: d["run"].update(profile="other")),
+                       ("tokenizer", lambda d: d["paths"].update(tokenizer_hash="f" * 64)),
+                       ("shape", lambda d: d["stage"]["model"].update(dim=64)), ("stopped", None)):
+        runs[name] = create_run(ws, prof, "short")
+        finish_run_by_hand(runs[name], steps=(4,), state="stopped" if edit is None else "finished", tokenizer_hash=tok)
+        if edit is not None:
+            _edit_stage(runs[name], edit)
+    q = StageQueue(ws)
+    queued = len(q.read())
+    for start, error in ((runs["profile"].name, "is of profile 'other', expected one of 'trainfx'"),
+                         (runs["tokenizer"].name, "was trained with tokenizer ff"),
+                         (runs["shape"].name, "has another model shape: dim 64 (expected 32)"),
+                         (runs["stopped"].name, "is stopped; expected a finished run"),
+                         ("follow", "expected another stage (short, code-only) or a run, not the stage itself")):
+        with pytest.raises(RunError, match=rf"stage 'follow': from '{start}': .*{re.escape(error)}"):
+            q.add("trainfx", "follow", start)
+    r = fcwork(ws.root, "queue", "add", "trainfx", "follow", "--from", "nope")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "from 'nope': expected a stage of trainfx (short, code-only) or a run:" in r.stderr and "no run 'nope'" in r.stderr
+    r = fcwork(ws.root, "queue", "add", "trainfx", "short", "--from", "code-only")
+    assert r.returncode == 2 and "stage 'short': from 'code-only': the stage starts from scratch (no init_from)" in r.stderr
+    assert len(q.read()) == queued  # nothing was added

@@ -24,6 +24,7 @@ from engine.errors import FcError, QueueError
 from engine.jobs import procs
 from engine.jobs.protocol import EntryState
 from engine.jobs.rundir import RunDir
+from engine.jobs.runs import check_start
 from engine.workspace import Workspace
 
 LOCK_NAME = "queue.lock"
@@ -38,7 +39,8 @@ class QueueEntry:
     """One stage waiting, running or finished in the queue.
 
     `pid` (the trainer's pid while running) and `cancel_requested` (a cancel asked while it
-    ran) extend the fields of docs/formats.md; both are optional on disk.
+    ran) extend the fields of docs/formats.md; both are optional on disk, as is `init_from` (a
+    stage of the profile or a run id the entry starts from instead of its stage's init_from).
     """
 
     id: int
@@ -51,6 +53,7 @@ class QueueEntry:
     added: float = 0.0
     pid: int = 0
     cancel_requested: bool = False
+    init_from: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +75,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
               "a time in unix seconds"),
     "pid": (lambda v: _is_int(v) and v >= 0, "a process id or 0"),
     "cancel_requested": (lambda v: isinstance(v, bool), "true or false"),
+    "init_from": (lambda v: isinstance(v, str) and "/" not in v, "a stage name, a run id or \"\""),
 }
 _REQUIRED = ("id", "profile", "stage", "state")
 
@@ -169,21 +173,25 @@ class StageQueue:
 
     # -- user operations -----------------------------------------------------------------
 
-    def add(self, profile: str, stage: str) -> QueueEntry:
-        """Queue `stage` of `profile` (both must exist in the workspace)."""
-        return self.add_many(profile, [stage])[0]
+    def add(self, profile: str, stage: str, init_from: str = "") -> QueueEntry:
+        """Queue `stage` of `profile` (both must exist in the workspace), from `init_from` when given."""
+        return self.add_many(profile, [stage], init_from)[0]
 
-    def add_many(self, profile: str, stages: list[str]) -> list[QueueEntry]:
-        """Queue several stages of one profile, in the order given, in one locked edit."""
+    def add_many(self, profile: str, stages: list[str], init_from: str = "") -> list[QueueEntry]:
+        """Queue several stages of one profile, in the order given, in one locked edit; `init_from`
+        (a stage of the profile, or a run id or prefix) overrides where each starts."""
         prof = self.ws.load_profile(profile)
+        starts = {}
         for name in stages:
             prof.stage(name)  # raises a ProfileError naming the known stages
+            starts[name] = check_start(self.ws, prof, name, init_from) if init_from else ""
         key = profile_key(self.ws, profile)
         added = []
         with self.edit() as entries:
             next_id = max((e.id for e in entries), default=0) + 1
             for name in stages:
-                entry = QueueEntry(id=next_id, profile=key, stage=name, added=round(time.time(), 3))
+                entry = QueueEntry(id=next_id, profile=key, stage=name, added=round(time.time(), 3),
+                                   init_from=starts[name])
                 entries.append(entry)
                 added.append(entry)
                 next_id += 1
@@ -300,18 +308,19 @@ class StageQueue:
         return running if running and procs.supervisor_pid(self.ws) is None else []
 
     def waiting_for(self, entry: QueueEntry, entries: list[QueueEntry]) -> QueueEntry | None:
-        """The entry of the stage that `entry`'s stage starts from (init_from, same profile) that it
-        must wait for: one queued or running, or the latest such entry when it was cancelled or
+        """The entry of the stage that `entry`'s stage starts from (the entry's init_from, else the
+        stage's; same profile) that it must wait for: one queued or running, or the latest such entry when it was cancelled or
         failed (its dependant should not start from an older run, nor fail for want of one).
         None when it may start; an entry whose run exists already never waits."""
         if entry.run_id:
             return None
         try:
-            init_from = self.ws.load_profile(entry.profile).stage(entry.stage).init_from
+            prof = self.ws.load_profile(entry.profile)
+            init_from = entry.init_from or prof.stage(entry.stage).init_from
         except FcError:
             return None  # the supervisor fails the entry with that error when it claims it
-        if not init_from:
-            return None
+        if init_from not in [s.name for s in prof.stages]:
+            return None  # no init_from, or a run that exists already
         deps = [e for e in entries if e.id != entry.id and e.profile == entry.profile and e.stage == init_from]
         active = [e for e in deps if e.state in EntryState.ACTIVE]
         if active:

@@ -1,8 +1,8 @@
 """Launching a stage: a new run folder with its frozen stage.toml (engine.jobs.spec reads it back).
 
 The frozen stage resolves what the profile only names: model shape, tokenizer hash, shard
-folder, init checkpoint (the latest finished run of the stage named by `init_from`), starting
-mix. No torch here.
+folder, init checkpoint (the latest finished run of the stage named by `init_from`, or the stage
+or run a queue entry names instead), starting mix. No torch here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tomli_w
 
 from engine.atomic import atomic_write_text
 from engine.data.tokenizer import file_hash
-from engine.errors import DataError, RunError, TokenizerError
+from engine.errors import DataError, RunError, TokenizerError, differing_prefixes
 from engine.jobs.protocol import RunState
 from engine.jobs.rundir import RunDir
 from engine.mix import normalise
@@ -116,15 +116,73 @@ def find_init_checkpoint(ws: Workspace, profile: Profile, stage_name: str, init_
     )
 
 
-def create_run(ws: Workspace, profile: Profile, stage_name: str) -> Path:
+def check_start(ws: Workspace, profile: Profile, stage_name: str, start: str) -> str:
+    """A queue entry's own start point for a stage that has init_from: another stage of the profile
+    (kept as its name: its latest finished run when the run is made), else a run id or a prefix of
+    one (kept whole), which must be a finished run of this profile, tokenizer and model shape."""
+    stage = profile.stage(stage_name)
+    where = f"{profile.path or profile.name}: stage {stage_name!r}: from {start!r}"
+    if not stage.init_from:
+        raise RunError(f"{where}: the stage starts from scratch (no init_from), so there is no start point to choose")
+    others = [s.name for s in profile.stages if s.name != stage_name]
+    if start in others:
+        return start
+    if start == stage_name:
+        raise RunError(f"{where}: expected another stage ({', '.join(others)}) or a run, not the stage itself")
+    try:
+        run = RunDir.resolve(ws, start)
+    except RunError as exc:
+        raise RunError(f"{where}: expected a stage of {profile.name} ({', '.join(others)}) or a run: {exc}") from None
+    if run.path.parent.resolve() != ws.runs_dir.resolve():
+        raise RunError(f"{where}: expected a run of this workspace ({ws.runs_dir}), got {run.path}")
+    tok_path = ws.tokenizer_path(profile.tokenizer_name)
+    start_checkpoint(profile, stage, run, file_hash(tok_path) if tok_path.exists() else "", where)
+    return run.id
+
+
+def start_checkpoint(profile: Profile, stage: StageConfig, run: RunDir, tok_hash: str, where: str) -> Path:
+    """The final checkpoint of `run`, refused unless it is a finished run of this profile with the
+    tokenizer `tok_hash` ("": not checked) and the stage's model shape."""
+    meta = run.meta()
+    if meta.profile != profile.name:
+        raise RunError(f"{where}: run {run.id} is of profile {meta.profile!r}, expected one of {profile.name!r}")
+    state = run.state()
+    if state != RunState.FINISHED:
+        raise RunError(f"{where}: run {run.id} is {state or 'not started'}; expected a finished run")
+    ckpt = run.latest_checkpoint()
+    if ckpt is None:
+        raise RunError(f"{where}: run {run.id} finished without a checkpoint to start from")
+    doc = run.read_stage()
+    theirs = str(doc.get("paths", {}).get("tokenizer_hash", ""))
+    if tok_hash and theirs != tok_hash:
+        a, b = differing_prefixes(theirs, tok_hash)
+        raise RunError(f"{where}: run {run.id} was trained with tokenizer {a or '?'}..., this profile's is {b}... "
+                       "(expected a run of the same tokenizer)")
+    shape = doc.get("stage", {}).get("model", {})
+    ours = asdict(stage.model_config(int(shape.get("vocab_size", 0) or 0)))
+    diff = [f"{k} {shape.get(k)!r} (expected {v!r})" for k, v in ours.items() if shape.get(k) != v]
+    if diff:
+        raise RunError(f"{where}: run {run.id} has another model shape: {', '.join(diff[:3])}")
+    return ckpt
+
+
+def create_run(ws: Workspace, profile: Profile, stage_name: str, init_from: str = "") -> Path:
     """Make `runs/<run-id>/stage.toml` for a stage of `profile`, frozen with everything the trainer
-    needs: resolved model shape, tokenizer hash, shard folder, init checkpoint, starting mix."""
+    needs: resolved model shape, tokenizer hash, shard folder, init checkpoint, starting mix.
+    `init_from` (a queue entry's, see check_start) starts it from that stage or run instead."""
     stage = profile.stage(stage_name)
     mix = run_domains(profile, stage)
     image_domains = stage_image_domains(profile, stage)
     text = [d for d in mix if d not in image_domains]
     tok_path, tok_hash, shard_dir, vocab = _check_data(ws, profile, text)
-    init_ckpt = find_init_checkpoint(ws, profile, stage_name, stage.init_from) if stage.init_from else None
+    if init_from:  # the entry's own start point, checked again: the run may have changed since it was queued
+        init_from = check_start(ws, profile, stage_name, init_from)
+        where = f"{profile.path or profile.name}: stage {stage_name!r}: from {init_from!r}"
+        run = (RunDir(find_init_checkpoint(ws, profile, stage_name, init_from).parent.parent)
+               if init_from in [s.name for s in profile.stages] else RunDir(ws.runs_dir / init_from))
+        init_ckpt: Path | None = start_checkpoint(profile, stage, run, tok_hash, where)
+    else:
+        init_ckpt = find_init_checkpoint(ws, profile, stage_name, stage.init_from) if stage.init_from else None
     if not vocab:  # an image-only stage: the vocabulary from the tokenizer itself
         from engine.data.tokenizer import Tokenizer
 

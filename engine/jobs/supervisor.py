@@ -188,7 +188,7 @@ class Supervisor:
                 return self._finish(entry_id, EntryState.CANCELLED, "cancelled before it started")
             try:
                 profile = self.ws.load_profile(entry.profile)
-                created = RunDir(create_run(self.ws, profile, entry.stage))
+                created = RunDir(create_run(self.ws, profile, entry.stage, entry.init_from))
             except FcError as exc:
                 return self._finish(entry_id, EntryState.FAILED, str(exc))
             entry = self.queue.update(entry_id, run_id=created.id, message="run created")

@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = ps.add_parser("add", help="queue stages of a profile (in the order given)")
     a.add_argument("profile")
     a.add_argument("stages", nargs="+", metavar="STAGE")
+    a.add_argument("--from", dest="init_from", default="", metavar="STAGE_OR_RUN",
+                   help="start from this stage's latest finished run, or this run (id or prefix), "
+                        "instead of the stage's init_from")
     a.add_argument("--start", action="store_true", help="also start the supervisor")
     a.set_defaults(func=cmd_add)
     ps.add_parser("list", help="entries with state, run and progress").set_defaults(func=cmd_list)
@@ -66,10 +69,10 @@ def warn_orphans(q: StageQueue) -> None:
 
 def cmd_add(args: argparse.Namespace) -> int:
     q = _queue(args)
-    entries = q.add_many(args.profile, args.stages)
+    entries = q.add_many(args.profile, args.stages, args.init_from)
     prof = q.ws.load_profile(args.profile)
     for entry in entries:
-        print(f"queued #{entry.id}: {entry.profile} / {entry.stage}")
+        print(f"queued #{entry.id}: {entry.profile} / {entry.stage}" + (f" from {entry.init_from}" if entry.init_from else ""))
         print_passes(q.ws, prof, entry.stage, Console(), indent="  ")
     return _maybe_start(q, args.start)
 
@@ -117,7 +120,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for e in entries:
         style = STATE_STYLE.get(e.state, "")
         restarts = f" (restarts {e.restarts})" if e.restarts else ""
-        table.add_row(str(e.id), e.profile, e.stage, f"[{style}]{e.state}[/]", e.run_id or "-",
+        stage = e.stage + (f" from {e.init_from}" if e.init_from else "")
+        table.add_row(str(e.id), e.profile, stage, f"[{style}]{e.state}[/]", e.run_id or "-",
                       entry_progress(q, e.run_id), e.message + restarts)
     Console().print(table if entries else f"the queue of {q.ws.root} is empty")
     return 0

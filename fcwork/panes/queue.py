@@ -21,7 +21,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from engine.errors import FcError
-from engine.jobs.protocol import EntryState
+from engine.jobs.protocol import EntryState, RunState
 from fcwork.format import export_lines, fmt_eta, fmt_progress, mix_history_lines
 from fcwork.messages import ShowRun
 from fcwork.panes.base import Pane
@@ -265,6 +265,7 @@ class QueuePane(Pane):
         elif info.max_steps:
             progress = fmt_progress(0, info.max_steps)
         stage = e.stage if (self.profile is None or e.profile == self.profile.name) else f"{e.profile}/{e.stage}"
+        stage += f" from {e.init_from}" if e.init_from else ""
         return [str(e.id), Text(stage), state, progress, eta, device, info.memory, Text(e.message)]
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -316,11 +317,28 @@ class QueuePane(Pane):
         name = self.profile.name
 
         def picked(stage: str | None) -> None:
-            if stage:
+            if stage and self.profile.stage(stage).init_from:
+                self.app.push_screen(PickScreen(f"Start {name} / {stage} from", self.start_options(stage)),
+                                     lambda start: start is not None and self.run_op("add", name, stage, start))
+            elif stage:
                 self.run_op("add", name, stage)
 
         self.app.push_screen(PickScreen(f"Add a stage of {name} to the queue", options,
                                         empty=f"profile {name} has no stages"), picked)
+
+    def start_options(self, stage: str) -> list[tuple[str, str]]:
+        """Where a stage with init_from may start: the profile's init_from first (value ""), the
+        profile's other stages (their latest finished run), then its finished runs, newest first."""
+        default = self.profile.stage(stage).init_from
+        options = [(f"{default}  (the profile's init_from: its latest finished run)", "")]
+        options += [(f"{st.name}  (its latest finished run)", st.name) for st in self.profile.stages
+                    if st.name not in (stage, default)]
+        with self.store.lock:
+            runs = [h for h in self.store.runs.values()
+                    if h.profile == self.profile.name and h.state == RunState.FINISHED]
+        options += [(f"run {h.run_id}  ({h.stage}, step {h.step})", h.run_id)
+                    for h in sorted(runs, key=lambda h: h.run_id, reverse=True)]
+        return options
 
     def action_remove(self) -> None:
         e = self._selected()
@@ -397,7 +415,8 @@ class QueuePane(Pane):
         q = StageQueue(self.ws)
         if op == "add":
             e = q.add(*args)
-            self.post_message(self.Done(f"Queued {e.stage} as entry {e.id}", e.id))
+            self.post_message(self.Done(f"Queued {e.stage} as entry {e.id}"
+                                        + (f" (from {e.init_from})" if e.init_from else ""), e.id))
         elif op == "remove":
             e = q.remove(*args)
             self.post_message(self.Done(f"Removed entry {e.id} ({e.stage})"))
