@@ -243,8 +243,9 @@ async def test_queue_add_move_remove_with_confirm(tmp_path):
         await pilot.press("a")
         assert isinstance(app.screen, PickScreen)
         await pilot.press("down", "enter")  # the second stage: anneal
+        await pilot.press("enter")  # it starts from the profile's init_from (base), offered first
         await wait_for(pilot, lambda: len(q.read()) == 4, what="added entry")
-        assert q.read()[-1].stage == "anneal"
+        assert (q.read()[-1].stage, q.read()[-1].init_from) == ("anneal", "")
         await wait_for(pilot, lambda: len(pane.entries) == 4, what="table refresh")
         table = app.query_one("#queue-table", DataTable)
         table.move_cursor(row=3)
@@ -370,6 +371,39 @@ async def test_command_palette_runs_pane_actions(tmp_path):
         assert active_tab(app) == "tab-queue"
         await pilot.press("escape")
         assert not isinstance(app.screen, PickScreen)
+
+
+async def test_queue_add_picks_where_a_stage_starts(tmp_path):
+    """A stage with init_from asks a second question: the profile's init_from first, then the other
+    stages, then the finished runs; the choice is kept in the entry and shown in its row."""
+    from dataclasses import asdict
+
+    import tomli_w
+
+    ws = make_workspace(tmp_path / "ws")
+    path = ws.runs_dir / RUN_DONE / "stage.toml"
+    doc = tomllib.loads(path.read_text())
+    doc["stage"]["model"] = asdict(load_profile(ws.profile_path("default")).stage("anneal").model_config(8000))
+    path.write_text(tomli_w.dumps(doc))
+    (ws.runs_dir / RUN_DONE / "ckpt" / "step-300").mkdir(parents=True)
+    (ws.runs_dir / RUN_DONE / "ckpt" / "step-300" / "state.json").write_text("{}")
+    app = make_app(ws)
+    q = StageQueue(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await show_pane(pilot, app, "f3")
+        await pilot.press("a")
+        await pilot.press("down", "enter")  # anneal (init_from = "base")
+        assert isinstance(app.screen, PickScreen) and app.screen.title_text == "Start default / anneal from"
+        assert [v for _, v in app.screen.options] == ["", RUN_DONE]  # base's latest run, or the finished run
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: len(q.read()) == 4, what="added entry")
+        assert (q.read()[-1].stage, q.read()[-1].init_from) == ("anneal", RUN_DONE)
+        table = app.query_one("#queue-table", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 4, what="table refresh")
+        assert str(table.get_cell("4", "stage")) == f"anneal from {RUN_DONE}"
+        await pilot.press("a", "enter")  # base starts from scratch: no second question
+        await wait_for(pilot, lambda: len(q.read()) == 5, what="added base")
+        assert q.read()[-1].init_from == ""
 
 
 async def test_trainer_errors_are_notified_live(tmp_path):

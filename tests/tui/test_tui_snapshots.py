@@ -63,6 +63,10 @@ async def _add_stage(pilot, app):
     await pilot.press("a")
 
 
+async def _start_picker(pilot, app):
+    await pilot.press("a", "down", "enter")  # anneal starts from base: where from?
+
+
 async def _help(pilot, app):
     await pilot.press("question_mark")
 
@@ -108,6 +112,7 @@ STATES = {
     "entry-detail": ("f3", _entry_detail),
     "cancel-confirm": ("f3", _cancel_running),
     "add-picker": ("f3", _add_stage),
+    "start-picker": ("f3", _start_picker),
     "help": ("f3", _help),
     "quit-confirm": ("f1", _quit),
     "invalid-weight": ("f1", _invalid_weight),
