@@ -19,7 +19,8 @@ def test_passes_from_the_plan_before_any_build(workspace):
     science = rows["science"]
     assert science.basis == "plan" and science.share == pytest.approx(0.3)
     held = prof.data.heldout_fraction
-    want = int(1_500_000 * 3.6 * 0.3 * (1 - held) / 3.6)
+    corpus_share = prof.data.shares["science"] / sum(prof.data.shares.values())  # of the corpus, not the mix
+    want = int(1_500_000 * 3.6 * corpus_share * (1 - held) / 3.6)
     assert science.domain_tokens == pytest.approx(want, abs=2)
     assert science.passes == pytest.approx(int(total * 0.3) / science.domain_tokens)
     anneal = {r.domain: r.share for r in stage_passes(workspace, prof, "anneal")}

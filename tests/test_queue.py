@@ -35,7 +35,7 @@ def test_add_list_move_remove(workspace):
 
 def test_add_validates_profile_and_stage(workspace):
     q = StageQueue(workspace)
-    with pytest.raises(ProfileError, match=r"no stage named 'nope' \(known: base, anneal\)"):
+    with pytest.raises(ProfileError, match=r"no stage named 'nope' \(known: base, anneal, align, joint, sft\)"):
         q.add("default", "nope")
     with pytest.raises(ProfileError, match=r"missing\.toml: no such profile"):
         q.add("missing", "base")
