@@ -364,8 +364,9 @@ def test_eval_device_auto_leaves_a_training_accelerator_alone(workspace, monkeyp
     assert eval_device(workspace, "cuda", console) == "cuda"  # asked for explicitly
 
 
-def test_cli_generate_streams_greedy_text_and_refuses_bad_input(eval_workspace):
+def test_cli_generate_streams_greedy_text_and_refuses_bad_input(eval_workspace, capsys):
     from engine.data.chat_template import chat_prompt
+    from fcwork.cli import main
     from engine.model.generate import SamplingConfig, generate
     from engine.data.tokenizer import EOS_ID
 
@@ -385,11 +386,13 @@ def test_cli_generate_streams_greedy_text_and_refuses_bad_input(eval_workspace):
     end = tok.encode("<|end|>")
     full = generate(model, [EOS_ID, *tok.encode(chat_prompt("hi"))], SamplingConfig(40), stop_ids=(EOS_ID, *end))
     assert chat.returncode == 0 and chat.stdout.rstrip("\n") == tok.decode(full.tokens).rstrip("\n"), chat.stderr
+    # Refusals in-process (the same CLI code; three fewer interpreter start-ups).
     for args, message in ((("x", "-t", "-1"), "temperature: expected a number >= 0, got -1.0"),
                           (("x", "--system", "s"), "--system: expected together with --chat"),
                           (("x", "--step", "7"), "no checkpoint at step 7")):
-        bad = _fcwork(root, "generate", run.name, *args)
-        assert bad.returncode == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+        code = main(["generate", run.name, *args, "--workspace", str(root)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_complete_many_is_complete_for_each_prompt(eval_workspace):
