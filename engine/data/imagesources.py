@@ -29,7 +29,7 @@ import numpy as np
 
 from engine.data import files
 from engine.data.records import RecordFormat, RecordSkip
-from engine.data.sources import SourceStats, matched_paths, member_suffix, tar_members
+from engine.data.sources import SourceStats, matched_paths, member_suffix, open_parquet, tar_members
 from engine.errors import DataError
 from engine.profile import SourceConfig
 
@@ -238,24 +238,14 @@ def _image_bytes(value: Any) -> bytes | None:
 
 def _read_parquet(path: str, src: SourceConfig, stats: SourceStats) -> Iterator[ImageSample]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    if files.compression(path):
-        raise DataError(f"{path}: parquet compresses inside the file; expected a .parquet file, not {files.compression(path)}")
     fmt = RecordFormat.of(src.field, "", {})
-    fh = files.open_raw(path)
+    columns = list(dict.fromkeys([src.image] + fmt.columns))
+    opened = open_parquet(path, src, columns, stats)
+    if opened is None:
+        return
+    fh, pf = opened
     try:
-        try:
-            pf = pq.ParquetFile(fh)
-        except (OSError, pa.ArrowException) as exc:
-            stats.problems.append(f"source {src.name}: {path}: not a readable parquet file ({exc})")
-            return
-        names = pf.schema_arrow.names
-        columns = list(dict.fromkeys([src.image] + fmt.columns))
-        absent = [c for c in columns if c not in names]
-        if absent:
-            stats.problems.append(f"source {src.name}: {path}: no column {absent[0]!r} (columns: {', '.join(names) or 'none'})")
-            return
         row = 0
         try:
             for group in range(pf.num_row_groups):

@@ -275,28 +275,40 @@ def _render(fmt: RecordFormat, record: Any, stats: SourceStats) -> str | None:
         return None
 
 
-def _read_parquet(path: str, src: SourceConfig, stats: SourceStats, max_doc_chars: int, start: Any) -> Iterator[Item]:
+def open_parquet(path: str, src: SourceConfig, columns: list[str], stats: SourceStats) -> tuple[IO[bytes], Any] | None:
+    """(the open file, its pyarrow ParquetFile) when `path` is a readable parquet file with `columns`; else
+    None, with why in stats.problems. The caller closes the file. A compressed path is a DataError."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if files.compression(path):
         raise DataError(f"{path}: parquet compresses inside the file; expected a .parquet file, not {files.compression(path)}")
-    fmt = _record_format(src)
     fh = files.open_raw(path)
     try:
-        try:
-            pf = pq.ParquetFile(fh)
-        except (OSError, pa.ArrowException) as exc:
-            stats.problems.append(f"source {src.name}: {path}: not a readable parquet file ({exc})")
-            return
-        names = pf.schema_arrow.names
-        columns = fmt.columns
-        absent = [c for c in columns if c not in names]
-        if absent:
-            stats.problems.append(
-                f"source {src.name}: {path}: no column {absent[0]!r} (columns: {', '.join(names) or 'none'})"
-            )
-            return
+        pf = pq.ParquetFile(fh)
+    except (OSError, pa.ArrowException) as exc:
+        fh.close()
+        stats.problems.append(f"source {src.name}: {path}: not a readable parquet file ({exc})")
+        return None
+    names = pf.schema_arrow.names
+    absent = [c for c in columns if c not in names]
+    if absent:
+        fh.close()
+        stats.problems.append(f"source {src.name}: {path}: no column {absent[0]!r} (columns: {', '.join(names) or 'none'})")
+        return None
+    return fh, pf
+
+
+def _read_parquet(path: str, src: SourceConfig, stats: SourceStats, max_doc_chars: int, start: Any) -> Iterator[Item]:
+    import pyarrow as pa
+
+    fmt = _record_format(src)
+    columns = fmt.columns
+    opened = open_parquet(path, src, columns, stats)
+    if opened is None:
+        return
+    fh, pf = opened
+    try:
         plain = not src.template and not src.where and "." not in src.field
         if plain:
             col_type = pf.schema_arrow.field(src.field).type
