@@ -47,7 +47,6 @@ from engine.model.lora import trainable_counts
 log = logging.getLogger("fcwork.trainer")
 THREADS_ENV = "FCWORK_TRAIN_THREADS"   # pin torch's CPU threads (same value => same sums => exact resume)
 EXIT_CRASH = 1  # an uncaught exception: the supervisor restarts the trainer
-COMPILE_LOSS = False  # compile the loss beside the blocks (bench/train_mfu.py measures it)
 
 
 class Trainer:
@@ -158,7 +157,6 @@ class Trainer:
 
             log.info("fp8 (%s): %d linears in float8", st.fp8_recipe, convert_to_fp8(self.model, st.fp8_recipe))
         self.net = self.par.wrap(self.model, self.dev.precision, compile_on)
-        self.loss_fn = torch.compile(compiled_cross_entropy) if compile_on and COMPILE_LOSS else None
         self.optimizer = build_optimizer(self.model, st, self.dev)
         # 6 N (forward + backward of the matmuls; the embedding lookup is free) + attention scores.
         matmul_params = self.model.num_params() - (0 if cfg.tie_embeddings else self.model.embed.weight.numel())
@@ -337,8 +335,7 @@ class Trainer:
             x = torch.as_tensor(mb.tokens).to(dev.device, non_blocking=True)
             with par.accumulating(self.net, micro == st.grad_accum - 1):
                 with dev.autocast():
-                    per_token = token_losses(self.net, x, vision.pixels(mb.image, dev.device), mb.loss_mask,
-                                             self.loss_fn)
+                    per_token = token_losses(self.net, x, vision.pixels(mb.image, dev.device), mb.loss_mask)
                 if mb.loss_mask is None:
                     loss = per_token.mean()
                 else:  # image placeholders, padding and SFT's prompts are not predicted: the mean over the rest
@@ -597,7 +594,7 @@ class Trainer:
 
 
 def token_losses(net: torch.nn.Module, tokens: torch.Tensor, images: torch.Tensor | None = None,
-                 loss_mask: np.ndarray | None = None, loss_fn=None) -> torch.Tensor:
+                 loss_mask: np.ndarray | None = None) -> torch.Tensor:
     """Per-token next-token loss [B, T] of rows of T + 1 tokens, through `net`'s own call (DDP's
     gradient hooks are armed there); the same numbers as Transformer.loss(..., reduction="none").
     With `images`, they fill the rows' `<image>` positions; targets outside `loss_mask` give 0."""
@@ -605,7 +602,7 @@ def token_losses(net: torch.nn.Module, tokens: torch.Tensor, images: torch.Tenso
 
     targets = vision.masked_targets(tokens, loss_mask)
     logits = net(tokens[:, :-1]) if images is None else net(tokens[:, :-1], images)
-    return (loss_fn or cross_entropy)(logits.flatten(0, 1), targets.flatten()).view(targets.shape)
+    return cross_entropy(logits.flatten(0, 1), targets.flatten()).view(targets.shape)
 
 
 def row_losses(per_token: torch.Tensor, mask: np.ndarray | None) -> torch.Tensor:
@@ -616,15 +613,6 @@ def row_losses(per_token: torch.Tensor, mask: np.ndarray | None) -> torch.Tensor
         return per_token.mean(dim=1)
     m = torch.as_tensor(mask, device=per_token.device, dtype=per_token.dtype)
     return (per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
-
-
-def compiled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The per-token loss as plain F.cross_entropy over float32 logits, for torch.compile: Inductor
-    fuses the upcast, log-softmax and their backward into fewer passes over the logits than the eager
-    custom function makes (which is the faster one on the CPU)."""
-    from engine.model.decoder import IGNORE
-
-    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none", ignore_index=IGNORE)
 
 
 # What CUDA's and MPS's allocators say when a tensor does not fit (torch.OutOfMemoryError is CUDA's;
