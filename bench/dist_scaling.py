@@ -4,7 +4,7 @@
 agreement; then kills one rank of a DDP run with SIGKILL after a checkpoint and starts the group again
 as the supervisor does (the supervisor's restart itself is tested on CPU in tests/test_distributed.py),
 comparing the resumed losses with the uninterrupted run's; then resumes the FSDP run's checkpoint on
-one GPU and on the CPU.
+one GPU and on the CPU. Phase `n1` runs the torchrun path with one process beside the plain one.
 
     python bench/dist_scaling.py [--steps 200] [--vocab 50000] [--json out.json]
 """
@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tomli_w  # noqa: E402
 
 from engine.compat import tomllib  # noqa: E402
-from engine.jobs.procs import spawn_trainer  # noqa: E402
+from engine.jobs.procs import child_env, spawn_trainer, trainer_command  # noqa: E402
 from train_mfu import make_run  # noqa: E402
 
 
@@ -129,6 +130,24 @@ def main() -> int:
             print(f"{name:6s}: {tps:10,.0f} tok/s, {tps / one:.3f}x of 1 GPU; |loss - 1 GPU| max {max(diffs):.2e} "
                   f"mean {sum(diffs) / len(diffs):.2e} over {len(diffs)} steps; loss {ref[1]:.3f} -> {got[max(got)]:.4f}",
                   flush=True)
+    if "n1" in phases:
+        # The torchrun path with one process (`--nproc-per-node 1`), as a multi-node or scripted launch
+        # would start it, against the plain `python -m engine.train` the supervisor uses for one device.
+        n1 = {**base, **arms["gpu1"], "max_steps": min(args.steps, 40), "checkpoint_every": min(args.steps, 40)}
+        plain, via = make_run(root, "n1-plain", args.vocab, n1), make_run(root, "n1-torchrun", args.vocab, n1)
+        codes = [train(plain)]
+        with open(via / "trainer.log", "ab") as log:
+            cmd = trainer_command(via, 2)
+            cmd[cmd.index("--nproc-per-node") + 1] = "1"
+            codes.append(subprocess.run(cmd, cwd=via, env=child_env(), stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, timeout=900).returncode)
+        a, b = attempts(plain)[0], attempts(via)[0]
+        diffs = [abs(a[s] - b[s]) for s in a]
+        device = next(e["device"] for e in events(via, "status") if e.get("device"))
+        result["n1"] = {"exit": codes, "max_loss_diff": max(diffs), "steps": len(diffs), "device": device}
+        print(f"n1: plain exit {codes[0]}, torchrun --nproc-per-node 1 exit {codes[1]} (device {device!r}); "
+              f"|loss diff| max {max(diffs):.2e} over {len(diffs)} steps; final {a[max(a)]:.4f} vs {b[max(b)]:.4f}",
+              flush=True)
     if "kill" in phases:
         # A shorter run with a checkpoint at a quarter; the constant schedule gives it the lr of the
         # uninterrupted 2-GPU run at every step, so their losses compare step for step.
