@@ -85,8 +85,10 @@ def test_notifications_bring_queue_profile_and_run_changes_at_once(ws, monkeypat
 
         path = ws.profile_path("default")
         path.write_text(path.read_text().replace("vocab_size = 8000", "vocab_size = 4000"))
-        m = f.wait_for(ProfileChanged, 1.5)
-        assert m is not None and m.profile is not None and m.profile.tokenizer.vocab_size == 4000
+        # write_text truncates first: the watcher may read the file half-written (a ProfileChanged with
+        # an error) before the notification of the finished write brings the new profile.
+        m = f.wait_for(ProfileChanged, 1.5, lambda m: m.profile is not None)
+        assert m is not None and m.profile.tokenizer.vocab_size == 4000
 
         run = ws.runs_dir / "20261126-000000-base"
         run.mkdir()
