@@ -100,6 +100,7 @@ def spawn_trainer(run_dir: str | os.PathLike, patience_s: float = 1.0) -> subpro
     devices); refuse when a trainer already runs there."""
     run = RunDir(run_dir)
     command = launch_command(run)
+    run.clear_rank_failures()  # what ranks of an earlier launch said is not this launch's
     fd = open_lock(run.trainer_lock)
     try:
         if not try_flock(fd, patience_s):

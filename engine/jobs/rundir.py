@@ -35,6 +35,7 @@ CKPT_DIR = "ckpt"
 CKPT_PREFIX = "step-"
 CKPT_STATE = "state.json"
 EXPORTS_DIR = "exports"
+RANK_FAILURE = "rank-{}.failed.json"  # why a rank other than 0 ended (rank 0 says it in the events)
 FOLLOWED_FILES = frozenset({STAGE_FILE, EVENTS_FILE})  # what a watcher of runs/ reacts to
 
 
@@ -260,6 +261,30 @@ class RunDir:
     def trainer_gone(self) -> bool:
         """True when a trainer ran here (its lock file exists) and none holds the lock now."""
         return self.trainer_lock.exists() and self.trainer_pid() is None
+
+    def rank_failure_path(self, rank: int) -> Path:
+        return self.path / RANK_FAILURE.format(rank)
+
+    def record_rank_failure(self, rank: int, message: str, exit_code: int) -> None:
+        """A rank other than 0 writes no events: it leaves why it ended here for the supervisor."""
+        from engine.atomic import atomic_write_text
+
+        atomic_write_text(self.rank_failure_path(rank), json.dumps({"rank": rank, "message": message,
+                                                                   "exit_code": exit_code}) + "\n")
+
+    def rank_failures(self) -> list[dict[str, Any]]:
+        """What the ranks other than 0 of the last launch recorded as they ended, by rank."""
+        out = []
+        for path in sorted(self.path.glob(RANK_FAILURE.format("*"))):
+            try:
+                out.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def clear_rank_failures(self) -> None:
+        for path in self.path.glob(RANK_FAILURE.format("*")):
+            path.unlink(missing_ok=True)
 
     def send_request(self, mix: dict[str, float] | None = None, stop: bool = False) -> int:
         """Ask the run's trainer for a new mix and/or a stop; returns the request's id, which its

@@ -322,6 +322,13 @@ class Supervisor:
             return Outcome(RunState.STOPPED if stopped else RunState.FINISHED, "", step)
         if rc == EXIT_USER_ERROR:
             return Outcome(USER_ERROR, reason or procs.error_line(run.trainer_log) or "trainer reported a user error", step)
+        refused = [f for f in run.rank_failures() if f.get("exit_code") == EXIT_USER_ERROR] if rc else []
+        if refused:  # a user error on another rank (out of memory there): the group's, not a crash to retry
+            reason = f"rank {refused[0].get('rank')}: {refused[0].get('message', '')}"
+            self._event(run, Event.ERROR, message=reason, source=Source.TRAINER)
+            self._event(run, Event.STATUS, state=RunState.FAILED, step=step, pid=0, message=reason,
+                        exit_code=EXIT_USER_ERROR)
+            return Outcome(USER_ERROR, reason, step)
         why = procs.describe_exit(rc) if rc is not None else "trainer ended without a final status"
         if rc is not None and rc < 0:
             reason = why  # a signal says more than whatever the trainer logged before it

@@ -9,6 +9,7 @@ reads: 0 finished or stopped, 2 a user/config error, 1 a crash.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -691,6 +692,10 @@ def _fail(trainer: Trainer, message: str, code: int, detail: str = "") -> int:
     """Say why the trainer ends (log, error event, failed status) as far as the disk allows; return `code`.
     `detail` (the exception's own words) goes to the log only."""
     log.error("%s [%s]", message, detail) if detail else log.error("%s", message)
+    rank = distributed.launched_rank()
+    if rank and code == EXIT_USER_ERROR:  # torchrun's exit says only that a rank failed: say why, and whose
+        with contextlib.suppress(OSError):
+            trainer.run.record_rank_failure(rank, message, code)
     try:
         trainer.events.write(Event.ERROR, message=message, source=Source.TRAINER)
         trainer.status(RunState.FAILED, message, exit_code=code)
