@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch._inductor.config  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
@@ -37,9 +38,11 @@ from engine.train.trainer import build_optimizer, token_losses  # noqa: E402
 from train_mfu import markov_tokens  # noqa: E402
 
 VARIANTS = {
-    # name: (ranks, compile, gradient_as_bucket_view, dynamo's optimize_ddp)
+    # name: (ranks, compile, gradient_as_bucket_view, dynamo's optimize_ddp); "-det": deterministic kernels
     "one": (1, True, True, True),
     "one-again": (1, True, True, True),
+    "one-det": (1, True, True, True),
+    "one-det-again": (1, True, True, True),
     "one-eager": (1, False, True, True),
     "ddp": (2, True, True, True),
     "ddp-eager": (2, False, True, True),
@@ -63,6 +66,11 @@ def batches(args, vocab: int) -> np.ndarray:
 def train(rank: int, world: int, name: str, args, out: str) -> None:
     ranks, compile_on, bucket_view, split = VARIANTS[name]
     device = torch.device(args.device)
+    if "-det" in name:  # before the first cuBLAS handle: this process is fresh (spawned)
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if hasattr(torch._inductor.config, "deterministic"):
+            torch._inductor.config.deterministic = True
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{out}.rdv", rank=rank, world_size=world)
     torch._dynamo.config.optimize_ddp = split
@@ -115,10 +123,7 @@ def train(rank: int, world: int, name: str, args, out: str) -> None:
 def run_variant(name: str, args, tmp: Path) -> dict:
     out = str(tmp / f"{name}.json")
     world = VARIANTS[name][0]
-    if world == 1:
-        train(0, 1, name, args, out)
-    else:
-        mp.spawn(train, args=(world, name, args, out), nprocs=world, join=True)
+    mp.spawn(train, args=(world, name, args, out), nprocs=world, join=True)  # a fresh process for each arm
     return json.loads(Path(out).read_text())
 
 
@@ -150,6 +155,12 @@ def main() -> int:
         print(f"{name:20s} loss {got[0]:.4f} -> {got[-1]:.4f}; |diff vs {names[0]}| mean {diff.mean():.2e} "
               f"max {diff.max():.2e} (first step past 1e-2: {next((i + 1 for i, d in enumerate(diff) if d > 1e-2), '-')}); "
               f"max grad norm {max(results[name]['grad_norm']):.3g}", flush=True)
+    for name in names:  # each arm run twice against itself: the device's run-to-run noise
+        base = name.removesuffix("-again")
+        if name != base and base in results:
+            diff = np.abs(np.array(results[name]["loss"]) - np.array(results[base]["loss"]))
+            print(f"{name} vs {base}: |diff| mean {diff.mean():.2e} max {diff.max():.2e}; weights "
+                  f"{'identical' if results[name]['weights_l1'] == results[base]['weights_l1'] else 'differ'}")
     if args.json:
         Path(args.json).write_text(json.dumps(results))
     return 0
