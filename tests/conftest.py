@@ -7,6 +7,7 @@ those modules only for their plain helpers.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+    """Workers for `-n auto` (pyproject's addopts): one per CPU this process may use, at most
+    MAX_WORKERS; none on a single CPU, or when updating snapshots (syrupy in one worker would
+    count the snapshots of the tests another worker ran as unused)."""
+    if config.getoption("--snapshot-update", default=False):
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cpus, MAX_WORKERS) if cpus > 1 else 0

@@ -25,6 +25,10 @@ from engine.jobs.queue import StageQueue
 from engine.jobs.rundir import RunDir
 from tests.train_fixtures import TrainWorkspace, events_of, log_tail, make_run, step_losses, train_here, wait_for
 
+# One xdist worker for the whole module: `trained` (three trainings, two of them torchrun groups) is
+# built once per worker that runs a test asking for it.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 TOL = 1e-5
 SHORT = dict(max_steps=20, checkpoint_every=10, eval_every=10, eval_probes=False)
 

@@ -277,7 +277,9 @@ def _fcwork(ws_root: Path, *args: str) -> subprocess.CompletedProcess:
                                                                             "COLUMNS": "160"})
 
 
-def test_cli_eval_shows_a_table_and_compare_puts_runs_side_by_side(eval_workspace):
+def test_cli_eval_shows_a_table_and_compare_puts_runs_side_by_side(eval_workspace, capsys):
+    from fcwork.cli import main
+
     root = eval_workspace.ws.root
     a = clone_run(eval_workspace.run, eval_workspace.ws.runs_dir / "cli-eval-a")
     b = clone_run(eval_workspace.tied_run, eval_workspace.ws.runs_dir / "cli-eval-b")
@@ -291,15 +293,20 @@ def test_cli_eval_shows_a_table_and_compare_puts_runs_side_by_side(eval_workspac
     cmp = _fcwork(root, "eval", "compare", a.name, b.name)
     assert cmp.returncode == 0, cmp.stderr
     assert "cli-eval-a" in cmp.stdout and "cli-eval-b" in cmp.stdout and "bits/byte, chess" in cmp.stdout
-    bad = _fcwork(root, "eval", a.name, "--step", "3")
-    assert bad.returncode == 2 and "no checkpoint at step 3" in bad.stderr and bad.stderr.count("\n") == 1
-    none = _fcwork(root, "eval", "compare", a.name, "--step", "999")
-    assert none.returncode == 2 and "no eval at step 999" in none.stderr
+    # Refusals in-process (the same CLI code; five fewer interpreter start-ups, one of them importing torch).
+    capsys.readouterr()
+    code = main(["eval", a.name, "--step", "3", "--workspace", str(root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "no checkpoint at step 3" in err and err.count("\n") == 1, err
+    code = main(["eval", "compare", a.name, "--step", "999", "--workspace", str(root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "no eval at step 999" in err, err
     for args, message in ((("--items", "-3"), "--items: expected a non-negative integer, got -3"),
                           (("--sample-tokens", "-1"), "--sample-tokens: expected a non-negative integer, got -1"),
                           (("--probes", "chess,poetry"), "--probes: 'poetry' is not a probe")):
-        bad = _fcwork(root, "eval", a.name, *args)
-        assert bad.returncode == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+        code = main(["eval", a.name, *args, "--workspace", str(root)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_eval_line_shows_loss_bpb_and_probe_scores():

@@ -58,6 +58,9 @@ def test_killed_stopped_and_resumed_run_is_bit_identical(train_workspace, refere
     # 2. SIGKILL while a checkpoint is being written (the debugging knob holds the write open).
     proc = start_trainer(run, **{WRITE_DELAY_ENV: "3"})
     ckpt_root = run / "ckpt"
+    # The kill above may have hit a checkpoint write too: its temp folder is gone once this trainer
+    # says it runs (it clears them first), so only this trainer's write counts below.
+    wait_for(lambda: [s["state"] for s in events_of(run, "status")].count("running") == 2, 90, "the second start")
 
     def partial_checkpoint():
         return [p for p in ckpt_root.glob(".step-*.tmp") if (p / "model.safetensors").exists()]

@@ -196,6 +196,8 @@ async def settle(pilot, app, timeout: float = 5.0) -> None:
     import asyncio
     import time
 
+    from textual.worker import WorkerCancelled
+
     deadline = time.monotonic() + timeout
     start_idle = app.watcher.idle_passes
     while time.monotonic() < deadline:
@@ -206,7 +208,10 @@ async def settle(pilot, app, timeout: float = 5.0) -> None:
     for _ in range(3):
         others = [w for w in app.workers if w.group != "watch"]
         if others:  # an empty list would mean "all", the endless watcher included
-            await app.workers.wait_for_complete(others)
+            try:
+                await app.workers.wait_for_complete(others)
+            except WorkerCancelled:
+                pass  # an exclusive worker that a newer one replaced: the next round waits on that one
         await pilot.pause()
         await asyncio.sleep(0)
     for pane in app.panes.values():
