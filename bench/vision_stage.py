@@ -6,6 +6,9 @@ Both in one run: the same model (VisionLanguageModel, bf16 autocast, AdamW over 
 text micro-batch (no image) and an image micro-batch (196 `<image>` positions + text) alternated
 after warm-up, so the ratio is measured under the same conditions.
 
+Eager, then with the blocks of the decoder and the tower compiled as the trainer compiles them
+(engine.train.distributed.compile_blocks).
+
     python bench/vision_stage.py [--steps 10]      # needs a CUDA device
 """
 
@@ -23,6 +26,7 @@ import torch  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.model.info import memory_estimate, param_breakdown  # noqa: E402
 from engine.model.multimodal import VisionLanguageModel  # noqa: E402
+from engine.train.distributed import compile_blocks  # noqa: E402
 
 GIB = 1024**3
 VOCAB, SEQ, IMAGE_ID = 50000, 2048, 5
@@ -49,6 +53,7 @@ def timed(model, opt, x, pixels, steps: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--profile", action="store_true", help="two compiled image steps under torch.profiler")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("vision_stage: needs a CUDA device", file=sys.stderr)
@@ -62,29 +67,43 @@ def main() -> int:
     image = text.clone()
     image[0, 1:1 + cfg.image_tokens] = IMAGE_ID
     pixels = torch.rand(1, 3, cfg.image_size, cfg.image_size, device="cuda") * 2 - 1
-    for _ in range(2):
-        step(model, opt, image, pixels)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    step(model, opt, image, pixels)
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated()
-    est = memory_estimate(cfg, SEQ, 1, True, "bf16", "cuda", include_vision=True)
-    text_tps = timed(model, opt, text, None, args.steps)
-    image_tps = timed(model, opt, image, pixels, args.steps)
     counts = param_breakdown(cfg)
     patches = (cfg.image_size // cfg.patch_size) ** 2
     # 6 N per token (forward + backward) for the matmuls, the tower's over its patches.
     decoder_flops = 6 * (counts["decoder"] - counts["embedding"]) * SEQ
     tower_flops = 6 * counts["vision_tower"] * patches + 6 * counts["projector"] * cfg.image_tokens
     share = tower_flops / (decoder_flops + tower_flops)
+    est = memory_estimate(cfg, SEQ, 1, True, "bf16", "cuda", include_vision=True)
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; fc450 joint, 1 image x {SEQ}, "
-          "activation checkpointing, bf16 autocast, AdamW")
-    print(f"peak memory {peak / GIB:.2f} GiB; estimate {est['total'] / GIB:.2f} GiB; measured/estimate "
-          f"{peak / est['total']:.2f}")
-    print(f"tokens/s text-only {text_tps:,.0f}, image-text {image_tps:,.0f}: image-text costs "
-          f"{text_tps / image_tps - 1:+.1%} time per token; the tower's share of the FLOPs {share:.1%} "
-          f"(time ratio {text_tps / image_tps:.3f} vs FLOPs ratio {1 / (1 - share):.3f})")
+          f"activation checkpointing, bf16 autocast, AdamW; the tower's share of the FLOPs {share:.1%} "
+          f"(FLOPs ratio image-text / text {1 / (1 - share):.3f})")
+    for mode in ("eager-conv", "eager", "compiled"):
+        emb = model.vision.embeddings
+        # "-conv": the patch embedding through nn.Conv2d itself, as it was before patchify
+        emb.forward = (lambda px, e=emb: e.patch_embedding(px).flatten(2).transpose(1, 2) + e.position_embedding.weight) \
+            if mode.endswith("-conv") else type(emb).forward.__get__(emb)
+        if mode == "compiled":
+            compile_blocks(model)
+        for x, px in ((image, pixels), (text, None), (image, pixels)):  # warm-up (and compile) both shapes
+            step(model, opt, x, px)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step(model, opt, image, pixels)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        text_tps = timed(model, opt, text, None, args.steps)
+        image_tps = timed(model, opt, image, pixels, args.steps)
+        print(f"{mode}: peak memory {peak / GIB:.2f} GiB; estimate {est['total'] / GIB:.2f} GiB; measured/estimate "
+              f"{peak / est['total']:.2f}; tokens/s text-only {text_tps:,.0f}, image-text {image_tps:,.0f}: "
+              f"time ratio {text_tps / image_tps:.3f}", flush=True)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                step(model, opt, image, pixels)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=60))
     return 0
 
 

@@ -39,8 +39,18 @@ class Embeddings(nn.Module):
         if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (3, self.image_size, self.image_size):
             raise ModelError(f"images: expected [N, 3, {self.image_size}, {self.image_size}] pixel values, "
                              f"got {list(pixels.shape)}")
-        x = self.patch_embedding(pixels.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
-        return x + self.position_embedding.weight
+        w = self.patch_embedding.weight
+        return patchify(pixels.to(w.dtype), self.patch_size) @ w.flatten(1).t() \
+            + self.patch_embedding.bias + self.position_embedding.weight
+
+
+def patchify(pixels: torch.Tensor, p: int) -> torch.Tensor:
+    """[N, 3, H, W] to [N, patches, 3 * p * p], each patch flattened as the conv's weight is (channel,
+    row, column): the patch conv as one matmul on the conv's own weights (the same numbers), which
+    autocast and torch.compile treat like every other projection."""
+    n, c, h, w = pixels.shape
+    x = pixels.view(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(n, (h // p) * (w // p), c * p * p)
 
 
 class Attention(nn.Module):
