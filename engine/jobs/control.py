@@ -10,19 +10,18 @@ event: applied at step N, superseded by request M, or rejected with why (engine.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
-from engine.compat import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import tomli_w
 
 from engine.atomic import atomic_create_text
+from engine.compat import tomllib
 from engine.errors import ControlError, MixError
+from engine.jobs.locks import locked
 from engine.mix import check_mix
 from engine.profile import describe_value
 
@@ -94,16 +93,6 @@ def read_request(folder: Path, request_id: int, domains: Iterable[str] | None = 
     return parse_request(text, request_id, str(path), domains)
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def send_request(folder: Path, mix: dict[str, float] | None = None, stop: bool = False, answered: int = 0) -> int:
     """Add a request to `folder` with the next id and return that id: above every request there and
     above `answered` (the last id the trainer answered), so removing files never brings back an id."""
@@ -117,7 +106,7 @@ def send_request(folder: Path, mix: dict[str, float] | None = None, stop: bool =
         data["stop"] = True
     folder.mkdir(exist_ok=True)
     text = tomli_w.dumps(data)
-    with _locked(folder / LOCK_NAME):
+    with locked(folder / LOCK_NAME):
         rid = max(request_ids(folder) + [answered], default=0) + 1
         while True:  # the lock makes a taken id rare (a writer that ignored it); skip past it
             try:

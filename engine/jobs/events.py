@@ -136,10 +136,6 @@ def tail_events(path: str | os.PathLike, want: set[str], block: int = 1 << 16) -
                 event = _parse_line(line)
                 if event is not None and event["type"] in want and event["type"] not in found:
                     found[event["type"]] = event
-        if carry and len(found) < len(want):
-            event = _parse_line(carry)
-            if event is not None and event["type"] in want and event["type"] not in found:
-                found[event["type"]] = event
     return found
 
 

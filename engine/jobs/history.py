@@ -14,7 +14,7 @@ import math
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from engine.jobs.protocol import Event, MixPolicy, RunState
 
@@ -315,44 +315,22 @@ class RunStore:
 
     def ingest(self, run_id: str, events: Iterable[dict], reset: bool = False, bad: int = 0) -> list[dict]:
         """Fold parsed events into a run's history; returns the notable ones (status, mix, error, ...)."""
-        notable = []
-        with self.lock:
-            h = self._start(run_id, reset)
-            for ev in events:
-                h.ingest(ev)
-                if ev.get("type") in NOTABLE:
-                    notable.append(ev)
-            h.bad_lines += bad
-            self.version += 1
-        return notable
+        return self._fold(run_id, reset, bad, lambda h: ((ev, None) for ev in events))
 
     def ingest_lines(self, run_id: str, data: bytes, reset: bool = False, bad: int = 0) -> list[dict]:
         """Fold raw JSON lines in, parsing only the step events that become points (and the last
         one, for the latest values): at thousands of steps a second most lines are only counted."""
-        lines = data.split(b"\n")
-        last_step = max((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith(STEP_PREFIXES)), default=-1)
+        return self._fold(run_id, reset, bad, lambda h: _parse_lines(h, data))
+
+    def _fold(self, run_id: str, reset: bool, bad: int,
+              items: Callable[[RunHistory], Iterable[tuple[dict, bool | None]]]) -> list[dict]:
+        """Fold (event, keep) pairs into a run's history under the lock; returns the notable events."""
         notable = []
         with self.lock:
             h = self._start(run_id, reset)
-            for i, line in enumerate(lines):
-                keep = None
-                if line.startswith(STEP_PREFIXES):
-                    keep = h.take_step()
-                    if not keep and i != last_step:
-                        h.events += 1
-                        continue
-                elif not line.strip():
-                    continue
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    h.bad_lines += 1
-                    continue
-                if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
-                    h.bad_lines += 1
-                    continue
+            for ev, keep in items(h):
                 h.ingest(ev, keep)
-                if ev["type"] in NOTABLE:
+                if ev.get("type") in NOTABLE:
                     notable.append(ev)
             h.bad_lines += bad
             h.version += 1
@@ -375,3 +353,28 @@ class RunStore:
         """Runs whose last status says they are starting, running or stopping, newest first."""
         with self.lock:
             return sorted((r for r, h in self.runs.items() if h.state in RunState.LIVE), reverse=True)
+
+
+def _parse_lines(h: RunHistory, data: bytes) -> Iterator[tuple[dict, bool | None]]:
+    """(event, keep) for each line of `data` that `h` needs parsed: a step event that is neither a
+    kept point nor the last step is only counted (in `h.events`), a bad line in `h.bad_lines`."""
+    lines = data.split(b"\n")
+    last_step = max((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith(STEP_PREFIXES)), default=-1)
+    for i, line in enumerate(lines):
+        keep = None
+        if line.startswith(STEP_PREFIXES):
+            keep = h.take_step()
+            if not keep and i != last_step:
+                h.events += 1
+                continue
+        elif not line.strip():
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            h.bad_lines += 1
+            continue
+        if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
+            h.bad_lines += 1
+            continue
+        yield ev, keep

@@ -6,16 +6,29 @@ cannot tell a live process from a reused pid. The supervisor, the trainer and th
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 
 def open_lock(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (made if missing), waiting for it; closing the fd releases it."""
+    fd = open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def try_flock(fd: int, patience_s: float = 0.0) -> bool:

@@ -9,7 +9,6 @@ launcher is the process that holds the trainer lock, and its ranks end with it.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 from engine.errors import FcError, SupervisorError
-from engine.jobs.locks import holder_pid, open_lock, read_pid, try_flock, write_pid
+from engine.jobs.locks import holder_pid, locked, open_lock, read_pid, try_flock, write_pid
 from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 
@@ -124,9 +123,7 @@ def spawn_trainer(run_dir: str | os.PathLike, patience_s: float = 1.0) -> subpro
 def ensure_supervisor(ws: Workspace, idle_s: float = DEFAULT_IDLE_S, timeout_s: float = 30.0) -> int:
     """Return the pid of the workspace's supervisor, starting a detached one if none runs."""
     _SPAWNED[:] = [p for p in _SPAWNED if p.poll() is None]
-    start_fd = open_lock(ws.root / START_LOCK)
-    try:
-        fcntl.flock(start_fd, fcntl.LOCK_EX)  # one starter at a time
+    with locked(ws.root / START_LOCK):  # one starter at a time
         pid = supervisor_pid(ws)
         if pid is not None:
             return pid
@@ -155,8 +152,6 @@ def ensure_supervisor(ws: Workspace, idle_s: float = DEFAULT_IDLE_S, timeout_s: 
                                       f"{last_line(log_path) or 'no output'}")
             time.sleep(0.02)
         raise SupervisorError(f"{log_path}: the supervisor (pid {proc.pid}) did not take {SUPERVISOR_LOCK} within {timeout_s:.0f} s")
-    finally:
-        os.close(start_fd)
 
 
 # -- keeping a Mac awake -------------------------------------------------------------------

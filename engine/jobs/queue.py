@@ -8,11 +8,8 @@ atomically, so readers without the lock always see a whole version.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
-import os
 import time
-from engine.compat import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,8 +17,10 @@ from typing import Any, Iterator
 import tomli_w
 
 from engine.atomic import atomic_write_text
+from engine.compat import tomllib
 from engine.errors import FcError, QueueError
 from engine.jobs import procs
+from engine.jobs.locks import locked
 from engine.jobs.protocol import EntryState
 from engine.jobs.rundir import RunDir
 from engine.jobs.runs import check_start
@@ -147,16 +146,9 @@ class StageQueue:
             raise QueueError(f"{self.path}: invalid TOML: {exc}") from None
         return parse_queue(data, str(self.path))
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold queue.lock (blocking) for a read-modify-write."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock
+        return locked(self.lock_path)
 
     @contextlib.contextmanager
     def edit(self) -> Iterator[list[QueueEntry]]:
