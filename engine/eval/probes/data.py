@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine.eval.probes import EXAMPLES_KEPT, LanguageModel, ProbeResult
+from engine.eval.probes import LanguageModel, ProbeResult, complete_items, shares
 
 NAME = "data"
 DOMAIN = "data"
@@ -189,14 +189,8 @@ def _line_done(text: str) -> bool:
 
 def run(lm: LanguageModel, texts: Sequence[str], limit: int, seed: int) -> ProbeResult:
     items = build_items(texts, limit, seed)
-    exact = 0
-    examples = []
-    outs = lm.complete_many([item.prompt for item in items], MAX_NEW_TOKENS, [_line_done] * len(items))
-    for item, out in zip(items, outs):
-        completion = out.text
-        verdict = check(item, completion)
-        exact += verdict["exact"]
-        if len(examples) < EXAMPLES_KEPT:
-            examples.append({"question": item.question, "answer": item.answer, "completion": completion, **verdict})
-    n = len(items)
-    return ProbeResult(NAME, VERSION, {"exact": exact / n} if n else {}, n, examples)
+    verdicts, examples = complete_items(
+        lm, items, [item.prompt for item in items], MAX_NEW_TOKENS, [_line_done] * len(items),
+        lambda item, out: check(item, out.text),
+        lambda item, text: {"question": item.question, "answer": item.answer, "completion": text})
+    return ProbeResult(NAME, VERSION, shares(verdicts, exact="exact"), len(items), examples)
