@@ -145,7 +145,7 @@ def cmd_suite(ws: Workspace, args: argparse.Namespace) -> int:
     suite_tasks(args.suite, extra)  # an unknown suite is said before torch and lm-eval load
     console = Console()
     if args.show:
-        show_suite(console, _stored_suite(run_dir, args.suite, args.step))
+        show_suite(console, _stored(run_dir, args.step, args.suite))
         return 0
     from engine.eval.harness import append_eval
     from engine.lmeval.runner import run_suite
@@ -187,20 +187,6 @@ def show_suite(console: Console, rec: dict) -> None:
         console.print(f"[yellow]{note}[/]")
 
 
-def _stored_suite(run_dir, suite: str, step: int | None) -> dict:
-    from engine.eval.harness import read_evals
-    from engine.jobs.rundir import RunDir
-    from engine.lmeval import is_suite_record
-
-    recs = [r for r in read_evals(run_dir) if is_suite_record(r) and r.get("suite") == suite
-            and (step is None or r.get("step") == step)]
-    if not recs:
-        at = f" at step {step}" if step is not None else ""
-        raise FcError(f"{RunDir(run_dir).evals_file}: no {suite} suite scores{at} yet "
-                      f"(run `fcwork eval {run_dir.name} --suite {suite}`)")
-    return recs[-1]
-
-
 def eval_device(ws: Workspace, want: str, console: Console) -> str:
     """The device for `--device want`: auto takes the accelerator unless a queued stage is training
     on it (an eval beside a training run could take the memory it needs); cpu otherwise."""
@@ -236,15 +222,18 @@ def eval_device(ws: Workspace, want: str, console: Console) -> str:
     return accel
 
 
-def _stored(run_dir, step: int | None) -> dict:
+def _stored(run_dir, step: int | None, suite: str = "") -> dict:
+    """The latest stored held-out eval (at `step` when given), or with `suite` that suite's latest scores."""
     from engine.eval.harness import read_evals
     from engine.jobs.rundir import RunDir
     from engine.lmeval import is_suite_record
 
-    recs = [r for r in read_evals(run_dir) if not is_suite_record(r) and (step is None or r.get("step") == step)]
+    recs = [r for r in read_evals(run_dir) if (step is None or r.get("step") == step)
+            and ((is_suite_record(r) and r.get("suite") == suite) if suite else not is_suite_record(r))]
     if not recs:
         at = f" at step {step}" if step is not None else ""
-        raise FcError(f"{RunDir(run_dir).evals_file}: no eval{at} yet (run `fcwork eval {run_dir.name}`)")
+        what, flag = (f"{suite} suite scores", f" --suite {suite}") if suite else ("eval", "")
+        raise FcError(f"{RunDir(run_dir).evals_file}: no {what}{at} yet (run `fcwork eval {run_dir.name}{flag}`)")
     return recs[-1]
 
 
