@@ -122,12 +122,9 @@ def iter_source(
 
 
 def _iter_builtin(src: SourceConfig, seed: int, cur: SourceCursor) -> Iterator[str]:
-    from engine.data.builtin import BUILTIN_SOURCES
+    from engine.data.builtin import builtin_source
 
-    source = BUILTIN_SOURCES.get(src.builtin or "")
-    if source is None:
-        raise DataError(f"builtin:{src.builtin}: unknown built-in source (known: {', '.join(BUILTIN_SOURCES)})")
-    gen = source.generate(seed)
+    gen = builtin_source(src.builtin or "").generate(seed)
     try:
         for i, doc in enumerate(gen):
             if i < cur.pos:
