@@ -41,10 +41,7 @@ def is_url(path: str) -> bool:
 def compression(path: str) -> str | None:
     """gzip, bz2, xz or zstd by the file's suffix; None for an uncompressed file."""
     name = path.rsplit("/", 1)[-1].lower()
-    for suffix, kind in COMPRESSED.items():
-        if name.endswith(suffix):
-            return kind
-    return None
+    return next((kind for suffix, kind in COMPRESSED.items() if name.endswith(suffix)), None)
 
 
 def strip_compression(path: str) -> str:

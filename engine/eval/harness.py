@@ -137,13 +137,8 @@ def read_heldout(raw_heldout: Path, domain: str, limit: int) -> list[str]:
 
 def load_heldout(shards: Path, domains: Sequence[str], limit: int) -> dict[str, list[str]]:
     """Held-out documents per domain (domains without held-out text are left out)."""
-    root = heldout_dir(shards)
-    out = {}
-    for d in domains:
-        docs = read_heldout(root, d, limit)
-        if docs:
-            out[d] = docs
-    return out
+    docs = {d: read_heldout(heldout_dir(shards), d, limit) for d in domains}
+    return {d: texts for d, texts in docs.items() if texts}
 
 
 # -- the model side --------------------------------------------------------------------------------
