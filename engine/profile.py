@@ -269,10 +269,6 @@ class Profile:
         micro-batches that carry an image); the text corpus leaves them out."""
         return list(dict.fromkeys(s.domain for s in self.sources if s.is_image))
 
-    def normalised_mix(self, mix: dict[str, float] | None = None) -> dict[str, float]:
-        """The mix scaled to sum to 1."""
-        return normalise_mix(self.mix if mix is None else mix)
-
     def stage(self, name: str) -> StageConfig:
         for st in self.stages:
             if st.name == name:

@@ -278,7 +278,7 @@ class ManifestPane(Pane):
         if self._saving is not None and profile.mix == self._saving:
             self._saving = None  # our own ctrl+o coming back from disk: the status already says so
         elif old is not None and old.name == profile.name and old.mix != profile.mix:
-            self._set_status(f"profile mix changed on disk: {describe(profile.normalised_mix())}")
+            self._set_status(f"profile mix changed on disk: {describe(normalise(profile.mix))}")
 
     def expects_profile(self, profile: Any) -> bool:
         return self._saving is not None and profile.mix == self._saving
