@@ -230,6 +230,11 @@ class ZstdReader(io.RawIOBase):
         return self._pos
 
 
+def why(exc: BaseException) -> str:
+    """A read error in a few words: its strerror, else its message, else its type."""
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 def skip_to(fh: IO[bytes], pos: int) -> int:
     """Move a fresh stream forward to byte `pos` of its content; returns where it stands (less at EOF)."""
     if pos <= 0:
