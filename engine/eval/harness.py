@@ -357,15 +357,11 @@ def record(report: EvalReport, run_id: str, step: int, checkpoint: str, checkpoi
 def append_eval(run_dir: str | os.PathLike, rec: dict[str, Any]) -> None:
     """Append one record to the run's evals.jsonl (one line, flushed and synced)."""
     path = RunDir(run_dir).evals_file
-    line = json.dumps(rec, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n"
+    line = json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _json_default(value: Any) -> Any:
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def read_evals(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -81,14 +81,11 @@ def check(item: Task, completion: str) -> dict:
     return {"answer": answer, "end": ended and bool(answer), "correct": bool(correct)}
 
 
-def _turn_ended(text: str) -> bool:
-    return END in text
-
-
 def run(lm: LanguageModel, texts: Sequence[str], limit: int, seed: int) -> ProbeResult:
     items = build_items(texts, limit, seed)
     verdicts, examples = complete_items(
-        lm, items, [chat_prompt(item.question) for item in items], MAX_NEW_TOKENS, [_turn_ended] * len(items),
+        lm, items, [chat_prompt(item.question) for item in items], MAX_NEW_TOKENS,
+        [lambda text: END in text] * len(items),
         lambda item, out: check(item, out.text),
         lambda item, text: {"prompt": clip(item.question), "completion": text, "expected": item.answer})
     metrics = shares(verdicts, end="end", correct="correct")

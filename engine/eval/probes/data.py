@@ -183,14 +183,11 @@ def check(item: DataItem, completion: str) -> dict:
     return {"got": got, "exact": exact}
 
 
-def _line_done(text: str) -> bool:
-    return "\n" in text.lstrip("\n")
-
-
 def run(lm: LanguageModel, texts: Sequence[str], limit: int, seed: int) -> ProbeResult:
     items = build_items(texts, limit, seed)
     verdicts, examples = complete_items(
-        lm, items, [item.prompt for item in items], MAX_NEW_TOKENS, [_line_done] * len(items),
+        lm, items, [item.prompt for item in items], MAX_NEW_TOKENS,
+        [lambda text: "\n" in text.lstrip("\n")] * len(items),  # one line of output
         lambda item, out: check(item, out.text),
         lambda item, text: {"question": item.question, "answer": item.answer, "completion": text})
     return ProbeResult(NAME, VERSION, shares(verdicts, exact="exact"), len(items), examples)
