@@ -28,7 +28,6 @@ PGN_RESULTS = ("1-0", "0-1", "1/2-1/2", "*")
 BUILTIN_PREFIX = "builtin:"
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the decoder's projections a LoRA stage may adapt
 SPECIAL_SYMBOLS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<image>")
-IMAGE_SYMBOL = "<image>"
 IMAGE_FORMATS = ("webdataset", "parquet")  # file formats that may carry images (`image` key)
 IMAGE_BUILTINS = ("chess-diagrams", "charts")  # built-ins of image-text pairs (engine.data.builtin)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -51,21 +50,12 @@ def _name(v: Any) -> bool:
 
 
 def _choice(*options: str) -> Callable[[Any], bool]:
-    def check(v: Any) -> bool:
-        return v in options
-
-    check.__doc__ = " | ".join(repr(o) for o in options)
-    return check
+    return lambda v: v in options
 
 
 def spec(default: Any = MISSING, check: Callable[[Any], bool] | None = None, expect: str = "", **kw: Any) -> Any:
-    """A dataclass field with a validity check and the phrase used when it fails."""
-    meta = {"check": check, "expect": expect}
-    if default is MISSING and "default_factory" not in kw:
-        return field(metadata=meta, **kw)
-    if "default_factory" in kw:
-        return field(metadata=meta, **kw)
-    return field(default=default, metadata=meta)
+    """A dataclass field with a validity check and the phrase used when it fails (`kw`: default_factory)."""
+    return field(default=default, metadata={"check": check, "expect": expect}, **kw)
 
 
 @dataclass
@@ -278,10 +268,6 @@ class Profile:
         """Domains of image-text sources, in the profile's order (their mix weight is the share of
         micro-batches that carry an image); the text corpus leaves them out."""
         return list(dict.fromkeys(s.domain for s in self.sources if s.is_image))
-
-    def normalised_mix(self, mix: dict[str, float] | None = None) -> dict[str, float]:
-        """The mix scaled to sum to 1."""
-        return normalise_mix(self.mix if mix is None else mix)
 
     def stage(self, name: str) -> StageConfig:
         for st in self.stages:

@@ -19,12 +19,8 @@ QUEUE_FILE = "queue.toml"
 
 def resolve_workspace(arg: str | os.PathLike | None = None) -> Path:
     """`--workspace DIR`, else `$FCWORK_WORKSPACE`, else ~/fcwork."""
-    if arg:
-        return Path(arg).expanduser().resolve()
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser().resolve()
-    return DEFAULT_WORKSPACE
+    chosen = arg or os.environ.get(ENV_VAR)
+    return Path(chosen).expanduser().resolve() if chosen else DEFAULT_WORKSPACE
 
 
 @dataclass(frozen=True)
@@ -82,9 +78,6 @@ class Workspace:
 
     def raw_dir(self, profile: str) -> Path:
         return self.data_dir(profile) / "raw"
-
-    def heldout_dir(self, profile: str) -> Path:
-        return self.data_dir(profile) / "raw" / "heldout"
 
     def tok_dir(self, profile: str) -> Path:
         return self.data_dir(profile) / "tok"

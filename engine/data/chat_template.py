@@ -52,14 +52,11 @@ def assistant_mask(ids: np.ndarray, assistant_id: int, end_id: int, role_ids: tu
     mark = np.zeros(ids.shape, dtype=np.int8)
     mark[1:][opens[:-1]] = 1
     mark[1:][np.isin(ids[:-1], [r for r in role_ids if r != assistant_id])] = -1
-    ended = ids == end_id
-    mark[1:][ended[:-1]] = -1
-    pos = np.flatnonzero(mark)
+    mark[1:][ids[:-1] == end_id] = -1
     state = np.full(ids.shape, 1 if inside else -1, dtype=np.int8)
-    if pos.size:
-        last = np.maximum.accumulate(np.where(mark != 0, np.arange(ids.size), -1))
-        has = last >= 0
-        state[has] = mark[last[has]]
+    last = np.maximum.accumulate(np.where(mark != 0, np.arange(ids.size), -1))  # the latest mark's position
+    has = last >= 0
+    state[has] = mark[last[has]]
     return state > 0
 
 

@@ -41,10 +41,7 @@ def is_url(path: str) -> bool:
 def compression(path: str) -> str | None:
     """gzip, bz2, xz or zstd by the file's suffix; None for an uncompressed file."""
     name = path.rsplit("/", 1)[-1].lower()
-    for suffix, kind in COMPRESSED.items():
-        if name.endswith(suffix):
-            return kind
-    return None
+    return next((kind for suffix, kind in COMPRESSED.items() if name.endswith(suffix)), None)
 
 
 def strip_compression(path: str) -> str:
@@ -231,6 +228,11 @@ class ZstdReader(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+
+def why(exc: BaseException) -> str:
+    """A read error in a few words: its strerror, else its message, else its type."""
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def skip_to(fh: IO[bytes], pos: int) -> int:

@@ -163,8 +163,7 @@ def _iter_files(src: SourceConfig, stats: SourceStats, paths: list[str]) -> Iter
         except DataError as exc:
             stats.problems.append(f"source {src.name}: {exc}")
         except files.STREAM_ERRORS as exc:
-            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            stats.problems.append(f"source {src.name}: {path}: cannot read ({why}); kept what came before")
+            stats.problems.append(f"source {src.name}: {path}: cannot read ({files.why(exc)}); kept what came before")
 
 
 def _caption_of(members: dict[str, bytes], src: SourceConfig, fmt: RecordFormat, stats: SourceStats) -> Any:

@@ -30,10 +30,7 @@ def time_class(tc: str) -> str:
     if not m:
         return ""
     estimate = int(m.group(1)) + 40 * int(m.group(2) or 0)
-    for name, limit in CLASS_LIMITS:
-        if estimate <= limit:
-            return name
-    return "classical"
+    return next((name for name, limit in CLASS_LIMITS if estimate <= limit), "classical")
 
 
 @dataclass(frozen=True)

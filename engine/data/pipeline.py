@@ -15,8 +15,7 @@ from dataclasses import asdict
 from typing import Callable
 
 from engine.atomic import atomic_write_text
-from engine.data import corpus
-from engine.data.corpus import CorpusSummary, build_corpus, read_manifest
+from engine.data.corpus import CorpusSummary, build_corpus, corpus_is_current, read_manifest
 from engine.data.tokenizer import TokenizerReport, file_hash, read_report, train_tokenizer
 from engine.errors import DataError, TokenizerError
 from engine.profile import Profile
@@ -29,10 +28,6 @@ SHARD_STAMP = "stamp.json"
 
 def _noop(label: str, done: int, total: int) -> None:
     pass
-
-
-def corpus_is_current(ws: Workspace, profile: Profile) -> bool:
-    return corpus.corpus_is_current(profile, ws.raw_dir(profile.name))
 
 
 def settings_digest(profile: Profile) -> str:
@@ -170,7 +165,7 @@ def prepare_data(ws: Workspace, profile: Profile, progress: ProgressFn = _noop, 
     `force` rebuilds the corpus, retrains the tokenizer and re-encodes every shard. Notes for the user
     (a tokenizer whose settings changed, which is kept) are appended to `notes`."""
     ran = []
-    if force or not corpus_is_current(ws, profile):
+    if force or not corpus_is_current(profile, ws.raw_dir(profile.name)):
         build_data(ws, profile, progress, rebuild=force)
         ran.append("corpus")
     state = tokenizer_state(ws, profile)

@@ -64,16 +64,11 @@ class SourceStats:
         self.skipped[reason] += n
 
 
-def source_paths(src: SourceConfig, base_dir: Path | None = None) -> list[str]:
-    """Files a file source's `path` names, sorted: a local glob (relative to `base_dir`) or an fsspec URL."""
-    return files.expand(src.path, base_dir)
-
-
 def matched_paths(src: SourceConfig, base_dir: Path | None, stats: "SourceStats") -> list[str]:
-    """A file source's files, counted in `stats`; none (with the reason in stats.problems) when its
-    path is bad or matches nothing."""
+    """A file source's files, sorted (a local glob relative to `base_dir`, or an fsspec URL), counted in
+    `stats`; none (with the reason in stats.problems) when its path is bad or matches nothing."""
     try:
-        paths = source_paths(src, base_dir)
+        paths = files.expand(src.path, base_dir)
     except DataError as exc:
         stats.problems.append(f"source {src.name}: {exc}")
         return []
@@ -122,12 +117,9 @@ def iter_source(
 
 
 def _iter_builtin(src: SourceConfig, seed: int, cur: SourceCursor) -> Iterator[str]:
-    from engine.data.builtin import BUILTIN_SOURCES
+    from engine.data.builtin import builtin_source
 
-    source = BUILTIN_SOURCES.get(src.builtin or "")
-    if source is None:
-        raise DataError(f"builtin:{src.builtin}: unknown built-in source (known: {', '.join(BUILTIN_SOURCES)})")
-    gen = source.generate(seed)
+    gen = builtin_source(src.builtin or "").generate(seed)
     try:
         for i, doc in enumerate(gen):
             if i < cur.pos:
@@ -158,15 +150,11 @@ def _iter_files(src: SourceConfig, stats: SourceStats, paths: list[str], max_doc
         except DataError as exc:
             stats.problems.append(f"source {src.name}: {exc}")
         except files.STREAM_ERRORS as exc:
-            stats.problems.append(f"source {src.name}: {path}: cannot read ({_why(exc)}); kept what came before")
+            stats.problems.append(f"source {src.name}: {path}: cannot read ({files.why(exc)}); kept what came before")
         cur.done.append(path)
         done.add(path)
         cur.file, cur.pos = "", 0
     cur.exhausted = True
-
-
-def _why(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def _decode(data: bytes, stats: SourceStats) -> str | None:
@@ -232,12 +220,8 @@ def _read_text(path: str, src: SourceConfig, stats: SourceStats, max_doc_chars: 
             yield "".join(para).rstrip("\n"), pos
 
 
-def _record_format(src: SourceConfig) -> RecordFormat:
-    return RecordFormat.of(src.field, src.template, src.where)
-
-
 def _read_jsonl(path: str, src: SourceConfig, stats: SourceStats, max_doc_chars: int, start: int) -> Iterator[Item]:
-    fmt = _record_format(src)
+    fmt = RecordFormat.of(src.field, src.template, src.where)
     with files.open_stream(path) as fh:
         pos = files.skip_to(fh, start)
         kept = missing = 0
@@ -302,7 +286,7 @@ def open_parquet(path: str, src: SourceConfig, columns: list[str], stats: Source
 def _read_parquet(path: str, src: SourceConfig, stats: SourceStats, max_doc_chars: int, start: Any) -> Iterator[Item]:
     import pyarrow as pa
 
-    fmt = _record_format(src)
+    fmt = RecordFormat.of(src.field, src.template, src.where)
     columns = fmt.columns
     opened = open_parquet(path, src, columns, stats)
     if opened is None:
@@ -471,7 +455,7 @@ def describe_source(src: SourceConfig, base_dir: Path | None = None) -> SourceIn
             src.path.startswith("memory://") or (src.path.startswith("hf://") and files._hf_offline())):
         return SourceInfo(src.name, src.domain, src.format, src.path, "remote", 0, 0)
     try:
-        paths = source_paths(src, base_dir)
+        paths = files.expand(src.path, base_dir)
     except DataError:
         paths = []
     total = sum(files.size(p) for p in paths)

@@ -141,10 +141,6 @@ def _sentences(doc: str) -> Iterator[str]:
         yield "".join(buf)
 
 
-def _domain_chars(path: Path, limit: int) -> int:
-    return sum(len(t) for t in _iter_docs(path, limit))
-
-
 def balanced_sample(raw_dir: Path, domains: Sequence[str], total_chars: int, seed: int,
                     sizes: dict[str, int] | None = None, limits: dict[str, int] | None = None) -> dict[str, list[str]]:
     """Equal character budgets per domain (a small domain gives what it has, the rest share its leftover),
@@ -160,7 +156,7 @@ def balanced_sample(raw_dir: Path, domains: Sequence[str], total_chars: int, see
             raise TokenizerError(f"{path}: missing corpus file (run `fcwork data build` first)")
         paths[d] = path
         if d not in sizes:
-            sizes[d] = _domain_chars(path, limits.get(d, -1))
+            sizes[d] = sum(len(t) for t in _iter_docs(path, limits.get(d, -1)))
     budget: dict[str, int] = {}
     remaining, open_domains = total_chars, sorted(domains, key=lambda d: sizes[d])
     while open_domains:

@@ -137,13 +137,8 @@ def read_heldout(raw_heldout: Path, domain: str, limit: int) -> list[str]:
 
 def load_heldout(shards: Path, domains: Sequence[str], limit: int) -> dict[str, list[str]]:
     """Held-out documents per domain (domains without held-out text are left out)."""
-    root = heldout_dir(shards)
-    out = {}
-    for d in domains:
-        docs = read_heldout(root, d, limit)
-        if docs:
-            out[d] = docs
-    return out
+    docs = {d: read_heldout(heldout_dir(shards), d, limit) for d in domains}
+    return {d: texts for d, texts in docs.items() if texts}
 
 
 # -- the model side --------------------------------------------------------------------------------
@@ -362,15 +357,11 @@ def record(report: EvalReport, run_id: str, step: int, checkpoint: str, checkpoi
 def append_eval(run_dir: str | os.PathLike, rec: dict[str, Any]) -> None:
     """Append one record to the run's evals.jsonl (one line, flushed and synced)."""
     path = RunDir(run_dir).evals_file
-    line = json.dumps(rec, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n"
+    line = json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _json_default(value: Any) -> Any:
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def read_evals(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

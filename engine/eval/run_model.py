@@ -26,10 +26,6 @@ MODEL_FILE = "model.safetensors"
 # Tensors of the vision tower and its projector (an align stage adds them); never part of the decoder.
 VISION_PREFIXES = ("vision.", "projector.")
 IMAGE_PIECE = "<image>"
-_LAYER_TENSORS = (
-    "attn_norm.weight", "attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.o_proj.weight",
-    "mlp_norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
-)
 
 
 @dataclass
@@ -89,18 +85,15 @@ def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None) -> RunC
     check_tokenizer(spec)
     if not (path / MODEL_FILE).exists():
         raise ModelError(f"{path / MODEL_FILE}: missing")
-    try:
-        state = json.loads((path / CKPT_STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{path / CKPT_STATE}: unreadable checkpoint state ({exc})") from None
-    theirs = state.get("tokenizer_hash") if isinstance(state, dict) else None
+    state = read_state(path)
+    theirs = state.get("tokenizer_hash")
     if theirs and theirs != spec.tokenizer_hash:
         theirs_p, ours_p = differing_prefixes(str(theirs), spec.tokenizer_hash)
         raise TokenizerError(
             f"{path / CKPT_STATE}: tokenizer_hash {theirs_p}... differs from the run's "
             f"{ours_p}... (the checkpoint was trained with another tokenizer)"
         )
-    return RunCheckpoint(spec, step, path, sha256_file(path / MODEL_FILE), state if isinstance(state, dict) else {})
+    return RunCheckpoint(spec, step, path, sha256_file(path / MODEL_FILE), state)
 
 
 def decoder_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -113,7 +106,6 @@ def decoder_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "mlp.gate_proj.weight": (cfg.ffn_dim, cfg.dim), "mlp.up_proj.weight": (cfg.ffn_dim, cfg.dim),
         "mlp.down_proj.weight": (cfg.dim, cfg.ffn_dim),
     }
-    assert tuple(layer) == _LAYER_TENSORS
     out: dict[str, tuple[int, ...]] = {"embed.weight": (cfg.vocab_size, cfg.dim)}
     for i in range(cfg.n_layers):
         out.update({f"layers.{i}.{k}": v for k, v in layer.items()})

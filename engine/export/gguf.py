@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import FcError
 from engine.export.common import ExportError
 from engine.export.hf_tokenizer import SPACE, check_convertible
 from engine.export.spm_model import CONTROL, USER_DEFINED, SpmModel, read_spm_model
@@ -66,7 +65,7 @@ def gguf_vocab(spm: SpmModel) -> tuple[list[str], list[float], list[int]]:
     return tokens, [p.score for p in spm.pieces], types
 
 
-def _tensor_type(gguf, name: str, arr: np.ndarray, dtype: str):
+def _tensor_type(gguf, arr: np.ndarray, dtype: str):
     q = gguf.GGMLQuantizationType
     if arr.ndim == 1 or dtype == "f32":
         return q.F32
@@ -132,7 +131,7 @@ def export_gguf(ckpt: RunCheckpoint, decoder: dict[str, Any], dtype: str, out: P
             name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if name is None:
                 raise ExportError(f"{hf_name}: no GGUF name for this tensor")
-            qtype = _tensor_type(gguf, name, arr, dtype)
+            qtype = _tensor_type(gguf, arr, dtype)
             data = np.ascontiguousarray(arr, dtype=np.float32)
             if qtype == gguf.GGMLQuantizationType.F32:
                 writer.add_tensor(name, data)
@@ -143,7 +142,5 @@ def export_gguf(ckpt: RunCheckpoint, decoder: dict[str, Any], dtype: str, out: P
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-    except FcError:
-        raise
     finally:
         writer.close()

@@ -24,29 +24,34 @@ from engine.eval.run_model import IMAGE_PIECE, RunCheckpoint, image_token_id, lo
 from engine.data.tokenizer import BOS_ID, EOS_ID
 
 
-def hf_tensors(decoder: dict[str, Any], dtype: str, tied: bool) -> dict[str, Any]:
-    """Our decoder tensors renamed to LlamaForCausalLM's, cast to the export dtype, contiguous."""
-    cast = torch_dtype(dtype)
-    return {k: v.to(cast).contiguous() for k, v in state_dict_to_hf(decoder, tied=tied).items()}
-
-
-def write_hf_folder(out: Path, ckpt: RunCheckpoint, decoder: dict[str, Any], dtype: str,
-                    extra_config: dict[str, Any] | None = None) -> None:
-    """config.json, model.safetensors, generation_config.json and tokenizer files in `out`."""
-    from safetensors.torch import save_file
-
+def _hf_dtype(dtype: str) -> str:
+    """transformers' name of an export dtype (q8 has none)."""
     if dtype not in HF_DTYPE:
         raise ExportError(f"--dtype {dtype}: the hf format stores f32, f16 or bf16 (q8: use --format gguf or mlx)")
-    cfg = ckpt.spec.model
-    config = hf_config_dict(cfg, BOS_ID, EOS_ID, HF_DTYPE[dtype])
-    config["dtype"] = HF_DTYPE[dtype]  # transformers 5.x name of torch_dtype
-    config.update(extra_config or {})
+    return HF_DTYPE[dtype]
+
+
+def _write_model(out: Path, ckpt: RunCheckpoint, config: dict[str, Any], tensors: dict[str, Any], dtype: str) -> None:
+    """What both layouts hold: config.json, model.safetensors (`tensors` cast to the export dtype),
+    generation_config.json and the tokenizer files."""
+    from safetensors.torch import save_file
+
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    save_file(hf_tensors(decoder, dtype, cfg.tie_embeddings), str(out / "model.safetensors"),
+    cast = torch_dtype(dtype)
+    save_file({k: v.to(cast).contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt", "run": ckpt.spec.run_id, "step": str(ckpt.step)})
     generation = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "do_sample": False}
     atomic_write_text(out / "generation_config.json", json.dumps(generation, indent=2) + "\n")
     write_hf_tokenizer(ckpt.spec.tokenizer, out)
+
+
+def write_hf_folder(out: Path, ckpt: RunCheckpoint, decoder: dict[str, Any], dtype: str) -> None:
+    """config.json (LlamaForCausalLM), model.safetensors with its names, generation_config.json and
+    tokenizer files in `out`."""
+    cfg = ckpt.spec.model
+    config = hf_config_dict(cfg, BOS_ID, EOS_ID, _hf_dtype(dtype))
+    config["dtype"] = HF_DTYPE[dtype]  # transformers 5.x name of torch_dtype
+    _write_model(out, ckpt, config, state_dict_to_hf(decoder, tied=cfg.tie_embeddings), dtype)
 
 
 def export_hf(ckpt: RunCheckpoint, decoder: dict[str, Any], dtype: str, out: Path,
@@ -62,21 +67,11 @@ def write_llava_folder(out: Path, ckpt: RunCheckpoint, decoder: dict[str, Any], 
                        dtype: str) -> None:
     """config.json (LlavaForConditionalGeneration), model.safetensors with LLaVA's names,
     generation_config.json, tokenizer files, preprocessor_config.json and processor_config.json."""
-    from safetensors.torch import save_file
-
-    if dtype not in HF_DTYPE:
-        raise ExportError(f"--dtype {dtype}: the hf format stores f32, f16 or bf16 (q8: use --format gguf or mlx)")
+    hf_dtype = _hf_dtype(dtype)
     cfg = ckpt.spec.model
     image_id = image_token_id(load_tokenizer(ckpt), ckpt.spec.tokenizer)
-    config = llava_config_dict(cfg, image_id, BOS_ID, EOS_ID, HF_DTYPE[dtype])
-    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    cast = torch_dtype(dtype)
     tensors = state_dict_to_llava({**decoder, **vision}, tied=cfg.tie_embeddings)
-    save_file({k: v.to(cast).contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt", "run": ckpt.spec.run_id, "step": str(ckpt.step)})
-    generation = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "do_sample": False}
-    atomic_write_text(out / "generation_config.json", json.dumps(generation, indent=2) + "\n")
-    write_hf_tokenizer(ckpt.spec.tokenizer, out)
+    _write_model(out, ckpt, llava_config_dict(cfg, image_id, BOS_ID, EOS_ID, hf_dtype), tensors, dtype)
     # SigLIP's preprocessing: resize to the tower's square, then x / 255, mean 0.5, std 0.5 per channel
     # (our image shards letterbox instead of stretching; an image already square is treated the same).
     image_processor = {

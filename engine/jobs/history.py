@@ -327,7 +327,9 @@ class RunStore:
         """Fold (event, keep) pairs into a run's history under the lock; returns the notable events."""
         notable = []
         with self.lock:
-            h = self._start(run_id, reset)
+            h = self.history(run_id)
+            if reset:  # the file was replaced: start again, keeping what stage.toml said
+                h = self.runs[run_id] = RunHistory(run_id, **{k: getattr(h, k) for k in META_FIELDS})
             for ev, keep in items(h):
                 h.ingest(ev, keep)
                 if ev.get("type") in NOTABLE:
@@ -336,13 +338,6 @@ class RunStore:
             h.version += 1
             self.version += 1
         return notable
-
-    def _start(self, run_id: str, reset: bool) -> RunHistory:
-        h = self.history(run_id)
-        if reset:
-            meta = {k: getattr(h, k) for k in META_FIELDS}
-            h = self.runs[run_id] = RunHistory(run_id, **meta)
-        return h
 
     def run_ids(self) -> list[str]:
         """Run ids, newest first (run ids begin with their creation time)."""

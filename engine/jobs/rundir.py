@@ -246,11 +246,8 @@ class RunDir:
         """Finished exports as (folder name, bytes), by name (temp folders of an export under way are not listed)."""
         if not self.exports_dir.is_dir():
             return []
-        found = []
-        for p in sorted(self.exports_dir.iterdir()):
-            if p.is_dir() and not p.name.startswith("."):
-                found.append((p.name, sum(f.stat().st_size for f in p.rglob("*") if f.is_file())))
-        return found
+        return [(p.name, sum(f.stat().st_size for f in p.rglob("*") if f.is_file()))
+                for p in sorted(self.exports_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")]
 
     # -- the trainer --------------------------------------------------------------------------
 

@@ -64,13 +64,9 @@ def workspace_hash(ws: Workspace) -> str:
     return hashlib.sha256(str(ws.root).encode()).hexdigest()[:10]
 
 
-def queue_start_command(ws: Workspace) -> list[str]:
-    return [sys.executable, "-m", "fcwork.cli", "--workspace", str(ws.root), "queue", "start"]
-
-
 def service_for(ws: Workspace) -> Service:
     """This platform's service for `ws` (ServiceError where there is neither launchd nor systemd)."""
-    command = queue_start_command(ws)
+    command = [sys.executable, "-m", "fcwork.cli", "--workspace", str(ws.root), "queue", "start"]
     pythonpath = child_env()["PYTHONPATH"]  # this checkout's engine, as the supervisor's children get it
     if sys.platform == "darwin":
         label = f"{LABEL_PREFIX}.{workspace_hash(ws)}"
@@ -86,7 +82,7 @@ def service_for(ws: Workspace) -> Service:
             "StandardErrorPath": str(ws.root / SERVICE_LOG),
         }
         return Service("launchd", label, path, plistlib.dumps(plist), command,
-                       enable=f"launchctl load -w {_sh(path)}", disable=f"launchctl remove {label}")
+                       enable=f"launchctl load -w {shlex.quote(str(path))}", disable=f"launchctl remove {label}")
     if sys.platform.startswith("linux"):
         name = f"{UNIT_PREFIX}-{workspace_hash(ws)}.service"
         config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
@@ -136,11 +132,6 @@ def uninstall(ws: Workspace) -> tuple[Service, bool]:
     except OSError as exc:
         raise ServiceError(f"{svc.path}: cannot remove the {svc.kind} service ({os_error_line(exc)})") from None
     return svc, removed
-
-
-def _sh(path: Path) -> str:
-    """A path as a shell word."""
-    return shlex.quote(str(path))
 
 
 def _unit_text(text: str) -> str:

@@ -61,10 +61,7 @@ def aggregate(tasks: Mapping[str, Mapping[str, Any]]) -> float | None:
 
 def main_metric(metrics: Mapping[str, float]) -> str | None:
     """The metric a task is ranked on: the first of MAIN_METRICS it has, else its first one."""
-    for name in MAIN_METRICS:
-        if name in metrics:
-            return name
-    return next(iter(metrics), None)
+    return next((name for name in MAIN_METRICS if name in metrics), next(iter(metrics), None))
 
 
 def is_suite_record(rec: Mapping[str, Any]) -> bool:
@@ -74,11 +71,7 @@ def is_suite_record(rec: Mapping[str, Any]) -> bool:
 
 def latest_suites(recs: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """The newest record of each suite among a run's evals.jsonl records, in first-run order."""
-    out: dict[str, Mapping[str, Any]] = {}
-    for rec in recs:
-        if is_suite_record(rec):
-            out[str(rec.get("suite"))] = rec
-    return out
+    return {str(rec.get("suite")): rec for rec in recs if is_suite_record(rec)}
 
 
 def profile_suites(profile) -> tuple[dict[str, list[str]], list[Path]]:

@@ -93,12 +93,8 @@ def _unsafe(task: str) -> str:
 
 def _task_scores(results: dict[str, Any], name: str) -> dict[str, float]:
     """{metric: value} of one task from lm-eval's results ("acc,none" -> "acc"; stderr kept as acc_stderr)."""
-    out = {}
-    for key, value in (results.get("results", {}).get(name) or {}).items():
-        metric, _, _filter = key.partition(",")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[metric] = float(value)
-    return out
+    return {key.partition(",")[0]: float(value) for key, value in (results.get("results", {}).get(name) or {}).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def _chance(task, samples: list[dict[str, Any]]) -> float:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 from rich.console import Console
 from rich.table import Table
 
 from engine.errors import FcError, os_error_line
 from engine.jobs.protocol import EntryState
-from engine.workspace import Workspace
+from engine.jobs.rundir import RunDir
 from engine.lmeval import SUITES
+from engine.workspace import Workspace
 from fcwork.format import PROBE_ROWS, fmt_num
 
 
@@ -81,19 +81,17 @@ def _limits(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fcwork.commands.train import resolve_run
-
     ws = Workspace.open(args.workspace)
     if args.runs[0] == "compare":
         if len(args.runs) < 2:
             raise FcError("eval compare: expected at least one RUN to show")
-        return compare([resolve_run(ws, r) for r in args.runs[1:]], args.step)
+        return compare([RunDir.resolve(ws, r).path for r in args.runs[1:]], args.step)
     if len(args.runs) > 1:
         raise FcError(
             f"eval: expected one RUN (or `eval compare RUN RUN...`), got {len(args.runs)}: {' '.join(args.runs)}")
     if args.suite is not None:
         return cmd_suite(ws, args)
-    run_dir = resolve_run(ws, args.runs[0])
+    run_dir = RunDir.resolve(ws, args.runs[0]).path
     console = Console()
     if args.show:
         show_record(console, _stored(run_dir, args.step))
@@ -115,7 +113,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _suites_of(ws: Workspace, run_dir, suite: str) -> tuple[dict, list]:
     """The run's profile's suites and task folders, read only for a suite that is not built in."""
-    from engine.jobs.rundir import RunDir
     from engine.lmeval import profile_suites
     from engine.profile import load_profile
 
@@ -129,8 +126,6 @@ def _suites_of(ws: Workspace, run_dir, suite: str) -> tuple[dict, list]:
 
 def cmd_suite(ws: Workspace, args: argparse.Namespace) -> int:
     """`fcwork eval RUN --suite NAME`: lm-eval on the run's HF export, shown, then saved to evals.jsonl."""
-    from fcwork.commands.train import resolve_run
-
     if args.limit is not None and args.limit < 1:
         raise FcError(f"--limit: expected a positive integer, got {args.limit}")
     for arg in ("fewshot", "batch"):
@@ -138,14 +133,14 @@ def cmd_suite(ws: Workspace, args: argparse.Namespace) -> int:
         if value is not None and value < (0 if arg == "fewshot" else 1):
             raise FcError(f"--{arg}: expected a {'non-negative' if arg == 'fewshot' else 'positive'} integer, "
                           f"got {value}")
-    run_dir = resolve_run(ws, args.runs[0])
+    run_dir = RunDir.resolve(ws, args.runs[0]).path
     extra, paths = _suites_of(ws, run_dir, args.suite)
     from engine.lmeval import suite_tasks
 
     suite_tasks(args.suite, extra)  # an unknown suite is said before torch and lm-eval load
     console = Console()
     if args.show:
-        show_suite(console, _stored_suite(run_dir, args.suite, args.step))
+        show_suite(console, _stored(run_dir, args.step, args.suite))
         return 0
     from engine.eval.harness import append_eval
     from engine.lmeval.runner import run_suite
@@ -187,20 +182,6 @@ def show_suite(console: Console, rec: dict) -> None:
         console.print(f"[yellow]{note}[/]")
 
 
-def _stored_suite(run_dir, suite: str, step: int | None) -> dict:
-    from engine.eval.harness import read_evals
-    from engine.jobs.rundir import RunDir
-    from engine.lmeval import is_suite_record
-
-    recs = [r for r in read_evals(run_dir) if is_suite_record(r) and r.get("suite") == suite
-            and (step is None or r.get("step") == step)]
-    if not recs:
-        at = f" at step {step}" if step is not None else ""
-        raise FcError(f"{RunDir(run_dir).evals_file}: no {suite} suite scores{at} yet "
-                      f"(run `fcwork eval {run_dir.name} --suite {suite}`)")
-    return recs[-1]
-
-
 def eval_device(ws: Workspace, want: str, console: Console) -> str:
     """The device for `--device want`: auto takes the accelerator unless a queued stage is training
     on it (an eval beside a training run could take the memory it needs); cpu otherwise."""
@@ -218,7 +199,6 @@ def eval_device(ws: Workspace, want: str, console: Console) -> str:
     if accel is None:
         return "cpu"
     from engine.jobs.queue import StageQueue
-    from engine.jobs.rundir import RunDir
     from fcwork.commands.queue import warn_orphans
 
     queue = StageQueue(ws)
@@ -236,15 +216,17 @@ def eval_device(ws: Workspace, want: str, console: Console) -> str:
     return accel
 
 
-def _stored(run_dir, step: int | None) -> dict:
+def _stored(run_dir, step: int | None, suite: str = "") -> dict:
+    """The latest stored held-out eval (at `step` when given), or with `suite` that suite's latest scores."""
     from engine.eval.harness import read_evals
-    from engine.jobs.rundir import RunDir
     from engine.lmeval import is_suite_record
 
-    recs = [r for r in read_evals(run_dir) if not is_suite_record(r) and (step is None or r.get("step") == step)]
+    recs = [r for r in read_evals(run_dir) if (step is None or r.get("step") == step)
+            and ((is_suite_record(r) and r.get("suite") == suite) if suite else not is_suite_record(r))]
     if not recs:
         at = f" at step {step}" if step is not None else ""
-        raise FcError(f"{RunDir(run_dir).evals_file}: no eval{at} yet (run `fcwork eval {run_dir.name}`)")
+        what, flag = (f"{suite} suite scores", f" --suite {suite}") if suite else ("eval", "")
+        raise FcError(f"{RunDir(run_dir).evals_file}: no {what}{at} yet (run `fcwork eval {run_dir.name}{flag}`)")
     return recs[-1]
 
 
@@ -286,7 +268,6 @@ def compare(run_dirs: list, step: int | None) -> int:
     """The latest (or step N) eval and suite scores of each run, one column each: a pretraining run, its SFT
     run and the merged export that suites score line up in one table."""
     from engine.eval.harness import read_evals
-    from engine.jobs.rundir import RunDir
     from engine.lmeval import is_suite_record, latest_suites
 
     cols = []

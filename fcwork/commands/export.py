@@ -7,6 +7,7 @@ import argparse
 
 from rich.console import Console
 
+from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 
 
@@ -30,12 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from engine.errors import FcError
     from engine.export import export_adapters, export_run
-    from fcwork.commands.train import resolve_run
 
     if bool(args.format) == bool(args.adapters_only):
         raise FcError("export: expected --format hf|gguf|mlx or --adapters-only (one of them)")
     ws = Workspace.open(args.workspace)
-    run_dir = resolve_run(ws, args.run)
+    run_dir = RunDir.resolve(ws, args.run).path
     console = Console()
     if args.adapters_only:
         res = export_adapters(run_dir, args.step, args.out)

@@ -11,6 +11,7 @@ import time
 from rich.console import Console
 
 from engine.errors import FcError
+from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
 
 
@@ -58,10 +59,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine.eval.run_model import find_checkpoint, load_model, load_tokenizer
     from engine.data.tokenizer import EOS_ID
     from fcwork.commands.eval import eval_device
-    from fcwork.commands.train import resolve_run
 
     ws = Workspace.open(args.workspace)
-    run_dir = resolve_run(ws, args.run)
+    run_dir = RunDir.resolve(ws, args.run).path
     text = read_prompt(args.prompt)
     if args.system and not args.chat:
         raise FcError("--system: expected together with --chat")

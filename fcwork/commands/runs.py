@@ -11,7 +11,7 @@ from rich.table import Column, Table
 from engine.errors import FcError
 from engine.jobs.rundir import RunDir
 from engine.workspace import Workspace
-from fcwork.commands.train import eval_events, resolve_run
+from fcwork.commands.train import eval_events
 from engine.mix import describe
 from fcwork.format import PROBE_ROWS, export_lines, fmt_bytes, fmt_num as _fmt_loss, mix_history_lines, suggestion_lines
 
@@ -63,7 +63,7 @@ def training_lines(st: dict, state: dict) -> list[str]:
 
 def cmd_show(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
-    run = RunDir(resolve_run(ws, args.run))
+    run = RunDir.resolve(ws, args.run)
     s = run.summary()
     stage = run.read_stage()
     st = stage.get("stage", {})

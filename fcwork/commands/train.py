@@ -51,11 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(func=cmd_mix, rest="weights")
 
 
-def resolve_run(ws: Workspace, run: str) -> Path:
-    """A run id under runs/, a prefix only one run id has, or a path to a run folder."""
-    return RunDir.resolve(ws, run).path
-
-
 # -- fcwork train ---------------------------------------------------------------------
 
 class _Interrupts:

@@ -6,7 +6,7 @@ app for things with messages (messages up). A pane redraws only while it is the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from textual.containers import Vertical
 from textual.worker import Worker, WorkerState
@@ -29,6 +29,7 @@ class Pane(Vertical):
         self.store = store
         self.profile: Any = None  # engine.profile.Profile or None until loaded
         self.active = False
+        self._proc: Any = None  # the job child running for this pane (run_job), ended with the pane
 
     def on_mount(self) -> None:
         """Ask the app for the state so far (subclasses' own on_mount run as well)."""
@@ -65,6 +66,22 @@ class Pane(Vertical):
 
     def focus_main(self) -> None:
         """Put the focus on the pane's main widget (so its bindings show in the footer)."""
+
+    def run_job(self, job: str, arg: str, progress: Callable[[str, int, int], None]) -> dict:
+        """`python -m fcwork.jobs JOB WORKSPACE ARG` in a child (call from a thread worker): its progress
+        lines to `progress`, its result returned, its one-line error raised (fcwork.jobs.follow)."""
+        from fcwork import jobs
+
+        self._proc = jobs.spawn(job, self.ws.root, arg)
+        try:
+            return jobs.follow(self._proc, progress)
+        finally:
+            self._proc = None
+
+    def on_unmount(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """Worker state messages do not bubble: pass failures up to the app's one handler."""

@@ -93,7 +93,6 @@ class EvalPane(Pane):
         self._drawn: tuple | None = None
         # run -> (evals.jsonl mtime, harness records shown, latest record of each suite)
         self._harness: dict[str, tuple[int, list[dict], dict[str, dict]]] = {}
-        self._proc: Any = None
 
     def compose(self) -> ComposeResult:
         yield PartsLine(id="eval-title", classes="pane-title")
@@ -182,18 +181,12 @@ class EvalPane(Pane):
     @work(thread=True, exclusive=True, exit_on_error=False, group="eval")
     def evaluate(self, run: str) -> None:
         """`python -m fcwork.jobs eval` (torch in the child), its progress passed up as it comes."""
-        from fcwork import jobs
-
         start = time.monotonic()
-        self._proc = jobs.spawn("eval", self.ws.root, run)
         try:
-            result = jobs.follow(self._proc, lambda label, done, total: self.post_message(
-                self.JobProgress(run, label, done, total)))
+            result = self.run_job("eval", run, lambda *line: self.post_message(self.JobProgress(run, *line)))
         except FcError as exc:
             self.post_message(self.JobProgress(run, f"eval of {run} failed: {exc}", -1, 0, error=True))
             return
-        finally:
-            self._proc = None
         bpb = result.get("bpb")
         self.post_message(self.JobProgress(
             run, f"evaluated {run} at step {result.get('step')} on {result.get('device')} in "
@@ -282,11 +275,6 @@ class EvalPane(Pane):
             text = f"scored {run} on suite {suite}: the benchmarks table below has it"
         self.app.call_from_thread(self._job_line, text, bool(proc.returncode))
         self.app.call_from_thread(self.app.notify, text, severity="error" if proc.returncode else "information")
-
-    def on_unmount(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
 
     def _latest(self, run: str) -> tuple[int, list[dict], dict[str, dict]]:
         """(mtime, records shown, suites) of a run's evals.jsonl, read again only when it changed (it is

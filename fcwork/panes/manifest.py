@@ -45,10 +45,9 @@ NARROW = 72  # narrower than this, the sources table leaves out the format colum
 
 
 def fmt_count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return f"{int(n)}"
+    """A count as the sources table shows it: "1.2M", "34.5k", "812"."""
+    return next((f"{n / scale:.1f}{unit}" for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)) if n >= scale),
+                f"{int(n)}")
 
 
 @dataclass
@@ -200,7 +199,6 @@ class ManifestPane(Pane):
         super().__init__(*a, **kw)
         self.preparing = False
         self.data_status = ""  # the last line of the data job: progress, "data ready ..." or the error
-        self._proc: Any = None
         self.domains: list[str] = []  # the domains of the weight rows on screen
         self._want_domains: list[str] = []  # those of the rows being built
         self._narrow = False
@@ -280,7 +278,7 @@ class ManifestPane(Pane):
         if self._saving is not None and profile.mix == self._saving:
             self._saving = None  # our own ctrl+o coming back from disk: the status already says so
         elif old is not None and old.name == profile.name and old.mix != profile.mix:
-            self._set_status(f"profile mix changed on disk: {describe(profile.normalised_mix())}")
+            self._set_status(f"profile mix changed on disk: {describe(normalise(profile.mix))}")
 
     def expects_profile(self, profile: Any) -> bool:
         return self._saving is not None and profile.mix == self._saving
@@ -491,18 +489,12 @@ class ManifestPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="manifest-data")
     def prepare_data(self, profile_name: str) -> None:
-        from fcwork import jobs
-
         start = time.monotonic()
-        self._proc = jobs.spawn("data", self.ws.root, profile_name)
         try:
-            result = jobs.follow(self._proc, lambda label, done, total: self.post_message(
-                self.DataProgress(label, done, total)))
+            result = self.run_job("data", profile_name, lambda *line: self.post_message(self.DataProgress(*line)))
         except Exception as exc:
             self.post_message(self.DataProgress(f"data preparation failed: {exc}", -1, 0))
             raise
-        finally:
-            self._proc = None
         self.post_message(self.DataPrepared(profile_name, list(result.get("ran", [])), time.monotonic() - start))
 
     def _set_data_status(self, text: str, error: bool = False) -> None:
@@ -534,11 +526,6 @@ class ManifestPane(Pane):
         if self.profile is not None:
             self._rows = None
             self.load_sources(self.profile)
-
-    def on_unmount(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
 
     # -- sources ---------------------------------------------------------------------------------
 

@@ -74,7 +74,6 @@ class TokenizerPane(Pane):
         self.training = False
         self._tok: Any = None
         self._tok_key: tuple | None = None
-        self._proc: Any = None
         self._report_stamp: Any = "unread"
 
     def compose(self) -> ComposeResult:
@@ -181,15 +180,10 @@ class TokenizerPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="tok-train")
     def train(self, profile_name: str) -> None:
-        from fcwork import jobs
-
         start = time.monotonic()
-        self._proc = jobs.spawn("tokenizer", self.ws.root, profile_name)
         try:
-            result = jobs.follow(self._proc, lambda label, done, total: self.post_message(
-                self.Progress(label, done, total)))
+            result = self.run_job("tokenizer", profile_name, lambda *line: self.post_message(self.Progress(*line)))
         finally:
-            self._proc = None
             self.post_message(self.Progress("", -1, 0))
         self.post_message(self.Trained(result, time.monotonic() - start))
 
@@ -211,11 +205,6 @@ class TokenizerPane(Pane):
         self._tok, self._tok_key = None, None
         self._report_stamp = "unread"
         self.load_report(str(self._model_path()))
-
-    def on_unmount(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
 
     # -- live pieces -----------------------------------------------------------------------------
 

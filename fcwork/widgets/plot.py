@@ -130,9 +130,9 @@ def _dot_columns(line: Line, x0: float, x1: float, y1: float, sx: float, sy: flo
 
 def render_plot(lines: Sequence[Line], width: int, height: int, colors: dict[str, Style],
                 x_range: tuple[float, float] | None = None, y_range: tuple[float, float] | None = None,
-                title: str = "", empty: str = "no data yet", gutter: int = GUTTER, right: int = RIGHT) -> Text:
+                title: str = "", empty: str = "no data yet") -> Text:
     """The chart as rich Text of `height` lines: legend, plot rows with a y axis, x axis labels;
-    `right` columns are left blank after the plot area (where the mix strips put their weights)."""
+    RIGHT columns are left blank after the plot area (where the mix strips put their weights)."""
     muted = colors.get("muted", Style())
     out = Text(no_wrap=True, overflow="crop")
     legend = legend_lines(title, lines, width, colors)[:max(1, height - 4)]  # keep 3 rows of plot
@@ -158,8 +158,8 @@ def render_plot(lines: Sequence[Line], width: int, height: int, colors: dict[str
         pad = (y1 - y0) * 0.04
         y0, y1 = (y0 - pad, y1 + pad) if not y_range else (y0, y1)
     labels = [fmt_number(y1), fmt_number((y0 + y1) / 2), fmt_number(y0)]
-    gutter = max(gutter, max(len(s) for s in labels) + 1)
-    cols = width - gutter - right
+    gutter = max(GUTTER, max(len(s) for s in labels) + 1)
+    cols = width - gutter - RIGHT
     dots_w, dots_h = cols * 2, rows * 4
     cells: dict[tuple[int, int], int] = {}
     owner: dict[tuple[int, int], str] = {}
@@ -207,15 +207,14 @@ def render_plot(lines: Sequence[Line], width: int, height: int, colors: dict[str
 
 def render_strips(changes: Sequence[tuple[float, dict[str, float]]], domains: Sequence[str], width: int,
                   colors: dict[str, Style], palette: Sequence[str], x_range: tuple[float, float],
-                  end: float | None = None, title: str = "mix (share of each domain by step; now at the right)",
-                  gutter: int = GUTTER, right: int = RIGHT) -> Text:
+                  end: float | None = None) -> Text:
     """A weight history, one row per domain: each column's block height is the weight in force at
     that column's step (a full block is the largest weight shown), up to step `end`, on the same
     step axis as `render_plot`'s charts; the weight in force now after each row."""
     out = Text(no_wrap=True, overflow="crop")
-    out.append(title, style=Style(bold=True))
+    out.append("mix (share of each domain by step; now at the right)", style=Style(bold=True))
     out.truncate(width)
-    cols = width - gutter - right
+    cols = width - GUTTER - RIGHT
     if cols < 4:
         return out
     x0, x1 = x_range
@@ -225,7 +224,7 @@ def render_strips(changes: Sequence[tuple[float, dict[str, float]]], domains: Se
     top = max((w for _, mix in changes for w in mix.values()), default=1.0) or 1.0
     for i, dom in enumerate(domains):
         out.append("\n")
-        out.append(dom[: gutter - 2].rjust(gutter - 1) + "\u2502", style=colors.get("muted", Style()))
+        out.append(dom[: GUTTER - 2].rjust(GUTTER - 1) + "\u2502", style=colors.get("muted", Style()))
         cells = []
         j = 0
         for c in range(cols):
@@ -239,8 +238,13 @@ def render_strips(changes: Sequence[tuple[float, dict[str, float]]], domains: Se
             cells.append(_LEVELS[min(8, max(1 if w > 0 else 0, round(w * 8)))])
         out.append("".join(cells), style=colors.get(palette[i % len(palette)], Style()))
         if changes:
-            out.append(f" {changes[-1][1].get(dom, 0.0):.2f}".rjust(right)[:right])
+            out.append(f" {changes[-1][1].get(dom, 0.0):.2f}".rjust(RIGHT)[:RIGHT])
     return out
+
+
+def plot_colors(app) -> dict[str, Style]:
+    """The palette's styles in the app's theme, and "muted" for axes and labels."""
+    return {**{name: theme_style(app, name) for name in PALETTE}, "muted": theme_style(app, "foreground", dim=True)}
 
 
 class MixStrips(Widget):
@@ -267,10 +271,8 @@ class MixStrips(Widget):
         return 1 + len(self.domains)
 
     def render(self) -> Text:
-        colors = {name: theme_style(self.app, name) for name in PALETTE}
-        colors["muted"] = theme_style(self.app, "foreground", dim=True)
-        return render_strips(self.changes, self.domains, self.content_size.width, colors, PALETTE, self.x_range,
-                             self.end)
+        return render_strips(self.changes, self.domains, self.content_size.width, plot_colors(self.app), PALETTE,
+                             self.x_range, self.end)
 
 
 class LinePlot(Widget):
@@ -295,12 +297,7 @@ class LinePlot(Widget):
             self.title = title
         self.refresh()
 
-    def _colors(self) -> dict[str, Style]:
-        styles = {name: theme_style(self.app, name) for name in PALETTE}
-        styles["muted"] = theme_style(self.app, "foreground", dim=True)
-        return styles
-
     def render(self) -> Text:
         size = self.content_size
-        return render_plot(self.lines, size.width, size.height, self._colors(), self.x_range, self.y_range,
+        return render_plot(self.lines, size.width, size.height, plot_colors(self.app), self.x_range, self.y_range,
                            self.title, self.empty)

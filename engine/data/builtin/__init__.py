@@ -70,13 +70,18 @@ IMAGE_SOURCES: dict[str, BuiltinImageSource] = {
 }
 
 
-def iter_builtin(name: str, seed: int, max_chars: int) -> Iterator[str]:
-    """Yield documents (plain text) of built-in source `name`, deterministically for `seed`, until about
-    max_chars characters have been yielded (max_chars > 0 always given)."""
+def builtin_source(name: str) -> BuiltinSource:
+    """The built-in text source `name`; a one-line DataError naming the known ones otherwise."""
     source = BUILTIN_SOURCES.get(name)
     if source is None:
         raise DataError(f"builtin:{name}: unknown built-in source (known: {', '.join(BUILTIN_SOURCES)})")
-    return _budgeted(source.generate(seed), max_chars)
+    return source
+
+
+def iter_builtin(name: str, seed: int, max_chars: int) -> Iterator[str]:
+    """Yield documents (plain text) of built-in source `name`, deterministically for `seed`, until about
+    max_chars characters have been yielded (max_chars > 0 always given)."""
+    return _budgeted(builtin_source(name).generate(seed), max_chars)
 
 
 def _budgeted(docs: Iterator[str], max_chars: int) -> Iterator[str]:

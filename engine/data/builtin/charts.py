@@ -9,7 +9,6 @@ the image at 64 px. Colours vary per chart; the axis range is always 0-9.
 from __future__ import annotations
 
 import random
-from typing import Iterator
 
 W = H = 96  # drawn size; the image pipeline resizes to the stage's size
 LEFT, RIGHT, TOP, BOTTOM = 8, 92, 8, 84  # plot area: value 0 at BOTTOM, 9 at TOP

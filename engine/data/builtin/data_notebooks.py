@@ -62,10 +62,6 @@ def _pick(rng: random.Random, items: list[str]) -> str:
     return items[rng.randrange(len(items))]
 
 
-def _fmt_groups(pairs: list[tuple[str, object]]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in pairs)
-
-
 def summary_cell(rng: random.Random, t: Table, cols: dict[str, list[str]]) -> Cell:
     col = _pick(rng, cols["num"])
     v = f"vals_{col}"
@@ -146,7 +142,7 @@ def group_sum_cell(rng: random.Random, t: Table, cols: dict[str, list[str]]) -> 
         text = f"{top[0]} leads with {top[1]}{_unit(t, col)}, {share}% of the total"
         if len(ranked) > 1:
             text += f"; {ranked[-1][0]} is last with {ranked[-1][1]}"
-        return text + f". In order: {_fmt_groups(ranked)}."
+        return text + f". In order: {', '.join(f'{k} {v}' for k, v in ranked)}."
 
     return Cell(f"`{col}` by `{g}`", f"How much `{col}` does each `{g}` account for?", code, narrate,
                 f'df.groupby("{g}")["{col}"].sum()')

@@ -69,9 +69,7 @@ def _import_quietly(name: str):
 def _signature(obj) -> str:
     try:
         return str(inspect.signature(obj))
-    except (TypeError, ValueError, RecursionError):
-        return ""
-    except Exception:  # some objects' __signature__ machinery raises anything at all
+    except Exception:  # no signature (TypeError, ValueError), or its machinery raises anything at all
         return ""
 
 

@@ -10,7 +10,7 @@ interface below. No torch here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 
 @dataclass
@@ -67,6 +67,23 @@ def probe_module(name: str):
 def versions() -> dict[str, int]:
     """Every probe's version, as recorded with each eval."""
     return {name: probe_module(name).VERSION for name in PROBES}
+
+
+def complete_items(lm: LanguageModel, items: Sequence, prompts: Sequence[str], max_new_tokens: int,
+                   stops: Sequence[Callable[[str], bool] | None], check: Callable[[Any, Completion], dict],
+                   example: Callable[[Any, str], dict]) -> tuple[list[dict], list[dict]]:
+    """A completion probe's run: every item's verdict (`check` of its completion), and the first
+    EXAMPLES_KEPT items as examples (`example(item, completion)` with the verdict)."""
+    outs = lm.complete_many(prompts, max_new_tokens, stops)
+    verdicts = [check(item, out) for item, out in zip(items, outs)]
+    examples = [{**example(item, out.text), **v} for item, out, v in zip(items[:EXAMPLES_KEPT], outs, verdicts)]
+    return verdicts, examples
+
+
+def shares(verdicts: Sequence[dict], **metrics: str) -> dict[str, float]:
+    """Each metric as the share of verdicts whose `metrics[metric]` key is true ({} without verdicts)."""
+    n = len(verdicts)
+    return {m: sum(v[key] for v in verdicts) / n for m, key in metrics.items()} if n else {}
 
 
 def clip(text: str, n: int = 160) -> str:

@@ -24,7 +24,7 @@ import chess
 
 from engine.data.builtin.chat_tasks import KINDS, Task, table_answer, task
 from engine.data.chat_template import END, chat_prompt
-from engine.eval.probes import EXAMPLES_KEPT, LanguageModel, ProbeResult, clip
+from engine.eval.probes import LanguageModel, ProbeResult, clip, complete_items, shares
 
 NAME = "chat"
 DOMAIN = "chat"  # runs where the run has chat text (the questions themselves are synthesised)
@@ -81,28 +81,14 @@ def check(item: Task, completion: str) -> dict:
     return {"answer": answer, "end": ended and bool(answer), "correct": bool(correct)}
 
 
-def _turn_ended(text: str) -> bool:
-    return END in text
-
-
 def run(lm: LanguageModel, texts: Sequence[str], limit: int, seed: int) -> ProbeResult:
     items = build_items(texts, limit, seed)
-    outs = lm.complete_many([chat_prompt(item.question) for item in items], MAX_NEW_TOKENS,
-                            [_turn_ended] * len(items))
-    ended = 0
-    right = dict.fromkeys(KINDS, 0)
-    count = dict.fromkeys(KINDS, 0)
-    examples = []
-    for item, out in zip(items, outs):
-        verdict = check(item, out.text)
-        ended += verdict["end"]
-        right[item.kind] += verdict["correct"]
-        count[item.kind] += 1
-        if len(examples) < EXAMPLES_KEPT:
-            examples.append({"prompt": clip(item.question), "completion": out.text, "expected": item.answer, **verdict})
-    n = len(items)
-    if not n:
-        return ProbeResult(NAME, VERSION, {}, 0, examples)
-    metrics = {"end": ended / n, "correct": sum(right.values()) / n}
-    metrics.update({k: right[k] / count[k] for k in KINDS if count[k]})
-    return ProbeResult(NAME, VERSION, metrics, n, examples)
+    verdicts, examples = complete_items(
+        lm, items, [chat_prompt(item.question) for item in items], MAX_NEW_TOKENS,
+        [lambda text: END in text] * len(items),
+        lambda item, out: check(item, out.text),
+        lambda item, text: {"prompt": clip(item.question), "completion": text, "expected": item.answer})
+    metrics = shares(verdicts, end="end", correct="correct")
+    for kind in KINDS:  # the right share of each kind's questions
+        metrics.update(shares([v for item, v in zip(items, verdicts) if item.kind == kind], **{kind: "correct"}))
+    return ProbeResult(NAME, VERSION, metrics, len(items), examples)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import chess
 
-from engine.eval.probes import EXAMPLES_KEPT, LanguageModel, ProbeResult, clip
+from engine.eval.probes import LanguageModel, ProbeResult, clip, complete_items, shares
 
 NAME = "chess"
 DOMAIN = "chess"
@@ -112,16 +112,8 @@ def _move_written(text: str) -> bool:
 
 def run(lm: LanguageModel, texts: Sequence[str], limit: int, seed: int) -> ProbeResult:
     items = build_items(texts, limit, seed)
-    legal = match = 0
-    examples = []
-    outs = lm.complete_many([item.prompt for item in items], MAX_NEW_TOKENS, [_move_written] * len(items))
-    for item, out in zip(items, outs):
-        completion = out.text
-        verdict = check(item, completion)
-        legal += verdict["legal"]
-        match += verdict["match"]
-        if len(examples) < EXAMPLES_KEPT:
-            examples.append({"prompt": clip(item.prompt), "completion": completion, "expected": item.san, **verdict})
-    n = len(items)
-    metrics = {"legal": legal / n, "match": match / n} if n else {}
-    return ProbeResult(NAME, VERSION, metrics, n, examples)
+    verdicts, examples = complete_items(
+        lm, items, [item.prompt for item in items], MAX_NEW_TOKENS, [_move_written] * len(items),
+        lambda item, out: check(item, out.text),
+        lambda item, text: {"prompt": clip(item.prompt), "completion": text, "expected": item.san})
+    return ProbeResult(NAME, VERSION, shares(verdicts, legal="legal", match="match"), len(items), examples)

@@ -13,7 +13,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine.eval.probes import EXAMPLES_KEPT, LanguageModel, ProbeResult, clip
+from engine.eval.probes import LanguageModel, ProbeResult, clip, complete_items, shares
 
 NAME = "code"
 DOMAIN = "code"
@@ -110,15 +110,9 @@ def _dedented(item: CodeItem):
 
 def run(lm: LanguageModel, texts: Sequence[str], limit: int, seed: int) -> ProbeResult:
     items = build_items(texts, limit, seed)
-    ok = 0
-    examples = []
-    outs = lm.complete_many([item.prompt for item in items], MAX_NEW_TOKENS, [_dedented(item) for item in items])
-    for item, out in zip(items, outs):
-        completion, finished = out.text, out.reason in ("eos", "stop")
-        verdict = check(item, completion, finished)
-        ok += verdict["compiles"]
-        if len(examples) < EXAMPLES_KEPT:
-            examples.append({"prompt": clip(item.prompt), "completion": completion, **verdict})
-    n = len(items)
-    return ProbeResult(NAME, VERSION, {"compile": ok / n} if n else {}, n, examples)
+    verdicts, examples = complete_items(
+        lm, items, [item.prompt for item in items], MAX_NEW_TOKENS, [_dedented(item) for item in items],
+        lambda item, out: check(item, out.text, out.reason in ("eos", "stop")),
+        lambda item, text: {"prompt": clip(item.prompt), "completion": text})
+    return ProbeResult(NAME, VERSION, shares(verdicts, compile="compiles"), len(items), examples)
 

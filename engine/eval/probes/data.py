@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine.eval.probes import EXAMPLES_KEPT, LanguageModel, ProbeResult
+from engine.eval.probes import LanguageModel, ProbeResult, complete_items, shares
 
 NAME = "data"
 DOMAIN = "data"
@@ -183,20 +183,11 @@ def check(item: DataItem, completion: str) -> dict:
     return {"got": got, "exact": exact}
 
 
-def _line_done(text: str) -> bool:
-    return "\n" in text.lstrip("\n")
-
-
 def run(lm: LanguageModel, texts: Sequence[str], limit: int, seed: int) -> ProbeResult:
     items = build_items(texts, limit, seed)
-    exact = 0
-    examples = []
-    outs = lm.complete_many([item.prompt for item in items], MAX_NEW_TOKENS, [_line_done] * len(items))
-    for item, out in zip(items, outs):
-        completion = out.text
-        verdict = check(item, completion)
-        exact += verdict["exact"]
-        if len(examples) < EXAMPLES_KEPT:
-            examples.append({"question": item.question, "answer": item.answer, "completion": completion, **verdict})
-    n = len(items)
-    return ProbeResult(NAME, VERSION, {"exact": exact / n} if n else {}, n, examples)
+    verdicts, examples = complete_items(
+        lm, items, [item.prompt for item in items], MAX_NEW_TOKENS,
+        [lambda text: "\n" in text.lstrip("\n")] * len(items),  # one line of output
+        lambda item, out: check(item, out.text),
+        lambda item, text: {"question": item.question, "answer": item.answer, "completion": text})
+    return ProbeResult(NAME, VERSION, shares(verdicts, exact="exact"), len(items), examples)

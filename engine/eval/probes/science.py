@@ -37,10 +37,6 @@ class ScienceItem:
     rest: str           # the sentence after the word, up to its end
 
 
-def _word_counts(texts: Sequence[str]) -> Counter:
-    return Counter(m.group(0) for t in texts for m in _WORD.finditer(t))
-
-
 def distractors(word: str, counts: Counter, rng: random.Random) -> list[str] | None:
     """OPTIONS - 1 words of about the word's length (+-1) and frequency, or None if too few exist."""
     lower = word.lower()
@@ -55,7 +51,7 @@ def distractors(word: str, counts: Counter, rng: random.Random) -> list[str] | N
 def build_items(texts: Sequence[str], limit: int, seed: int) -> list[ScienceItem]:
     """Up to `limit` items, at most two per document, with distractors of similar length."""
     rng = random.Random(f"science:{seed}")
-    counts = _word_counts(texts)
+    counts = Counter(m.group(0) for t in texts for m in _WORD.finditer(t))
     items = []
     for text in texts:
         if len(items) >= limit:
