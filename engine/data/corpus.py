@@ -387,7 +387,6 @@ def build_corpus(
     by_domain = {d: [s for s in profile.sources if s.domain == d] for d in quotas}
     profile_dir = profile.path.parent if profile.path else None
     check_sources_found(profile, [s for d in quotas for s in by_domain[d]], profile_dir)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(quotas)))
     todo = [d for d in plan if plan[d] != "keep"]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     d = profile.data
