@@ -409,12 +409,10 @@ def build_corpus(
                     futures = {pool.submit(_build_domain_job, job): job[0] for job in jobs}
                     pending = set(futures)
                     while pending:
-                        try:
+                        with contextlib.suppress(queue.Empty):
                             dom, chars = progress_q.get(timeout=0.2)
                             if progress:
                                 progress(dom, chars, quotas[dom])
-                        except queue.Empty:
-                            pass
                         for fut in [f for f in pending if f.done()]:
                             pending.discard(fut)
                             summaries[futures[fut]] = fut.result()

@@ -245,7 +245,7 @@ class ManifestPane(Pane):
         self.query_one("#data-progress").display = False
         self.query_one("#images").display = False
         self.set_interval(SOURCES_S, self._tick)
-        self.set_interval(REDRAW_S, lambda: self.active and self.redraw())
+        self.set_interval(REDRAW_S, self.redraw_shown)
 
     def _tick(self) -> None:
         """Sources change on disk (files added, the corpus built): look again while shown."""

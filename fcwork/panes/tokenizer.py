@@ -91,7 +91,7 @@ class TokenizerPane(Pane):
 
     def on_mount(self) -> None:
         self.query_one("#tok-progress").display = False
-        self.set_interval(REPORT_S, lambda: self.active and self.redraw())
+        self.set_interval(REPORT_S, self.redraw_shown)
 
     def focus_main(self) -> None:
         self.query_one("#tok-domains", DataTable).focus()  # t or tab goes to the text box
