@@ -1,8 +1,10 @@
-"""Write files and folders so that a crash leaves either the old version or the new one."""
+"""Write files and folders so that a crash leaves either the old version or the new one (and read
+back the small JSON files written so)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -33,6 +35,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Replace `path` with `text` atomically."""
     with atomic_open(path, "w") as fh:
         fh.write(text)
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object file; {} when it is missing, unreadable or not an object."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def atomic_create_text(path: str | os.PathLike, text: str) -> None:

@@ -277,17 +277,10 @@ class Profile:
         raise ProfileError(f"{self.path or self.name}: stages: no stage named {name!r} (known: {known})")
 
     def to_dict(self) -> dict[str, Any]:
-        """The profile as plain TOML-ready data (inverse of `parse_profile`)."""
-        out: dict[str, Any] = {
-            "profile": asdict(self.profile),
-            "mix": dict(self.mix),
-            "data": asdict(self.data),
-            "tokenizer": asdict(self.tokenizer),
-            "sources": [asdict(s) for s in self.sources],
-            "stages": [asdict(s) for s in self.stages],
-        }
-        if self.eval != EvalConfig():
-            out["eval"] = asdict(self.eval)
+        """The profile as plain TOML-ready data (inverse of `parse_profile`), an all-default [eval] left out."""
+        out = {k: v for k, v in asdict(self).items() if k != "path"}
+        if self.eval == EvalConfig():
+            del out["eval"]
         return out
 
 

@@ -10,7 +10,6 @@ class TemplateError(ValueError):
     """A template that does not parse: the message says what is wrong."""
 
 
-
 def parse_template(template: str) -> list[tuple[str, str | None]]:
     """(literal text, field name or None) pieces; refuses positional `{}`, conversions and format specs."""
     pieces: list[tuple[str, str | None]] = []

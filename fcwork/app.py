@@ -240,11 +240,8 @@ class FcworkApp(App):
 
     def running_run(self) -> str | None:
         """The run of the running queue entry, else the newest run whose events say it runs."""
-        for e in self.entries or []:
-            if e.state == EntryState.RUNNING and e.run_id:
-                return e.run_id
-        running = self.store.running()
-        return running[0] if running else None
+        running = [e.run_id for e in self.entries or [] if e.state == EntryState.RUNNING and e.run_id]
+        return (running or self.store.running() or [None])[0]
 
     def on_queue_changed(self, msg: QueueChanged) -> None:
         if msg.entries is not None:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
-from typing import Callable, Iterator
+from typing import Callable
 
 JOBS = ("tokenizer", "data", "eval")
 
@@ -100,10 +100,10 @@ def follow(proc: subprocess.Popen, on_progress: Callable[[str, int, int], None])
     from engine.errors import FcError
 
     result, error = None, None
-    for line in _lines(proc):
+    for line in proc.stdout or ():
         try:
             msg = json.loads(line)
-        except ValueError:
+        except ValueError:  # a blank or stray line
             continue
         if "label" in msg:
             on_progress(str(msg["label"]), int(msg.get("done", 0)), int(msg.get("total", 0)))
@@ -124,13 +124,6 @@ def follow(proc: subprocess.Popen, on_progress: Callable[[str, int, int], None])
         last = (stderr.strip().splitlines() or [f"exit code {code}"])[-1]
         raise FcError(f"{proc.args[3]} job failed: {last}")
     return result
-
-
-def _lines(proc: subprocess.Popen) -> Iterator[str]:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.strip():
-            yield line
 
 
 if __name__ == "__main__":

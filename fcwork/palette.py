@@ -30,9 +30,8 @@ class WorkbenchCommands(Provider):
 def pane_commands(app, panes: dict) -> list[tuple[str, str, Callable]]:
     """Switch to each pane, and run each pane binding's action, as palette commands (`panes`:
     pane id to pane class)."""
-    out = []
-    for i, (pane_id, pane) in enumerate(panes.items(), start=1):
-        out.append((f"Show {pane.TITLE}", f"F{i} or {i}", partial(app.action_pane, pane_id)))
+    out = [(f"Show {pane.TITLE}", f"F{i} or {i}", partial(app.action_pane, pane_id))
+           for i, (pane_id, pane) in enumerate(panes.items(), start=1)]
     for pane_id, pane in panes.items():
         for binding in pane.BINDINGS:
             keys = binding.key.split(",")[0]

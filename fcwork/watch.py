@@ -37,7 +37,8 @@ FS_SAFETY_POLL_S = 2.0
 FOLLOWED = FOLLOWED_FILES | {QUEUE_FILE}
 
 
-def _stamp(path: Path) -> tuple | None:
+def file_stamp(path: Path) -> tuple | None:
+    """(mtime, size, inode) of a file, None when it is not there: what says it changed."""
     try:
         st = os.stat(path)
     except OSError:
@@ -166,7 +167,7 @@ class WorkspaceWatcher:
             self.post(WatchFailed(error))
 
     def _check_queue(self) -> None:
-        stamp = _stamp(self.ws.queue_path)
+        stamp = file_stamp(self.ws.queue_path)
         if stamp == self._queue_stamp:
             return
         self._queue_stamp = stamp
@@ -183,7 +184,7 @@ class WorkspaceWatcher:
     def _check_profile(self) -> None:
         name = self.profile_name
         path = self.ws.profile_path(name)
-        stamp = _stamp(path)
+        stamp = file_stamp(path)
         if stamp == self._profile_stamp and name == self._profile_seen:
             return
         self._profile_stamp, self._profile_seen = stamp, name

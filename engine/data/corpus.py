@@ -387,7 +387,6 @@ def build_corpus(
     by_domain = {d: [s for s in profile.sources if s.domain == d] for d in quotas}
     profile_dir = profile.path.parent if profile.path else None
     check_sources_found(profile, [s for d in quotas for s in by_domain[d]], profile_dir)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(quotas)))
     todo = [d for d in plan if plan[d] != "keep"]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     d = profile.data
@@ -410,12 +409,10 @@ def build_corpus(
                     futures = {pool.submit(_build_domain_job, job): job[0] for job in jobs}
                     pending = set(futures)
                     while pending:
-                        try:
+                        with contextlib.suppress(queue.Empty):
                             dom, chars = progress_q.get(timeout=0.2)
                             if progress:
                                 progress(dom, chars, quotas[dom])
-                        except queue.Empty:
-                            pass
                         for fut in [f for f in pending if f.done()]:
                             pending.discard(fut)
                             summaries[futures[fut]] = fut.result()

@@ -10,6 +10,7 @@ warns before the stage starts. `running_epochs` is the same measure for what a r
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -57,10 +58,8 @@ def domain_tokens(ws: Workspace, profile: Profile) -> dict[str, tuple[int, str]]
     tok_dir = ws.tok_dir(profile.name)
     for dom in list(out) + [d for d in profile.mix if d not in out]:
         if (tok_dir / f"{dom}.bin").exists():
-            try:
+            with contextlib.suppress(ShardError):
                 out[dom] = (shard_counts(tok_dir / dom)[0], "shards")
-            except ShardError:
-                pass
     return out
 
 

@@ -46,13 +46,9 @@ def compression(path: str) -> str | None:
 
 def strip_compression(path: str) -> str:
     """The name without its compression suffix: `a.pgn.zst` -> `a.pgn`, `b.tgz` -> `b.tar`."""
-    kind = compression(path)
-    if kind is None:
+    if compression(path) is None:
         return path
-    low = path.lower()
-    if low.endswith(".tgz"):
-        return path[:-4] + ".tar"
-    return path[: path.rfind(".")]
+    return path[:-4] + ".tar" if path.lower().endswith(".tgz") else path[: path.rfind(".")]
 
 
 def hf_cache_dir() -> Path:
@@ -105,9 +101,7 @@ def expand(pattern: str, base_dir: Path | None = None) -> list[str]:
         except Exception as exc:  # a remote filesystem's own errors (auth, network) as one line
             raise DataError(f"{pattern}: cannot list files ({type(exc).__name__}: {exc})") from None
         return sorted(fs.unstrip_protocol(p) for p in found)
-    if pattern.startswith("file://"):
-        pattern = pattern[len("file://"):]
-    return _local_glob(pattern, base_dir)
+    return _local_glob(pattern.removeprefix("file://"), base_dir)
 
 
 def _local_glob(pattern: str, base_dir: Path | None) -> list[str]:
@@ -134,7 +128,7 @@ def size(path: str) -> int:
         if is_url(path) and not path.startswith("file://"):
             fs, root = _fs(path)
             return int(fs.size(root) or 0)
-        return os.path.getsize(path[len("file://"):] if path.startswith("file://") else path)
+        return os.path.getsize(path.removeprefix("file://"))
     except Exception:
         return 0
 
@@ -144,7 +138,7 @@ def open_raw(path: str) -> IO[bytes]:
     if is_url(path) and not path.startswith("file://"):
         fs, root = _fs(path)
         return fs.open(root, "rb")
-    return open(path[len("file://"):] if path.startswith("file://") else path, "rb")
+    return open(path.removeprefix("file://"), "rb")
 
 
 @contextlib.contextmanager

@@ -150,9 +150,7 @@ def iter_image_source(src: SourceConfig, stats: SourceStats, base_dir: Path | No
             if src.max_docs and n >= src.max_docs:
                 return
     finally:
-        close = getattr(samples, "close", None)
-        if close is not None:
-            close()
+        samples.close()
 
 
 def _iter_files(src: SourceConfig, stats: SourceStats, paths: list[str]) -> Iterator[ImageSample]:

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict
 from typing import Callable
 
-from engine.atomic import atomic_write_text
+from engine.atomic import atomic_write_text, read_json_object
 from engine.data.corpus import CorpusSummary, build_corpus, corpus_is_current, read_manifest
 from engine.data.tokenizer import TokenizerReport, file_hash, read_report, train_tokenizer
 from engine.errors import DataError, TokenizerError
@@ -53,21 +53,13 @@ def tokenizer_state(ws: Workspace, profile: Profile) -> str:
     return "current"
 
 
-def _stamp(ws: Workspace, profile: Profile) -> dict:
-    try:
-        stamp = json.loads((ws.tok_dir(profile.name) / SHARD_STAMP).read_text())
-    except (OSError, ValueError):
-        return {}
-    return stamp if isinstance(stamp, dict) else {}
-
-
 def shard_plan(ws: Workspace, profile: Profile, force: bool = False) -> dict[str, dict]:
     """Per corpus domain: {"mode": "full" | "append" | "keep", "train": [start, end], "heldout": [start, end]}
     (byte ranges of the corpus files to encode)."""
     manifest = read_manifest(ws.raw_dir(profile.name)) or {}
     tok_path = ws.tokenizer_path(profile.tokenizer_name)
     tok_hash = file_hash(tok_path) if tok_path.exists() else ""
-    stamp = _stamp(ws, profile)
+    stamp = read_json_object(ws.tok_dir(profile.name) / SHARD_STAMP)
     done = stamp.get("domains", {}) if stamp.get("tokenizer_hash") == tok_hash else {}
     tok_dir = ws.tok_dir(profile.name)
     plan = {}

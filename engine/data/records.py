@@ -132,6 +132,4 @@ class RecordFormat:
 
 def _equal(value: Any, wanted: Any) -> bool:
     # true == 1 in Python; a filter on a boolean column should not keep the integer 1.
-    if isinstance(value, bool) != isinstance(wanted, bool):
-        return False
-    return value == wanted
+    return isinstance(value, bool) == isinstance(wanted, bool) and value == wanted

@@ -176,15 +176,7 @@ class ShardWriter:
         arr = np.asarray(ids)
         if arr.ndim != 1:
             raise ShardError(f"{self.bin_path}: document {self.n_docs}: expected a flat sequence of ids, got shape {arr.shape}")
-        if arr.size and arr.dtype.kind not in "iu":
-            raise ShardError(f"{self.bin_path}: document {self.n_docs}: expected integer token ids, got {arr.dtype}")
-        if arr.size:
-            lo, hi = int(arr.min()), int(arr.max())
-            if lo < 0 or hi >= self.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise ShardError(
-                    f"{self.bin_path}: document {self.n_docs}: token id {bad} outside the vocabulary 0..{self.vocab_size - 1}"
-                )
+        self._check_ids(arr, f"document {self.n_docs}: ")
         doc = np.empty(arr.size + 1, self.dtype)
         doc[:-1] = arr
         doc[-1] = self.eos_id
@@ -199,14 +191,17 @@ class ShardWriter:
         lengths = np.asarray(doc_lengths, dtype=np.uint64)
         if int(lengths.sum()) != tokens.size:
             raise ShardError(f"{self.bin_path}: block of {tokens.size} tokens but document lengths sum to {int(lengths.sum())}")
-        if tokens.size:
-            if tokens.dtype.kind not in "iu":
-                raise ShardError(f"{self.bin_path}: expected integer token ids, got {tokens.dtype}")
-            lo, hi = int(tokens.min()), int(tokens.max())
-            if lo < 0 or hi >= self.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise ShardError(f"{self.bin_path}: token id {bad} outside the vocabulary 0..{self.vocab_size - 1}")
+        self._check_ids(tokens, "")
         self._push(tokens.astype(self.dtype, copy=False), lengths)
+
+    def _check_ids(self, ids: np.ndarray, where: str) -> None:
+        """Integer ids inside the vocabulary, else a ShardError naming the file and `where` (a document)."""
+        if ids.size and ids.dtype.kind not in "iu":
+            raise ShardError(f"{self.bin_path}: {where}expected integer token ids, got {ids.dtype}")
+        lo, hi = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
+        if lo < 0 or hi >= self.vocab_size:
+            raise ShardError(f"{self.bin_path}: {where}token id {lo if lo < 0 else hi} outside the vocabulary "
+                             f"0..{self.vocab_size - 1}")
 
     def _push(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         if self._closed:

@@ -128,9 +128,7 @@ def _iter_builtin(src: SourceConfig, seed: int, cur: SourceCursor) -> Iterator[s
             yield doc
         cur.exhausted = True
     finally:
-        close = getattr(gen, "close", None)
-        if close is not None:
-            close()
+        gen.close()
 
 
 def _iter_files(src: SourceConfig, stats: SourceStats, paths: list[str], max_doc_chars: int) -> Iterator[str]:
@@ -308,10 +306,7 @@ def _read_parquet(path: str, src: SourceConfig, stats: SourceStats, max_doc_char
                     if row + batch.num_rows <= skip:
                         row += batch.num_rows
                         continue
-                    if plain:
-                        records: list = batch.column(0).to_pylist()
-                    else:
-                        records = batch.to_pylist()
+                    records: list = batch.column(0).to_pylist() if plain else batch.to_pylist()
                     for rec in records:
                         row += 1
                         if row <= skip:

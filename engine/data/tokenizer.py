@@ -109,16 +109,20 @@ def read_report(path: str | os.PathLike) -> TokenizerReport | None:
         return None
 
 
-def _iter_docs(path: Path, limit: int = -1) -> Iterator[str]:
-    """Texts of a corpus file, up to byte `limit` (the length the manifest committed; -1: all)."""
+def _iter_lines(path: Path, limit: int = -1) -> Iterator[bytes]:
+    """Lines of a corpus file, up to byte `limit` (the length the manifest committed; -1: all)."""
     with open(path, "rb") as fh:
         pos = 0
         for line in fh:
             pos += len(line)
             if 0 <= limit < pos:
                 return
-            if line.strip():
-                yield json.loads(line)["text"]
+            yield line
+
+
+def _iter_docs(path: Path, limit: int = -1) -> Iterator[str]:
+    """Texts of a corpus file, up to byte `limit`."""
+    return (json.loads(line)["text"] for line in _iter_lines(path, limit) if line.strip())
 
 
 def _sentences(doc: str) -> Iterator[str]:
@@ -170,18 +174,14 @@ def balanced_sample(raw_dir: Path, domains: Sequence[str], total_chars: int, see
         p = min(1.0, 1.1 * budget[d] / sizes[d]) if sizes[d] else 0.0
         rng = random.Random(f"{seed}:{d}")
         taken, used = [], 0
-        if p > 0:
-            with open(paths[d], "rb") as fh:
-                pos, limit = 0, limits.get(d, -1)
-                for line in fh:
-                    pos += len(line)
-                    if used >= budget[d] or 0 <= limit < pos:
-                        break
-                    if rng.random() >= p or not line.strip():
-                        continue
-                    text = json.loads(line)["text"][: budget[d] - used + MAX_SENTENCE_CHARS]
-                    taken.append(text)
-                    used += len(text)
+        for line in (_iter_lines(paths[d], limits.get(d, -1)) if p > 0 else ()):
+            if used >= budget[d]:
+                break
+            if rng.random() >= p or not line.strip():
+                continue
+            text = json.loads(line)["text"][: budget[d] - used + MAX_SENTENCE_CHARS]
+            taken.append(text)
+            used += len(text)
         sample[d] = taken
     return sample
 

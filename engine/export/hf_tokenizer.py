@@ -65,14 +65,11 @@ def bpe_merges(spm: SpmModel) -> list[tuple[str, str]]:
 
 def tokenizer_json(spm: SpmModel, add_bos: bool = False) -> dict[str, Any]:
     """The `tokenizers` serialisation of our SentencePiece model (a BPE with byte fallback)."""
-    added = []
-    for i, p in enumerate(spm.pieces):
-        if p.type in (CONTROL, UNKNOWN, USER_DEFINED):
-            added.append({
-                "id": i, "content": p.text, "single_word": False, "lstrip": False, "rstrip": False,
-                # Whitespace symbols are spelled with U+2581, so they are matched after the normaliser.
-                "normalized": SPACE in p.text, "special": p.type != USER_DEFINED,
-            })
+    added = [{
+        "id": i, "content": p.text, "single_word": False, "lstrip": False, "rstrip": False,
+        # Whitespace symbols are spelled with U+2581, so they are matched after the normaliser.
+        "normalized": SPACE in p.text, "special": p.type != USER_DEFINED,
+    } for i, p in enumerate(spm.pieces) if p.type in (CONTROL, UNKNOWN, USER_DEFINED)]
     unk = next((p.text for p in spm.pieces if p.type == UNKNOWN), None)
     bos = spm.pieces[BOS_ID].text
     single: list[dict] = [{"Sequence": {"id": "A", "type_id": 0}}]

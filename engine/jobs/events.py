@@ -10,6 +10,7 @@ for a follower that must not stall on a huge backlog.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -51,10 +52,8 @@ class EventWriter:
     def close(self) -> None:
         fh, self._fh = self._fh, None
         if fh is not None:
-            try:
+            with contextlib.suppress(OSError):  # a full disk: what could not be flushed is lost; the caller said why
                 fh.close()
-            except OSError:  # a full disk: what could not be flushed is lost; the caller has said why
-                pass
 
     def __enter__(self) -> "EventWriter":
         return self

@@ -197,17 +197,20 @@ class KeepAwake:
 
 # -- describing how a process ended -------------------------------------------------------
 
-def last_line(path: Path, limit: int = 300) -> str:
-    """The last non-empty line of a log file (for failure messages), trimmed to `limit` chars."""
+def _tail_lines(path: Path, size: int) -> list[str]:
+    """The lines of a log's last `size` bytes (the first may be cut); none when it cannot be read."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 16384))
-            tail = fh.read().decode("utf-8", "replace")
+            fh.seek(max(0, fh.tell() - size))
+            return fh.read().decode("utf-8", "replace").splitlines()
     except OSError:
-        return ""
-    lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and not ln.startswith("===")]
+        return []
+
+
+def last_line(path: Path, limit: int = 300) -> str:
+    """The last non-empty line of a log file (for failure messages), trimmed to `limit` chars."""
+    lines = [ln.strip() for ln in _tail_lines(path, 16384) if ln.strip() and not ln.startswith("===")]
     return lines[-1][:limit] if lines else ""
 
 
@@ -218,13 +221,7 @@ def error_line(path: Path, limit: int = 300) -> str:
     """The last error a log shows since its last trainer start, as a crash reason: the exception
     line of its last traceback, or the message of its last ERROR line; "" when it shows none (an
     INFO line, such as the last checkpoint's, says nothing of why a process ended)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 65536))
-            lines = fh.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return ""
+    lines = _tail_lines(path, 65536)
     starts = [i for i, ln in enumerate(lines) if ln.startswith(TRAINER_START_MARK)]
     lines = lines[starts[-1] + 1:] if starts else lines
     for i in range(len(lines) - 1, -1, -1):

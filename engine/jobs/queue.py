@@ -331,9 +331,7 @@ def waiting_message(dep: QueueEntry) -> str:
 def profile_key(ws: Workspace, profile: str) -> str:
     """How an entry names its profile: the bare name for profiles/<name>.toml, else the path."""
     path = ws.profile_path(profile)
-    if path.parent == ws.profiles_dir.resolve() or path.parent == ws.profiles_dir:
-        return path.stem
-    return str(path)
+    return path.stem if path.parent in (ws.profiles_dir, ws.profiles_dir.resolve()) else str(path)
 
 
 def _find(entries: list[QueueEntry], entry_id: int, path: Path) -> QueueEntry:

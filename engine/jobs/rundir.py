@@ -9,11 +9,12 @@ The file formats themselves are owned by events.py, control.py and runs.py (stag
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from engine.atomic import read_json_object
 from engine.compat import tomllib
 from engine.errors import ControlError, RunError
 from engine.jobs import control, events
@@ -182,10 +183,8 @@ class RunDir:
     def new_history(self) -> RunHistory:
         """An empty fold of this run with its metadata from stage.toml (left empty when unreadable)."""
         h = RunHistory(self.id)
-        try:
+        with contextlib.suppress(RunError):
             h.set_meta(self.meta())
-        except RunError:
-            pass
         return h
 
     def history(self) -> RunHistory:
@@ -234,13 +233,7 @@ class RunDir:
     def checkpoint_state(self, path: Path | None = None) -> dict[str, Any]:
         """state.json of a checkpoint folder (the latest when None); {} when there is none or it is unreadable."""
         path = path or self.latest_checkpoint()
-        if path is None:
-            return {}
-        try:
-            state = json.loads((path / CKPT_STATE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
+        return read_json_object(path / CKPT_STATE) if path is not None else {}
 
     def exports(self) -> list[tuple[str, int]]:
         """Finished exports as (folder name, bytes), by name (temp folders of an export under way are not listed)."""

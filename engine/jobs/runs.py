@@ -50,15 +50,12 @@ def _check_data(ws: Workspace, profile: Profile, domains: list[str]) -> tuple[Pa
 
     vocab = 0
     for domain in domains:
-        prefix = shard_dir / domain
         for ext in (".bin", ".idx"):
             path = shard_dir / f"{domain}{ext}"
             if not path.exists():
-                raise DataError(
-                    f"{path}: no shard for domain {domain!r} (run `fcwork data pretokenize {profile.name}` first)"
-                )
-        shard = open_shard(prefix, expected_hash=tok_hash)
-        vocab = shard.vocab_size
+                raise DataError(f"{path}: no shard for domain {domain!r} "
+                                f"(run `fcwork data pretokenize {profile.name}` first)")
+        vocab = open_shard(shard_dir / domain, expected_hash=tok_hash).vocab_size
     return tok_path, tok_hash, shard_dir, vocab
 
 
@@ -103,9 +100,7 @@ def find_init_checkpoint(ws: Workspace, profile: Profile, stage_name: str, init_
             meta = run.meta()
         except RunError:
             continue
-        if meta.profile != profile.name or meta.stage != init_from:
-            continue
-        if run.state() != RunState.FINISHED:
+        if meta.profile != profile.name or meta.stage != init_from or run.state() != RunState.FINISHED:
             continue
         ckpt = run.latest_checkpoint()
         if ckpt is not None:

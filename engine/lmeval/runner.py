@@ -8,13 +8,13 @@ Face hub, cached); our local tasks (LOCAL_TASKS) read jsonl beside their YAML an
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from engine.atomic import read_json_object
 from engine.eval.harness import append_eval
 from engine.eval.run_model import RunCheckpoint, find_checkpoint
 from engine.export import export_run
@@ -30,19 +30,11 @@ def hf_export(ckpt: RunCheckpoint) -> tuple[Path, dict[str, Any]]:
     """The run's f32 HF export of this checkpoint: an earlier one made from the same weights, else a new one.
     Returns the folder and its fcwork-export.json."""
     folder = RunDir(ckpt.spec.run_dir).exports_dir / f"hf-f32-step{ckpt.step}"
-    manifest = _manifest(folder)
+    manifest = read_json_object(folder / MANIFEST)
     if manifest.get("checkpoint_sha256") != ckpt.sha256 or not (folder / "model.safetensors").exists():
         folder = export_run(ckpt.spec.run_dir, "hf", "f32", ckpt.step).path
-        manifest = _manifest(folder)
+        manifest = read_json_object(folder / MANIFEST)
     return folder, manifest
-
-
-def _manifest(folder: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -58,18 +58,16 @@ def _limits(args: argparse.Namespace):
     from engine.eval.probes import PROBES
 
     limits = EvalLimits()
-    for arg in ("docs", "tokens", "items", "samples", "sample_tokens", "seed"):
+    fields = {"docs": ("bpb_docs",), "tokens": ("bpb_tokens",), "items": PROBES, "samples": ("samples",),
+              "sample_tokens": ("sample_tokens",), "seed": ("seed",)}  # option -> the limits it sets
+    for arg, names in fields.items():
         value = getattr(args, arg)
-        if value is not None and value < 0:
+        if value is None:
+            continue
+        if value < 0:
             raise FcError(f"--{arg.replace('_', '-')}: expected a non-negative integer, got {value}")
-    for arg, name in (("docs", "bpb_docs"), ("tokens", "bpb_tokens"), ("samples", "samples"),
-                      ("sample_tokens", "sample_tokens"), ("seed", "seed")):
-        value = getattr(args, arg)
-        if value is not None:
+        for name in names:
             setattr(limits, name, value)
-    if args.items is not None:
-        for name in PROBES:
-            setattr(limits, name, args.items)
     if args.probes is not None:
         names = () if args.probes.strip() in ("", "none") else tuple(p.strip() for p in args.probes.split(","))
         unknown = [n for n in names if n not in PROBES]
@@ -126,13 +124,10 @@ def _suites_of(ws: Workspace, run_dir, suite: str) -> tuple[dict, list]:
 
 def cmd_suite(ws: Workspace, args: argparse.Namespace) -> int:
     """`fcwork eval RUN --suite NAME`: lm-eval on the run's HF export, shown, then saved to evals.jsonl."""
-    if args.limit is not None and args.limit < 1:
-        raise FcError(f"--limit: expected a positive integer, got {args.limit}")
-    for arg in ("fewshot", "batch"):
+    for arg, least in (("limit", 1), ("fewshot", 0), ("batch", 1)):
         value = getattr(args, arg)
-        if value is not None and value < (0 if arg == "fewshot" else 1):
-            raise FcError(f"--{arg}: expected a {'non-negative' if arg == 'fewshot' else 'positive'} integer, "
-                          f"got {value}")
+        if value is not None and value < least:
+            raise FcError(f"--{arg}: expected a {'positive' if least else 'non-negative'} integer, got {value}")
     run_dir = RunDir.resolve(ws, args.runs[0]).path
     extra, paths = _suites_of(ws, run_dir, args.suite)
     from engine.lmeval import suite_tasks

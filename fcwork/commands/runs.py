@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from rich.console import Console
 from rich.table import Column, Table
 
@@ -23,8 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = ps.add_parser("show", help="one run: stage, state, checkpoints, held-out loss by domain")
     s.add_argument("run", help="run id (a folder under runs/) or path")
     s.set_defaults(func=cmd_show)
-
-
 
 
 def cmd_list(args: argparse.Namespace) -> int:

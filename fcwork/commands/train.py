@@ -142,12 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     queue = StageQueue(ws)
     key = profile_key(ws, args.profile)
     active = {(e.profile, e.stage): e for e in queue.read() if e.state in EntryState.ACTIVE}
-    ids, new = [], []
-    for st in prof.stages:
-        if (key, st.name) in active:
-            ids.append(active[(key, st.name)].id)
-        else:
-            new.append(st.name)
+    ids = [active[(key, st.name)].id for st in prof.stages if (key, st.name) in active]  # already queued
+    new = [st.name for st in prof.stages if (key, st.name) not in active]
     added = queue.add_many(args.profile, new) if new else []
     from fcwork.commands.queue import print_passes
 

@@ -64,6 +64,11 @@ class Pane(Vertical):
     def redraw(self) -> None:
         """Bring what is drawn up to date with the store (called on the pane's timer and on demand)."""
 
+    def redraw_shown(self) -> None:
+        """The pane's timer: only the tab shown redraws."""
+        if self.active:
+            self.redraw()
+
     def focus_main(self) -> None:
         """Put the focus on the pane's main widget (so its bindings show in the footer)."""
 

@@ -108,7 +108,7 @@ class EvalPane(Pane):
     def on_mount(self) -> None:
         self.query_one("#eval-job").display = False
         self.query_one("#eval-progress").display = False
-        self.set_interval(REDRAW_S, self._tick)
+        self.set_interval(REDRAW_S, self.redraw_shown)
 
     def focus_main(self) -> None:
         self.query_one("#evals", DataTable).focus()
@@ -351,10 +351,6 @@ class EvalPane(Pane):
             for item in items:
                 text.append(f"[{domain}] {item.get('prompt', '')} >>> {item.get('completion', '')}")
         samples.update("\n".join(text))
-
-    def _tick(self) -> None:
-        if self.active:
-            self.redraw()
 
     def redraw(self) -> None:
         if not self.chosen:

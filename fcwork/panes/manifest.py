@@ -74,17 +74,14 @@ def describe_sources(ws: Any, profile: Any) -> list[SourceRow]:
     rows = []
     for src in profile.sources:
         info = describe_source(src, base)
+        dom = domains.get(src.domain) or {}
+        docs_by_source = dom.get("sources") or {}
+        est, docs = dom.get("est_tokens"), dom.get("docs")
         tokens = "-"
         if src.is_image:  # image-text sources: the images kept at the last build, not tokens
             kept = ((images.get(src.domain) or {}).get("sources") or {}).get(src.name)
             tokens = f"{fmt_count(kept)} img" if isinstance(kept, int) else "-"
-            rows.append(SourceRow(info.name, info.domain, info.format, info.status,
-                                  fmt_bytes(info.bytes) if info.files else "-", tokens))
-            continue
-        dom = domains.get(src.domain) or {}
-        docs_by_source = dom.get("sources") or {}
-        est, docs = dom.get("est_tokens"), dom.get("docs")
-        if isinstance(est, (int, float)) and isinstance(docs, int) and docs > 0 and src.name in docs_by_source:
+        elif isinstance(est, (int, float)) and isinstance(docs, int) and docs > 0 and src.name in docs_by_source:
             # The domain's built tokens shared out by the documents this source gave.
             tokens = fmt_count(est * docs_by_source[src.name] / max(docs, sum(docs_by_source.values())))
         elif info.files:
@@ -248,7 +245,7 @@ class ManifestPane(Pane):
         self.query_one("#data-progress").display = False
         self.query_one("#images").display = False
         self.set_interval(SOURCES_S, self._tick)
-        self.set_interval(REDRAW_S, lambda: self.active and self.redraw())
+        self.set_interval(REDRAW_S, self.redraw_shown)
 
     def _tick(self) -> None:
         """Sources change on disk (files added, the corpus built): look again while shown."""

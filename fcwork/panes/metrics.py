@@ -83,7 +83,7 @@ class MetricsPane(Pane):
                 yield Stat(labels, id=f"stat-{key}")
 
     def on_mount(self) -> None:
-        self.set_interval(REDRAW_S, self._tick)
+        self.set_interval(REDRAW_S, self.redraw_shown)
 
     def focus_main(self) -> None:
         self.focus()
@@ -156,10 +156,6 @@ class MetricsPane(Pane):
         self.redraw()
 
     # -- drawing -----------------------------------------------------------------------------------
-
-    def _tick(self) -> None:
-        if self.active:
-            self.redraw()
 
     def redraw(self) -> None:
         if self.run_id is None:

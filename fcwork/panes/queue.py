@@ -10,6 +10,7 @@ title says whether a supervisor runs now (looked at every second, never remember
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,9 +212,7 @@ class QueuePane(Pane):
         self.describe(self.entries, self.device)
 
     def _title(self) -> None:
-        counts: dict[str, int] = {}
-        for e in self.entries:
-            counts[e.state] = counts.get(e.state, 0) + 1
+        counts = Counter(e.state for e in self.entries)
         parts = ", ".join(f"{n} {s}" for s, n in counts.items()) or "empty"
         if self.supervisor is None:
             sup = "no supervisor"

@@ -91,7 +91,7 @@ class TokenizerPane(Pane):
 
     def on_mount(self) -> None:
         self.query_one("#tok-progress").display = False
-        self.set_interval(REPORT_S, lambda: self.active and self.redraw())
+        self.set_interval(REPORT_S, self.redraw_shown)
 
     def focus_main(self) -> None:
         self.query_one("#tok-domains", DataTable).focus()  # t or tab goes to the text box
@@ -125,16 +125,10 @@ class TokenizerPane(Pane):
         from pathlib import Path
 
         from engine.data.tokenizer import read_report
+        from fcwork.watch import file_stamp
 
         p = Path(path)
-        stamps = []
-        for f in (p, p.with_suffix(".json")):
-            try:
-                st = f.stat()
-                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
-            except OSError:
-                stamps.append(None)
-        stamp = (path, tuple(stamps))
+        stamp = (path, file_stamp(p), file_stamp(p.with_suffix(".json")))
         if stamp == self._report_stamp:
             return  # unchanged since the last read
         report = read_report(p.with_suffix(".json")) if p.exists() else None

@@ -98,13 +98,9 @@ class GenerateScreen(ModalScreen[None]):
                 first = False
         err = proc.stderr.read().decode("utf-8", errors="replace")
         code = proc.wait()
-        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-        if code == 0:
-            self.app.call_from_thread(self._status, lines[-1] if lines else "done")
-        elif code < 0:
-            self.app.call_from_thread(self._status, "stopped")
-        else:
-            self.app.call_from_thread(self._status, lines[-1] if lines else f"fcwork generate exited with {code}")
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]  # the last says how it went
+        last = lines[-1] if lines else "done" if code == 0 else f"fcwork generate exited with {code}"
+        self.app.call_from_thread(self._status, "stopped" if code < 0 else last)
 
     def _append(self, text: str, first: bool) -> None:
         if not self.is_attached:

@@ -94,6 +94,4 @@ def _budgeted(docs: Iterator[str], max_chars: int) -> Iterator[str]:
             if total >= max_chars:
                 return
     finally:
-        close = getattr(docs, "close", None)
-        if close is not None:
-            close()
+        docs.close()

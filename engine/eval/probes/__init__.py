@@ -24,13 +24,10 @@ class Completion:
 class LanguageModel(Protocol):
     """What a probe needs from a model: greedy completions and continuation log-likelihoods."""
 
-    def complete(self, prompt: str, max_new_tokens: int, stop: Callable[[str], bool] | None = None) -> Completion:
-        """Greedy continuation of `prompt` (ends at EOS, at `stop(text so far)`, or after max_new_tokens)."""
-        ...
-
     def complete_many(self, prompts: Sequence[str], max_new_tokens: int,
                       stops: Sequence[Callable[[str], bool] | None]) -> list[Completion]:
-        """`complete` for each prompt (with its own stop test), run together where the model can."""
+        """Greedy continuation of each prompt, run together where the model can: each ends at EOS, at
+        its `stop(text so far)`, or after max_new_tokens."""
         ...
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
