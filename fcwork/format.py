@@ -25,6 +25,8 @@ PROBE_ROWS = (
     ("chat", "chess", "chat: legal move named"),
     ("chat", "code", "chat: snippet's output"),
     ("chat", "table", "chat: table value"),
+    ("fen", "square_accuracy", "image: FEN squares right"),
+    ("chart", "exact", "image: chart value read"),
 )
 # (probe, metric) -> label, in display order.
 PROBE_LABELS = {(p, m): label for p, m, label in PROBE_ROWS}

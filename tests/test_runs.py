@@ -74,7 +74,17 @@ def test_tail_events_finds_the_last_of_each_type_across_blocks(tmp_path):
     assert last["status"]["state"] == "running"
     assert last["step"]["step"] == 399
     assert "eval" not in last
+    assert list(last) == ["status", "step"]  # in the order written
     assert tail_events(tmp_path / "none.jsonl", {"status"}) == {}
+
+
+def test_summary_reads_a_status_and_a_step_of_the_same_millisecond_in_file_order(tmp_path):
+    (tmp_path / "stage.toml").write_text('[run]\nid = "r"\n[stage]\nmax_steps = 10\n')
+    with open(tmp_path / "events.jsonl", "w") as fh:
+        fh.write('{"type": "status", "time": 5.0, "state": "running", "step": 0}\n'
+                 '{"type": "step", "time": 5.0, "step": 4, "loss": 3.0}\n')
+    s = RunDir(tmp_path).summary()
+    assert (s.status, s.step) == ("running", 4)
 
 
 def test_event_fields_must_be_json(tmp_path):

@@ -9,7 +9,6 @@ import torch
 
 from engine.errors import ModelError
 from engine.model.config import PRESETS, ModelConfig
-from engine.model.decoder import IGNORE
 from engine.model.hf_names import (
     llava_config_dict,
     llava_to_state_dict,

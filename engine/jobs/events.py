@@ -111,10 +111,8 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
 
 
 def tail_events(path: str | os.PathLike, want: set[str], block: int = 1 << 16) -> dict[str, dict[str, Any]]:
-    """The last event of each type in `want`, reading the file backwards in blocks.
-
-    Cheap on a long run's events.jsonl: it stops as soon as every wanted type is found.
-    """
+    """The last event of each type in `want`, in the order the file has them, reading it backwards
+    in blocks: cheap on a long run's events.jsonl, it stops as soon as every wanted type is found."""
     path = Path(path)
     found: dict[str, dict[str, Any]] = {}
     try:
@@ -135,7 +133,7 @@ def tail_events(path: str | os.PathLike, want: set[str], block: int = 1 << 16) -
                 event = _parse_line(line)
                 if event is not None and event["type"] in want and event["type"] not in found:
                     found[event["type"]] = event
-    return found
+    return dict(reversed(found.items()))
 
 
 def parse_lines(data: bytes) -> tuple[list[dict], int]:

@@ -10,6 +10,7 @@ The file formats themselves are owned by events.py, control.py and runs.py (stag
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -162,7 +163,7 @@ class RunDir:
             return 0
 
     def last_events(self, want: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The last event of each wanted type (read backwards: cheap on a long run)."""
+        """The last event of each wanted type, in the order written (read backwards: cheap on a long run)."""
         return events.tail_events(self.events_file, set(want))
 
     def current_mix(self) -> dict[str, float]:
@@ -200,8 +201,7 @@ class RunDir:
         events say it trains while no trainer holds its lock ended without a word: it reads as
         crashed (or stopped, when it was stopping), never as running."""
         h = self.new_history()
-        last = self.last_events((Event.STATUS, Event.STEP))
-        for ev in sorted(last.values(), key=lambda e: e.get("time") or 0):
+        for ev in self.last_events((Event.STATUS, Event.STEP)).values():  # in the order written
             h.ingest(ev)
         if h.state in RunState.LIVE and self.trainer_gone():
             h.trainer_gone()

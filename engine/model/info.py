@@ -9,7 +9,6 @@ from __future__ import annotations
 import platform
 import shutil
 import sys
-from dataclasses import dataclass
 
 from engine.errors import ModelError
 from engine.model.config import PRESETS, ModelConfig
