@@ -6,8 +6,11 @@ Both in one run: the same model (VisionLanguageModel, bf16 autocast, AdamW over 
 text micro-batch (no image) and an image micro-batch (196 `<image>` positions + text) alternated
 after warm-up, so the ratio is measured under the same conditions.
 
-Eager, then with the blocks of the decoder and the tower compiled as the trainer compiles them
-(engine.train.distributed.compile_blocks).
+Modes, in one process on one model: `eager-recompute` and `compiled-layers-recompute` are the tower
+as it was (each layer checkpointed, each compiled on its own), `eager` and `compiled` as the
+trainer runs it now (no recompute in the tower; the decoder's blocks and the tower's encoder
+compiled, engine.train.distributed.compile_blocks), `cudagraphs` the same with the tower's encoder
+captured as CUDA graphs (torch.compile mode "reduce-overhead").
 
     python bench/vision_stage.py [--steps 10]      # needs a CUDA device
 """
@@ -27,12 +30,20 @@ from engine.model.config import PRESETS  # noqa: E402
 from engine.model.info import memory_estimate, param_breakdown  # noqa: E402
 from engine.model.multimodal import VisionLanguageModel  # noqa: E402
 from engine.train.distributed import compile_blocks  # noqa: E402
+from torch.utils.checkpoint import checkpoint  # noqa: E402
 
 GIB = 1024**3
 VOCAB, SEQ, IMAGE_ID = 50000, 2048, 5
 
 
+def _recompute_layers(encoder, x):
+    for layer in encoder.layers:
+        x = checkpoint(layer, x, use_reentrant=False)
+    return x
+
+
 def step(model, opt, x, pixels) -> None:
+    torch.compiler.cudagraph_mark_step_begin()  # each step a new iteration of the captured tower
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = model.loss(x[:, :-1], x[:, 1:], images=pixels)
     loss.backward()
@@ -77,13 +88,22 @@ def main() -> int:
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; fc450 joint, 1 image x {SEQ}, "
           f"activation checkpointing, bf16 autocast, AdamW; the tower's share of the FLOPs {share:.1%} "
           f"(FLOPs ratio image-text / text {1 / (1 - share):.3f})")
-    for mode in ("eager-conv", "eager", "compiled"):
-        emb = model.vision.embeddings
-        # "-conv": the patch embedding through nn.Conv2d itself, as it was before patchify
-        emb.forward = (lambda px, e=emb: e.patch_embedding(px).flatten(2).transpose(1, 2) + e.position_embedding.weight) \
-            if mode.endswith("-conv") else type(emb).forward.__get__(emb)
-        if mode == "compiled":
+    enc = model.vision.encoder
+    for mode in ("eager-recompute", "eager", "compiled-layers-recompute", "compiled", "cudagraphs"):
+        # "-recompute": each tower layer checkpointed, as the tower was
+        enc.forward = (lambda x, e=enc: _recompute_layers(e, x)) if mode.endswith("-recompute") \
+            else type(enc).forward.__get__(enc)
+        for m in [*model.layers, enc, *enc.layers]:
+            m._compiled_call_impl = None
+        if mode == "compiled-layers-recompute":
+            for m in [*model.layers, *enc.layers]:
+                m.compile()
+        elif mode == "compiled":
             compile_blocks(model)
+        elif mode == "cudagraphs":
+            for m in model.layers:
+                m.compile()
+            enc.compile(mode="reduce-overhead")
         for x, px in ((image, pixels), (text, None), (image, pixels)):  # warm-up (and compile) both shapes
             step(model, opt, x, px)
         torch.cuda.synchronize()

@@ -32,11 +32,13 @@ def vision_params(cfg: ModelConfig) -> dict[str, int]:
     return {"vision_tower": tower, "projector": projector, "total": tower + projector}
 
 
-def vision_activation_bytes(cfg: ModelConfig, images: int, precision: str, checkpointing: bool = False) -> int:
+def vision_activation_bytes(cfg: ModelConfig, images: int, precision: str) -> int:
     """Bytes the tower and projector keep for the backward pass for `images` images (approximate):
     per patch and layer both norms' inputs, the q/k/v input, q, k, v, the attention output, the MLP's
     two inputs and its GELU's input; the [heads, P, P] attention probabilities are not kept (fused).
-    With activation checkpointing only each layer's input is kept, plus one layer while recomputed."""
+    The tower never recomputes (activation checkpointing is the decoder's): at one image a
+    micro-batch its activations are small (fc450: about 0.1 GB), and recomputing them would add a
+    third to its kernel launches, which are what it costs at that size."""
     if not cfg.has_vision or images <= 0:
         return 0
     a = 2 if precision == "bf16" else 4
@@ -44,8 +46,7 @@ def vision_activation_bytes(cfg: ModelConfig, images: int, precision: str, check
     patches = (cfg.image_size // cfg.patch_size) ** 2
     per_layer = 2 * 4 * w + a * (w + 3 * w + w + w) + a * 2 * m
     projector = cfg.image_tokens * (a * w * cfg.pixel_shuffle ** 2 + a * 2 * cfg.dim)
-    layers = cfg.vision_layers * 4 * w + per_layer if checkpointing else cfg.vision_layers * per_layer
-    return images * (patches * (layers + 4 * w) + projector)
+    return images * (patches * (cfg.vision_layers * per_layer + 4 * w) + projector)
 
 
 def _need_vocab(cfg: ModelConfig) -> None:
@@ -165,7 +166,7 @@ def memory_estimate(
         blocks = tokens * cfg.n_layers * per_layer
     final_norm = tokens * cfg.dim * (4 + a)
     # One image per micro-batch (the Mac's terms): its tower and projector activations.
-    vision_acts = vision_activation_bytes(cfg, 1, precision, activation_checkpointing) if include_vision else 0
+    vision_acts = vision_activation_bytes(cfg, 1, precision) if include_vision else 0
     activations = blocks + final_norm + vision_acts
     # The logits in the compute dtype (kept for the loss's backward), plus two float32 tensors of
     # their size at the peak: the upcast and log-softmax in the forward, the softmax-gradient and

@@ -64,10 +64,6 @@ class VisionLanguageModel(Transformer):
             self.vision.reset_parameters()
             self.projector.reset_parameters()
 
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        super().set_activation_checkpointing(enabled)
-        self.vision.activation_checkpointing = bool(enabled)
-
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """[N, image_tokens, dim]: what N images [N, 3, H, W] put in the text."""
         return self.projector(pixel_shuffle(self.vision.features(pixels), self.cfg.pixel_shuffle))
@@ -80,10 +76,13 @@ class VisionLanguageModel(Transformer):
         if images is not None and images.shape[0]:
             mask = tokens == self.image_token_id
             feats = self.image_embeddings(images)
-            have, need = int(mask.sum()), feats.shape[0] * feats.shape[1]
-            if have != need:
-                raise ModelError(f"tokens: {have} <image> positions for {feats.shape[0]} image(s) of "
-                                 f"{feats.shape[1]} embeddings each (expected {need})")
+            # Counting waits on the device: training rows come from the image sampler, which places
+            # image_tokens positions per image, so only prompts (generation, eval) are counted.
+            if not self.training:
+                have, need = int(mask.sum()), feats.shape[0] * feats.shape[1]
+                if have != need:
+                    raise ModelError(f"tokens: {have} <image> positions for {feats.shape[0]} image(s) of "
+                                     f"{feats.shape[1]} embeddings each (expected {need})")
             h = h.masked_scatter(mask[..., None], feats.to(h.dtype))
         return self.decode(h, cache, start_pos, last_only)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from engine.errors import ModelError
 from engine.model.config import ModelConfig
@@ -98,9 +97,16 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
+    """The layers, run in one call: the unit the trainer compiles (one graph for the whole stack)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.vision_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
 
 
 class VisionTower(nn.Module):
@@ -115,7 +121,6 @@ class VisionTower(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.encoder = Encoder(cfg)
         self.post_layernorm = nn.LayerNorm(cfg.vision_width, eps=cfg.vision_norm_eps)
-        self.activation_checkpointing = False
         self.reset_parameters()
 
     @torch.no_grad()
@@ -133,11 +138,7 @@ class VisionTower(nn.Module):
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """[N, patches, vision_width] for pixel values [N, 3, image_size, image_size] (see to_pixels)."""
-        x = self.embeddings(pixels)
-        recompute = self.activation_checkpointing and torch.is_grad_enabled()
-        for layer in self.encoder.layers:
-            x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
-        return x
+        return self.encoder(self.embeddings(pixels))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.post_layernorm(self.features(pixels))
