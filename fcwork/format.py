@@ -26,7 +26,9 @@ PROBE_ROWS = (
     ("chat", "code", "chat: snippet's output"),
     ("chat", "table", "chat: table value"),
     ("fen", "square_accuracy", "image: FEN squares right"),
+    ("fen", "blind", "image: FEN squares, blank image"),
     ("chart", "exact", "image: chart value read"),
+    ("chart", "blind", "image: chart value, blank image"),
 )
 # (probe, metric) -> label, in display order.
 PROBE_LABELS = {(p, m): label for p, m, label in PROBE_ROWS}

@@ -113,6 +113,7 @@ def test_align_trains_tower_and_projector_only_and_reports_caption_loss(vision_w
     assert evals and evals[-1]["domain_loss"]["caption"] > 0 and evals[-1]["domain_bpb"]["caption"] > 0
     probes = evals[-1]["probes"]  # read off held-out boards and charts, checked against their ground truth
     assert 0 <= probes["fen"]["square_accuracy"] <= 1 and 0 <= probes["chart"]["exact"] <= 1
+    assert 0 <= probes["fen"]["blind"] <= 1 and 0 <= probes["chart"]["blind"] <= 1  # the same on a blank image
     _generate_with_an_image(vision_workspace, run)
     # `fcwork eval` scores the same: caption bits per byte beside the text domains, and the image probes.
     from engine.eval.harness import EvalLimits, eval_run

@@ -6,6 +6,9 @@ and bits per byte (`caption_eval`), and image probes with checked answers (`imag
 - `chart`: the model sees a held-out chart and its caption up to one label (`A bar chart of goals:
   Ajax 9, Benfica`); the first number it writes must equal that label's value (exact match).
 
+Each probe is scored twice: on the image, and on a blank image of the same size (`blind`): what the
+decoder's prior alone writes. A tower that reads its input scores above its own `blind`.
+
 The ground truth is the pairs' `meta` (`<domain>.captions.jsonl`, line k = pair k). Greedy decoding.
 """
 
@@ -74,16 +77,17 @@ def read_meta(folder: Path, domain: str) -> list[dict[str, Any]]:
 
 
 def image_probes(model, tok, pairs: dict, folder: Path, limit: int = 8) -> dict[str, dict[str, float]]:
-    """{"fen": {"square_accuracy", "n"}, "chart": {"exact", "n"}} over at most `limit` held-out boards
-    and charts of the run's image-text domains (a probe without items is left out)."""
+    """{"fen": {"square_accuracy", "blind", "n"}, "chart": {"exact", "blind", "n"}} over at most `limit`
+    held-out boards and charts of the run's image-text domains (a probe without items is left out);
+    `blind` is the same score with a blank image in place of each one."""
     import torch
 
     from engine.model.generate import SamplingConfig, generate
     from engine.model.vision import to_pixels
 
     image_id, n_image = model.image_token_id, model.cfg.image_tokens
-    fen_scores: list[float] = []
-    chart_hits: list[bool] = []
+    fen_scores: list[tuple[float, float]] = []
+    chart_hits: list[tuple[bool, bool]] = []
     for domain, side in pairs.items():
         for p, rec in enumerate(read_meta(folder, domain)[: side.n_pairs]):
             meta, text = rec.get("meta") or {}, rec.get("text", "")
@@ -102,19 +106,24 @@ def image_probes(model, tok, pairs: dict, folder: Path, limit: int = 8) -> dict[
             max_new = min(max_new, model.cfg.max_seq_len - len(ids))  # a short context: the board's first ranks
             if max_new < 1:
                 continue
-            pixels = to_pixels(torch.from_numpy(side.image(p).copy())[None])
-            out = tok.decode(generate(model, ids, SamplingConfig(max_new), images=pixels).tokens)
+            image = torch.from_numpy(side.image(p).copy())[None]
+            outs = [tok.decode(generate(model, ids, SamplingConfig(max_new), images=to_pixels(im)).tokens)
+                    for im in (image, torch.full_like(image, 128))]
             if kind == "fen":
-                fen_scores.append(square_accuracy(out, meta["fen"]))
+                fen_scores.append(tuple(square_accuracy(out, meta["fen"]) for out in outs))
             else:
-                m = _NUMBER.search(out)
-                chart_hits.append(bool(m) and int(m.group()) == value)
+                chart_hits.append(tuple(_first_number(out) == value for out in outs))
     result: dict[str, dict[str, float]] = {}
-    if fen_scores:
-        result["fen"] = {"square_accuracy": sum(fen_scores) / len(fen_scores), "n": len(fen_scores)}
-    if chart_hits:
-        result["chart"] = {"exact": sum(chart_hits) / len(chart_hits), "n": len(chart_hits)}
+    for name, metric, scores in (("fen", "square_accuracy", fen_scores), ("chart", "exact", chart_hits)):
+        if scores:
+            result[name] = {metric: sum(s[0] for s in scores) / len(scores),
+                            "blind": sum(s[1] for s in scores) / len(scores), "n": len(scores)}
     return result
+
+
+def _first_number(text: str) -> int | None:
+    m = _NUMBER.search(text)
+    return int(m.group()) if m else None
 
 
 def open_image_pairs(spec, heldout: bool) -> dict:
