@@ -33,16 +33,16 @@ from engine.profile import SPECIAL_SYMBOLS, SourceConfig
 from engine.data.sources import SourceStats, iter_source
 
 REPO = Path(__file__).resolve().parent.parent
-NAMES = ["python-stdlib", "science-docs", "chess-games", "data-notebooks", "chat", "chat-tasks"]
-BUDGET = {"python-stdlib": 150_000, "science-docs": 40_000, "chess-games": 15_000, "data-notebooks": 20_000,
-          "chat": 15_000, "chat-tasks": 10_000}
+NAMES = ["python-stdlib", "science-docs", "chess-games", "chess-positions", "data-notebooks", "chat", "chat-tasks"]
+BUDGET = {"python-stdlib": 150_000, "science-docs": 40_000, "chess-games": 15_000, "chess-positions": 10_000,
+          "data-notebooks": 20_000, "chat": 15_000, "chat-tasks": 10_000}
 
 
 def take(name: str, seed: int, budget: int | None = None) -> list[str]:
     return list(iter_builtin(name, seed, budget or BUDGET[name]))
 
 
-def test_registry_names_the_six_sources_of_the_default_profile():
+def test_registry_names_the_seven_sources_of_the_default_profile():
     assert sorted(BUILTIN_SOURCES) == sorted(NAMES)
     default = (REPO / "profiles" / "default.toml").read_text()
     for name in NAMES:
@@ -227,6 +227,24 @@ def test_chess_games_parse_back_with_legal_moves_and_consistent_results():
             assert sans[len(opening_board.move_stack)] == opening_board.san(opening_board.parse_san(san))
             opening_board.push_san(san)
     assert "mate" in endings
+
+
+def test_chess_positions_are_the_boards_their_moves_lead_to():
+    docs = take("chess-positions", 3)
+    assert len(docs) >= 10
+    for doc in docs:
+        head, *blocks = doc.split("\n\n")
+        name = head.removeprefix("Positions from ").rsplit(" (", 1)[0]
+        assert any(o.name == name for o in OPENINGS), head
+        board = chess.Board()
+        for block in blocks:
+            moves, fen, about = block.strip().split("\n")
+            for tok in moves.split():
+                if not re.fullmatch(r"\d+\.(\.\.)?", tok):
+                    assert tok == board.san(board.parse_san(tok))  # legal, written as python-chess writes it
+                    board.push_san(tok)
+            assert fen == f"FEN: {board.board_fen()}"
+            assert about.startswith(("White to move", "Black to move")[not board.turn])
 
 
 def test_engine_finds_mate_in_one_and_avoids_stalemating():

@@ -36,6 +36,8 @@ BUILTIN_SOURCES: dict[str, BuiltinSource] = {
                       "plus worked problems with computed numbers", "science_docs"),
         BuiltinSource("chess-games", "chess", "PGN games played from real openings by a small built-in engine",
                       "chess_games"),
+        BuiltinSource("chess-positions", "chess", "positions along games from real openings and random moves, "
+                      "as FEN after the moves that led there", "chess_positions"),
         BuiltinSource("data-notebooks", "data", "notebook-style analyses of small tables with computed results",
                       "data_notebooks"),
         BuiltinSource("chat", "chat", "synthesised user/assistant exchanges about the other domains", "chat"),
