@@ -346,8 +346,61 @@ def test_hf_export_of_a_vision_run_is_llava_with_equal_logits(eval_workspace, tm
         ours = ours_model(torch.tensor([ids]), to_pixels(pixels))
     assert type(ours_model).__name__ == "VisionLanguageModel" and ours.abs().max() > 1.0
     assert (theirs - ours).abs().max().item() < 1e-4
-    gguf = export_run(run, "gguf", "f32")  # the decoder alone, the tower kept beside it
-    assert {"model.gguf", "vision.safetensors", "vision_config.json"} <= set(gguf.files)
+
+
+def _mmproj_features(reader, pixels: torch.Tensor, layers: int, heads: int, eps: float) -> torch.Tensor:
+    """What llama.cpp's LLaVA graph (clip.cpp, "mlp" projector) computes from an mmproj's tensors:
+    patch conv + positions, pre-norm blocks up to the feature layer, no post_ln, mm.0 -> GELU -> mm.2."""
+    import torch.nn.functional as F
+
+    t = {x.name: torch.from_numpy(x.data.copy()).float() for x in reader.tensors}
+
+    def norm(x, name):
+        return F.layer_norm(x, x.shape[-1:], t[name + ".weight"], t[name + ".bias"], eps)
+
+    def lin(x, name):
+        return x @ t[name + ".weight"].T + t[name + ".bias"]
+
+    x = F.conv2d(pixels, t["v.patch_embd.weight"], t["v.patch_embd.bias"], stride=t["v.patch_embd.weight"].shape[-1])
+    x = x.flatten(2).transpose(1, 2) + t["v.position_embd.weight"]
+    for i in range(layers):
+        b = f"v.blk.{i}"
+        h = norm(x, f"{b}.ln1")
+        q, k, v = (lin(h, f"{b}.attn_{n}").unflatten(-1, (heads, -1)).transpose(1, 2) for n in "qkv")
+        x = x + lin(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2), f"{b}.attn_out")
+        x = x + lin(F.gelu(lin(norm(x, f"{b}.ln2"), f"{b}.ffn_up"), approximate="tanh"), f"{b}.ffn_down")
+    return lin(F.gelu(lin(x, "mm.0"), approximate="tanh"), "mm.2")
+
+
+def test_gguf_export_of_a_vision_run_writes_a_llama_cpp_mmproj(eval_workspace, tmp_path):
+    from gguf import GGUFReader
+
+    from engine.model.vision import to_pixels
+
+    run, _ = vision_run(eval_workspace, tmp_path / "run")
+    res = export_run(run, "gguf", "f32")
+    assert {"model.gguf", "mmproj.gguf"} <= set(res.files) and "vision.safetensors" not in res.files
+    reader = GGUFReader(str(res.path / "mmproj.gguf"))
+
+    def field(key):
+        f = reader.fields[key]
+        values = [f.parts[i] for i in f.data]
+        return bytes(values[0]).decode() if f.types[0].name == "STRING" else [v.tolist()[0] for v in values]
+
+    cfg = load_run_model(run).cfg
+    assert field("general.architecture") == "clip" and field("clip.projector_type") == "mlp"
+    assert field("clip.vision.feature_layer") == [cfg.vision_layers]
+    assert field("clip.vision.projection_dim") == [cfg.dim] and field("clip.vision.image_size") == [cfg.image_size]
+    names = {x.name for x in reader.tensors}
+    assert "v.post_ln.weight" not in names and {"mm.0.weight", "mm.2.bias", "v.blk.1.ffn_up.weight"} <= names
+    g = torch.Generator().manual_seed(2)
+    pixels = to_pixels(torch.randint(0, 256, (1, 16, 16, 3), generator=g, dtype=torch.uint8))
+    ours = load_run_model(run)
+    with torch.no_grad():
+        want = ours.image_embeddings(pixels)
+        got = _mmproj_features(reader, pixels, cfg.vision_layers, cfg.vision_heads, cfg.vision_norm_eps)
+    assert want.abs().max() > 0.5
+    assert (got - want).abs().max().item() < 2e-3  # the projector's GELU: llama.cpp's tanh form, our exact one
 
 
 def test_vision_tensors_of_another_shape_are_refused(eval_workspace, tmp_path):

@@ -2,7 +2,9 @@
 
 `export_run(run_dir, fmt, dtype, step, out)` checks the run (tokenizer unchanged, a plain Llama
 decoder, optionally with our vision tower), then writes the folder atomically. A run with a tower
-exports to hf in the LLaVA layout; gguf and mlx take the decoder and keep the tower beside it. Importing this package does not import torch.
+exports to hf in the LLaVA layout; gguf writes the tower and projector beside the decoder as
+llama.cpp's mmproj.gguf; mlx keeps them beside the decoder in our names. Importing this package
+does not import torch.
 """
 
 from __future__ import annotations
@@ -95,7 +97,11 @@ def export_run(
                 from engine.export.mlx import export_mlx
 
                 export_mlx(ckpt, decoder, dtype, tmp)
-            if fmt != "hf":  # hf holds the tower itself (the LLaVA layout); the others the decoder alone
+            if fmt == "gguf" and vision:  # llama.cpp reads a tower from its own file beside the decoder
+                from engine.export.mmproj import export_mmproj
+
+                export_mmproj(ckpt, vision, dtype, tmp)
+            elif fmt == "mlx":  # hf holds the tower itself (the LLaVA layout); mlx the decoder alone
                 write_vision(tmp, vision, ckpt)
             write_manifest(tmp, ckpt, fmt, dtype, {"qk_permuted": permute_qk} if fmt == "gguf" else None)
             files = listing(tmp)

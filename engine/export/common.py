@@ -81,12 +81,9 @@ def write_manifest(out: Path, ckpt: RunCheckpoint, fmt: str, dtype: str, extra: 
 
 
 def write_vision(out: Path, vision: dict[str, Any], ckpt: RunCheckpoint) -> list[str]:
-    """In a gguf or mlx export the vision tower / projector go beside the decoder as their own
-    safetensors file and config (our names; the hf export's LLaVA layout is the one to load them).
-
-    No runtime loads it (llama.cpp's multimodal projector format is not taken on); it keeps
-    the weights with the export instead of dropping them silently.
-    """
+    """In an mlx export the vision tower / projector go beside the decoder as their own safetensors
+    file and config (our names; mlx-lm has no LLaVA loader): the weights stay with the export
+    instead of being dropped silently."""
     if not vision:
         return []
     from safetensors.torch import save_file
