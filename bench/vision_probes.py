@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from engine.data.imagesampler import image_row  # noqa: E402
-from engine.eval.probes.vision import image_probes, masked_targets, open_image_pairs, read_meta  # noqa: E402
+from engine.eval.probes.vision import caption_kind, image_probes, masked_targets, open_image_pairs, read_meta  # noqa: E402
 from engine.model.vision import to_pixels  # noqa: E402
 from engine.eval.run_model import find_checkpoint, image_token_id, load_model, load_tokenizer  # noqa: E402
 from engine.model.multimodal import VisionLanguageModel  # noqa: E402
@@ -76,8 +76,7 @@ def caption_losses(model, pairs: dict, spec, eos_id: int, device: str) -> dict[s
             meta = read_meta(spec.images, domain)
             for p in range(side.n_pairs):
                 rec = meta[p] if p < len(meta) else {}
-                kind = ("fen" if rec.get("text", "").startswith("FEN:") else
-                        "chart" if "labels" in (rec.get("meta") or {}) else "sentence")
+                kind = caption_kind(rec)
                 row, mask, _ = image_row(side, p, spec.stage.seq_len, model.image_token_id, model.cfg.image_tokens,
                                          eos_id)
                 x = torch.as_tensor(row[None]).to(device)

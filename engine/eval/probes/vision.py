@@ -76,6 +76,14 @@ def read_meta(folder: Path, domain: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def caption_kind(rec: dict[str, Any]) -> str:
+    """What a held-out pair's caption states: "fen" (a board's FEN), "chart" (a chart's values) or
+    "sentence" (a board described in words)."""
+    if rec.get("text", "").startswith("FEN:"):
+        return "fen"
+    return "chart" if "labels" in (rec.get("meta") or {}) else "sentence"
+
+
 def image_probes(model, tok, pairs: dict, folder: Path, limit: int = 8) -> dict[str, dict[str, float]]:
     """{"fen": {"square_accuracy", "blind", "n"}, "chart": {"exact", "blind", "n"}} over at most `limit`
     held-out boards and charts of the run's image-text domains (a probe without items is left out);
