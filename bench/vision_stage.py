@@ -3,16 +3,19 @@ tokens with activation checkpointing against `fcwork model info`'s estimate, and
 against text-only tokens/s at the same sequence length, beside the tower's share of the FLOPs.
 
 Both in one run: the same model (VisionLanguageModel, bf16 autocast, AdamW over every part), a
-text micro-batch (no image) and an image micro-batch (196 `<image>` positions + text) alternated
-after warm-up, so the ratio is measured under the same conditions.
+text micro-batch (no image) and an image micro-batch (196 `<image>` positions + text per row, one image
+a row) alternated after warm-up, so the ratio is measured under the same conditions.
 
-Modes, in one process on one model: `eager-recompute` and `compiled-layers-recompute` are the tower
-as it was (each layer checkpointed, each compiled on its own), `eager` and `compiled` as the
-trainer runs it now (no recompute in the tower; the decoder's blocks and the tower's encoder
-compiled, engine.train.distributed.compile_blocks), `cudagraphs` the same with the tower's encoder
-captured as CUDA graphs (torch.compile mode "reduce-overhead").
+Modes, in one process on one model, from the tower as it was to the trainer's path and beyond:
+`layers-recompute-scatter` each tower layer compiled on its own and checkpointed, images put in with
+masked_scatter (whose backward waits on the device); `eager` the model uncompiled as the trainer runs it
+without compile; `compiled-scatter` the trainer's compile (engine.train.distributed.compile_blocks) with
+masked_scatter; `compiled` the trainer's path (compile_blocks, the sync-free splice); `compiled-images`
+the decoder's blocks plus image_embeddings (patches, tower, projector) compiled as one function;
+`cudagraphs` the same captured as CUDA graphs (torch.compile mode "reduce-overhead").
 
-    python bench/vision_stage.py [--steps 10]      # needs a CUDA device
+    python bench/vision_stage.py [--steps 10] [--micro-batch 1] [--modes a,b] [--profile]   # CUDA
+    python bench/vision_stage.py --preset tiny --device cpu --steps 2                         # a dry run
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+import engine.model.multimodal as multimodal  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.model.info import memory_estimate, param_breakdown  # noqa: E402
 from engine.model.multimodal import VisionLanguageModel  # noqa: E402
@@ -34,6 +38,12 @@ from torch.utils.checkpoint import checkpoint  # noqa: E402
 
 GIB = 1024**3
 VOCAB, SEQ, IMAGE_ID = 50000, 2048, 5
+MODES = ("layers-recompute-scatter", "eager", "compiled-scatter", "compiled", "compiled-images", "cudagraphs")
+SPLICE = multimodal.splice_images
+
+
+def _scatter(h, mask, feats):
+    return h.masked_scatter(mask[..., None], feats.to(h.dtype))
 
 
 def _recompute_layers(encoder, x):
@@ -42,9 +52,30 @@ def _recompute_layers(encoder, x):
     return x
 
 
-def step(model, opt, x, pixels) -> None:
-    torch.compiler.cudagraph_mark_step_begin()  # each step a new iteration of the captured tower
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+def set_mode(model, mode: str) -> None:
+    """Undo the last mode's compile and patches, then apply `mode`'s."""
+    enc = model.vision.encoder
+    for m in [*model.layers, enc, *enc.layers]:
+        m._compiled_call_impl = None
+    model.__dict__.pop("image_embeddings", None)
+    multimodal.splice_images = _scatter if mode.endswith("-scatter") else SPLICE
+    enc.forward = (lambda x, e=enc: _recompute_layers(e, x)) if "recompute" in mode \
+        else type(enc).forward.__get__(enc)
+    if mode == "layers-recompute-scatter":
+        for m in [*model.layers, *enc.layers]:
+            m.compile()
+    elif mode in ("compiled", "compiled-scatter"):
+        compile_blocks(model)
+    elif mode in ("compiled-images", "cudagraphs"):
+        for m in model.layers:
+            m.compile()
+        whole = VisionLanguageModel.image_embeddings.__get__(model)
+        model.image_embeddings = torch.compile(whole, mode="reduce-overhead" if mode == "cudagraphs" else None)
+
+
+def step(model, opt, x, pixels, device: str) -> None:
+    torch.compiler.cudagraph_mark_step_begin()  # each step a new iteration of a captured tower
+    with torch.autocast(device, dtype=torch.bfloat16):
         loss = model.loss(x[:, :-1], x[:, 1:], images=pixels)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
@@ -52,78 +83,96 @@ def step(model, opt, x, pixels) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def timed(model, opt, x, pixels, steps: int) -> float:
-    torch.cuda.synchronize()
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(model, opt, x, pixels, steps: int, device: str) -> float:
+    """Seconds per step."""
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        step(model, opt, x, pixels)
-    torch.cuda.synchronize()
-    return steps * SEQ / (time.perf_counter() - start)
+        step(model, opt, x, pixels, device)
+    sync(device)
+    return (time.perf_counter() - start) / steps
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--profile", action="store_true", help="two compiled image steps under torch.profiler")
+    ap.add_argument("--micro-batch", type=int, default=1, help="rows a micro-batch, one image a row")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    ap.add_argument("--preset", default="fc450", choices=sorted(PRESETS))
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--profile", action="store_true", help="two image steps of the last mode under torch.profiler")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("vision_stage: needs a CUDA device", file=sys.stderr)
+    modes = args.modes.split(",")
+    if bad := [m for m in modes if m not in MODES]:
+        print(f"vision_stage: --modes: unknown {', '.join(bad)} (expected {', '.join(MODES)})", file=sys.stderr)
+        return 2
+    dev = args.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        print("vision_stage: needs a CUDA device (or --device cpu for a dry run)", file=sys.stderr)
         return 1
-    cfg = PRESETS["fc450"].with_vocab(VOCAB)
+    cfg = PRESETS[args.preset].with_vocab(VOCAB)
+    seq, rows = min(SEQ, cfg.max_seq_len), args.micro_batch
     torch.manual_seed(0)
-    model = VisionLanguageModel(cfg, IMAGE_ID).cuda()
+    model = VisionLanguageModel(cfg, IMAGE_ID).to(dev)
     model.set_activation_checkpointing(True)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    text = torch.randint(10, VOCAB, (1, SEQ + 1), device="cuda")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=dev == "cuda")
+    text = torch.randint(10, VOCAB, (rows, seq + 1), device=dev)
     image = text.clone()
-    image[0, 1:1 + cfg.image_tokens] = IMAGE_ID
-    pixels = torch.rand(1, 3, cfg.image_size, cfg.image_size, device="cuda") * 2 - 1
+    image[:, 1:1 + cfg.image_tokens] = IMAGE_ID
+    pixels = torch.rand(rows, 3, cfg.image_size, cfg.image_size, device=dev) * 2 - 1
     counts = param_breakdown(cfg)
     patches = (cfg.image_size // cfg.patch_size) ** 2
     # 6 N per token (forward + backward) for the matmuls, the tower's over its patches.
-    decoder_flops = 6 * (counts["decoder"] - counts["embedding"]) * SEQ
+    decoder_flops = 6 * (counts["decoder"] - counts["embedding"]) * seq
     tower_flops = 6 * counts["vision_tower"] * patches + 6 * counts["projector"] * cfg.image_tokens
     share = tower_flops / (decoder_flops + tower_flops)
-    est = memory_estimate(cfg, SEQ, 1, True, "bf16", "cuda", include_vision=True)
-    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; fc450 joint, 1 image x {SEQ}, "
+    est = memory_estimate(cfg, seq, rows, True, "bf16", dev, include_vision=True)
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    print(f"device: {name}; torch {torch.__version__}; {args.preset} joint, {rows} x {seq} ({rows} image(s)), "
           f"activation checkpointing, bf16 autocast, AdamW; the tower's share of the FLOPs {share:.1%} "
-          f"(FLOPs ratio image-text / text {1 / (1 - share):.3f})")
-    enc = model.vision.encoder
-    for mode in ("eager-recompute", "eager", "compiled-layers-recompute", "compiled", "cudagraphs"):
-        # "-recompute": each tower layer checkpointed, as the tower was
-        enc.forward = (lambda x, e=enc: _recompute_layers(e, x)) if mode.endswith("-recompute") \
-            else type(enc).forward.__get__(enc)
-        for m in [*model.layers, enc, *enc.layers]:
-            m._compiled_call_impl = None
-        if mode == "compiled-layers-recompute":
-            for m in [*model.layers, *enc.layers]:
-                m.compile()
-        elif mode == "compiled":
-            compile_blocks(model)
-        elif mode == "cudagraphs":
-            for m in model.layers:
-                m.compile()
-            enc.compile(mode="reduce-overhead")
+          f"(FLOPs ratio image-text / text {1 / (1 - share):.3f})", flush=True)
+    for mode in modes:
+        began = time.perf_counter()
+        set_mode(model, mode)
         for x, px in ((image, pixels), (text, None), (image, pixels)):  # warm-up (and compile) both shapes
-            step(model, opt, x, px)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        step(model, opt, image, pixels)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-        text_tps = timed(model, opt, text, None, args.steps)
-        image_tps = timed(model, opt, image, pixels, args.steps)
-        print(f"{mode}: peak memory {peak / GIB:.2f} GiB; estimate {est['total'] / GIB:.2f} GiB; measured/estimate "
-              f"{peak / est['total']:.2f}; tokens/s text-only {text_tps:,.0f}, image-text {image_tps:,.0f}: "
-              f"time ratio {text_tps / image_tps:.3f}", flush=True)
+            step(model, opt, x, px, dev)
+        sync(dev)
+        warm = time.perf_counter() - began
+        peak = 0.0
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            step(model, opt, image, pixels, dev)
+            sync(dev)
+            peak = torch.cuda.max_memory_allocated()
+        # Alternate the two so drift (clocks, other work) falls on both.
+        text_s = image_s = 0.0
+        for _ in range(2):
+            text_s += timed(model, opt, text, None, args.steps, dev) / 2
+            image_s += timed(model, opt, image, pixels, args.steps, dev) / 2
+        tokens = rows * seq
+        print(f"{mode}: peak {peak / GIB:.2f} GiB (estimate {est['total'] / GIB:.2f}, measured/estimate "
+              f"{peak / est['total']:.2f}); text-only {text_s * 1e3:.1f} ms/step = {tokens / text_s:,.0f} tok/s, "
+              f"image-text {image_s * 1e3:.1f} ms = {tokens / image_s:,.0f} tok/s (+{(image_s - text_s) * 1e3:.1f} ms): "
+              f"time ratio {image_s / text_s:.3f} vs FLOPs {1 / (1 - share):.3f}; warm-up {warm:.0f} s", flush=True)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(2):
-                step(model, opt, image, pixels)
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=60))
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
+        for label, x, px in (("text-only", text, None), ("image-text", image, pixels)):
+            with profile(activities=activities) as prof:
+                for _ in range(2):
+                    step(model, opt, x, px, dev)
+                sync(dev)
+            events = prof.key_averages()
+            busy = sum(e.self_device_time_total for e in events) / 2e3
+            print(f"profile, {label}, 2 steps of {modes[-1]}: device busy {busy:.1f} ms a step")
+            print(events.table(sort_by="self_cuda_time_total" if dev == "cuda" else "self_cpu_time_total",
+                               row_limit=12, max_name_column_width=60))
     return 0
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.errors import ModelError
 from engine.model.config import PRESETS, ModelConfig
@@ -16,7 +18,7 @@ from engine.model.hf_names import (
     state_dict_to_llava,
 )
 from engine.model.info import memory_estimate, param_breakdown
-from engine.model.multimodal import VisionLanguageModel, expand_image_tokens, pixel_shuffle
+from engine.model.multimodal import VisionLanguageModel, expand_image_tokens, pixel_shuffle, splice_images
 from engine.model.vision import VisionTower, to_pixels
 
 transformers = pytest.importorskip("transformers")
@@ -131,6 +133,29 @@ def test_tower_and_projector_learn_and_post_norm_is_left_out():
     parts = model.parts()
     assert all(p.grad is not None for p in parts["vision"] + parts["projector"] + parts["decoder"])
     assert model.vision.post_layernorm.weight.grad is None and not model.vision.post_layernorm.weight.requires_grad
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=1, max_size=12), min_size=1, max_size=3).filter(
+    lambda rows: len({len(r) for r in rows}) == 1), st.integers(1, 3), st.integers(0, 2**16))
+def test_splicing_images_in_equals_masked_scatter_and_its_gradients(rows, per_image, seed):
+    """The sync-free splice puts the same rows in the same places as masked_scatter, gradients included."""
+    mask = torch.tensor(rows)
+    count = int(mask.sum())
+    if count % per_image:  # the sampler places whole images: round the mask's count down to them
+        flat = mask.flatten()
+        flat[flat.nonzero()[-(count % per_image):]] = False
+        mask, count = flat.view(mask.shape), count - count % per_image
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(*mask.shape, 3, generator=gen, requires_grad=True)
+    feats = torch.randn(count // per_image, per_image, 3, generator=gen, requires_grad=True)
+    ours, theirs = splice_images(h, mask, feats), h.masked_scatter(mask[..., None], feats)
+    assert torch.equal(ours, theirs)
+    grad = torch.randn(ours.shape, generator=gen)
+    for x, a, b in zip((h, feats), torch.autograd.grad(ours, (h, feats), grad, allow_unused=True),
+                       torch.autograd.grad(theirs, (h, feats), grad, allow_unused=True)):
+        zero = torch.zeros_like(x)  # without images the features take no part, and have no gradient
+        assert torch.equal(zero if a is None else a, zero if b is None else b)
 
 
 def test_pixel_shuffle_and_placeholder_expansion():

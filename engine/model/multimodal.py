@@ -83,7 +83,7 @@ class VisionLanguageModel(Transformer):
                 if have != need:
                     raise ModelError(f"tokens: {have} <image> positions for {feats.shape[0]} image(s) of "
                                      f"{feats.shape[1]} embeddings each (expected {need})")
-            h = h.masked_scatter(mask[..., None], feats.to(h.dtype))
+            h = splice_images(h, mask, feats)
         return self.decode(h, cache, start_pos, last_only)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean",
@@ -106,6 +106,21 @@ class VisionLanguageModel(Transformer):
                     "projector" if name.startswith(PROJECTOR_PREFIX) else "decoder"
                 out[part].append(p)
         return out
+
+
+def splice_images(h: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """h [B, T, dim] with its `mask` positions replaced, in reading order, by the rows of feats [N, P, dim].
+
+    A gather by running count, not masked_scatter: masked_scatter's backward selects by the mask, whose
+    size the host must read, so every image step waited on the device there. This needs no count, and
+    its backward is a scatter-add that adds each row's gradient once (and zeros), so it is exact."""
+    rows = feats.reshape(-1, feats.shape[-1]).to(h.dtype)
+    if not rows.shape[0]:
+        return h
+    flat = mask.reshape(-1)
+    index = (flat.cumsum(0) - 1).clamp_(0, rows.shape[0] - 1)
+    picked = rows.gather(0, index[:, None].expand(-1, rows.shape[1])).view(h.shape)
+    return torch.where(mask[..., None], picked, h)
 
 
 def mask_image_targets(targets: torch.Tensor, image_token_id: int) -> torch.Tensor:
