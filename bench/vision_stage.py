@@ -6,15 +6,17 @@ Both in one run: the same model (VisionLanguageModel, bf16 autocast, AdamW over 
 text micro-batch (no image) and an image micro-batch (196 `<image>` positions + text per row, one image
 a row) alternated after warm-up, so the ratio is measured under the same conditions.
 
-Modes, in one process on one model, from the tower as it was to the trainer's path and beyond:
+Modes, in one process on one model, from the tower as it was to the trainer's path:
 `layers-recompute-scatter` each tower layer compiled on its own and checkpointed, images put in with
-masked_scatter (whose backward waits on the device); `eager` the model uncompiled as the trainer runs it
-without compile; `compiled-scatter` the trainer's compile (engine.train.distributed.compile_blocks) with
-masked_scatter; `compiled` the trainer's path (compile_blocks, the sync-free splice); `compiled-images`
-the decoder's blocks plus image_embeddings (patches, tower, projector) compiled as one function;
-`cudagraphs` the same captured as CUDA graphs (torch.compile mode "reduce-overhead").
+masked_scatter (whose backward waits on the device); `encoder-scatter` the tower's encoder compiled as
+one graph, no recompute, masked_scatter; `eager` the model uncompiled, as the trainer runs it without
+compile; `compiled` the trainer's path (engine.train.distributed.compile_blocks: the decoder's blocks,
+and image_embeddings, patches to projector, as one function; the sync-free splice); `cudagraphs` the
+same with image_embeddings captured as CUDA graphs (torch.compile mode "reduce-overhead").
+At micro-batch 1 an H100 is host-bound (--profile prints the kernels' busy time a step beside it);
+--micro-batch 8 (one image a row) shows the tower's cost where the GPU is the bottleneck.
 
-    python bench/vision_stage.py [--steps 10] [--micro-batch 1] [--modes a,b] [--profile]   # CUDA
+    python bench/vision_stage.py [--steps 10] [--micro-batch 1] [--modes a,b] [--profile]
     python bench/vision_stage.py --preset tiny --device cpu --steps 2                         # a dry run
 """
 
@@ -38,7 +40,7 @@ from torch.utils.checkpoint import checkpoint  # noqa: E402
 
 GIB = 1024**3
 VOCAB, SEQ, IMAGE_ID = 50000, 2048, 5
-MODES = ("layers-recompute-scatter", "eager", "compiled-scatter", "compiled", "compiled-images", "cudagraphs")
+MODES = ("layers-recompute-scatter", "encoder-scatter", "eager", "compiled", "cudagraphs")
 SPLICE = multimodal.splice_images
 
 
@@ -58,19 +60,23 @@ def set_mode(model, mode: str) -> None:
     for m in [*model.layers, enc, *enc.layers]:
         m._compiled_call_impl = None
     model.__dict__.pop("image_embeddings", None)
+    torch._dynamo.reset()  # a fresh compile: one mode's cache entries must not serve or slow the next
     multimodal.splice_images = _scatter if mode.endswith("-scatter") else SPLICE
     enc.forward = (lambda x, e=enc: _recompute_layers(e, x)) if "recompute" in mode \
         else type(enc).forward.__get__(enc)
     if mode == "layers-recompute-scatter":
         for m in [*model.layers, *enc.layers]:
             m.compile()
-    elif mode in ("compiled", "compiled-scatter"):
+    elif mode == "encoder-scatter":
+        for m in [*model.layers, enc]:
+            m.compile()
+    elif mode == "compiled":
         compile_blocks(model)
-    elif mode in ("compiled-images", "cudagraphs"):
+    elif mode == "cudagraphs":
         for m in model.layers:
             m.compile()
         whole = VisionLanguageModel.image_embeddings.__get__(model)
-        model.image_embeddings = torch.compile(whole, mode="reduce-overhead" if mode == "cudagraphs" else None)
+        model.image_embeddings = torch.compile(whole, mode="reduce-overhead")
 
 
 def step(model, opt, x, pixels, device: str) -> None:
@@ -98,6 +104,44 @@ def timed(model, opt, x, pixels, steps: int, device: str) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def profiled(model, opt, text, image, pixels, dev: str, mode: str, table: bool) -> None:
+    """Two steps of each kind under torch.profiler: the kernels' busy time a step (beside the wall time
+    above it says how host-bound the step is), where the host waited on the device (the op that called
+    cuda*Synchronize), and the top kernels for the last mode."""
+    import collections
+
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
+    busy, waits = {}, {}
+    for label, x, px in (("text-only", text, None), ("image-text", image, pixels)):
+        with profile(activities=activities) as prof:
+            for _ in range(2):
+                step(model, opt, x, px, dev)
+            sync(dev)
+        waits[label] = collections.Counter()
+        for e in prof.events():
+            if "Synchronize" in e.name:
+                chain, up = [], e.cpu_parent
+                while up is not None:
+                    chain.append(up.name)
+                    up = up.cpu_parent
+                waits[label][" < ".join(chain[:3]) or e.name] += 1
+        events = prof.key_averages()
+        busy[label] = sum(e.self_device_time_total for e in events
+                          if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / 2e3
+        if table:
+            print(events.table(sort_by="self_cuda_time_total" if dev == "cuda" else "self_cpu_time_total",
+                               row_limit=12, max_name_column_width=60))
+    text_ms, image_ms = busy["text-only"], busy["image-text"]
+    print(f"{mode}, profiled: kernels busy {text_ms:.1f} ms a text-only step, {image_ms:.1f} ms an image-text "
+          f"step: kernel-time ratio {image_ms / max(text_ms, 1e-9):.3f}", flush=True)
+    for label, where in waits.items():
+        print(f"{mode}, {label}: {sum(where.values()) / 2:g} wait(s) on the device a step"
+              + "".join(f"; {n / 2:g} x {k}" for k, n in where.most_common(6)), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
@@ -105,7 +149,7 @@ def main() -> int:
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--preset", default="fc450", choices=sorted(PRESETS))
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    ap.add_argument("--profile", action="store_true", help="two image steps of the last mode under torch.profiler")
+    ap.add_argument("--profile", action="store_true", help="each mode's kernel busy time (torch.profiler)")
     args = ap.parse_args()
     modes = args.modes.split(",")
     if bad := [m for m in modes if m not in MODES]:
@@ -157,22 +201,11 @@ def main() -> int:
         tokens = rows * seq
         print(f"{mode}: peak {peak / GIB:.2f} GiB (estimate {est['total'] / GIB:.2f}, measured/estimate "
               f"{peak / est['total']:.2f}); text-only {text_s * 1e3:.1f} ms/step = {tokens / text_s:,.0f} tok/s, "
-              f"image-text {image_s * 1e3:.1f} ms = {tokens / image_s:,.0f} tok/s (+{(image_s - text_s) * 1e3:.1f} ms): "
+              f"image-text {image_s * 1e3:.1f} ms = {tokens / image_s:,.0f} tok/s "
+              f"(+{(image_s - text_s) * 1e3:.1f} ms): "
               f"time ratio {image_s / text_s:.3f} vs FLOPs {1 / (1 - share):.3f}; warm-up {warm:.0f} s", flush=True)
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
-        for label, x, px in (("text-only", text, None), ("image-text", image, pixels)):
-            with profile(activities=activities) as prof:
-                for _ in range(2):
-                    step(model, opt, x, px, dev)
-                sync(dev)
-            events = prof.key_averages()
-            busy = sum(e.self_device_time_total for e in events) / 2e3
-            print(f"profile, {label}, 2 steps of {modes[-1]}: device busy {busy:.1f} ms a step")
-            print(events.table(sort_by="self_cuda_time_total" if dev == "cuda" else "self_cpu_time_total",
-                               row_limit=12, max_name_column_width=60))
+        if args.profile:
+            profiled(model, opt, text, image, pixels, dev, mode, table=mode == modes[-1])
     return 0
 
 
