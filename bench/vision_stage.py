@@ -142,6 +142,22 @@ def profiled(model, opt, text, image, pixels, dev: str, mode: str, table: bool) 
               + "".join(f"; {n / 2:g} x {k}" for k, n in where.most_common(6)), flush=True)
 
 
+def tower_shares(cfg, seq: int) -> tuple[float, float]:
+    """The tower's (and projector's) share of an image step's FLOPs: of the matmuls alone (6 N a token,
+    the tower's over its patches), and all-in (attention's scores and mixing, causal in the decoder,
+    and the forward that activation checkpointing recomputes in the decoder's blocks)."""
+    counts = param_breakdown(cfg)
+    patches = (cfg.image_size // cfg.patch_size) ** 2
+    decoder = 6 * (counts["decoder"] - counts["embedding"]) * seq  # lm_head included
+    tower = 6 * counts["vision_tower"] * patches + 6 * counts["projector"] * cfg.image_tokens
+    share = tower / (decoder + tower)
+    attention_fwd = 2 * cfg.n_layers * cfg.dim * seq * seq  # QK^T and AV, 4 L d T^2 halved by the mask
+    blocks_fwd = 2 * (counts["decoder"] - counts["embedding"] - counts["lm_head"]) * seq + attention_fwd
+    decoder_all = decoder + 3 * attention_fwd + blocks_fwd  # backward is twice forward; one forward again
+    tower_all = tower + 3 * 4 * cfg.vision_layers * cfg.vision_width * patches * patches
+    return share, tower_all / (decoder_all + tower_all)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
@@ -169,17 +185,13 @@ def main() -> int:
     image = text.clone()
     image[:, 1:1 + cfg.image_tokens] = IMAGE_ID
     pixels = torch.rand(rows, 3, cfg.image_size, cfg.image_size, device=dev) * 2 - 1
-    counts = param_breakdown(cfg)
-    patches = (cfg.image_size // cfg.patch_size) ** 2
-    # 6 N per token (forward + backward) for the matmuls, the tower's over its patches.
-    decoder_flops = 6 * (counts["decoder"] - counts["embedding"]) * seq
-    tower_flops = 6 * counts["vision_tower"] * patches + 6 * counts["projector"] * cfg.image_tokens
-    share = tower_flops / (decoder_flops + tower_flops)
+    share, all_in = tower_shares(cfg, seq)
     est = memory_estimate(cfg, seq, rows, True, "bf16", dev, include_vision=True)
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; {args.preset} joint, {rows} x {seq} ({rows} image(s)), "
           f"activation checkpointing, bf16 autocast, AdamW; the tower's share of the FLOPs {share:.1%} "
-          f"(FLOPs ratio image-text / text {1 / (1 - share):.3f})", flush=True)
+          f"(FLOPs ratio image-text / text {1 / (1 - share):.3f}); all-in {all_in:.1%} "
+          f"(ratio {1 / (1 - all_in):.3f})", flush=True)
     for mode in modes:
         began = time.perf_counter()
         set_mode(model, mode)
