@@ -98,16 +98,16 @@ def image_probes(model, tok, pairs: dict, folder: Path, limit: int = 8) -> dict[
     chart_hits: list[tuple[bool, bool]] = []
     for domain, side in pairs.items():
         for p, rec in enumerate(read_meta(folder, domain)[: side.n_pairs]):
-            meta, text = rec.get("meta") or {}, rec.get("text", "")
-            if "fen" in meta and text.startswith("FEN:") and len(fen_scores) < limit:
-                prompt, max_new, kind = "FEN:", FEN_TOKENS, "fen"
-            elif "labels" in meta and "values" in meta and len(chart_hits) < limit:
+            meta, text, kind = rec.get("meta") or {}, rec.get("text", ""), caption_kind(rec)
+            if kind == "fen" and "fen" in meta and len(fen_scores) < limit:
+                prompt, max_new = "FEN:", FEN_TOKENS
+            elif kind == "chart" and "values" in meta and len(chart_hits) < limit:
                 k = p % len(meta["labels"])
                 label, value = meta["labels"][k], meta["values"][k]
                 cut = text.find(f"{label} {value}")
                 if cut < 0:
                     continue
-                prompt, max_new, kind = text[:cut + len(label)], CHART_TOKENS, "chart"
+                prompt, max_new = text[:cut + len(label)], CHART_TOKENS
             else:
                 continue
             ids = [image_id] * n_image + tok.encode(prompt)
