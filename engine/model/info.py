@@ -16,6 +16,9 @@ from engine.model.config import PRESETS, ModelConfig
 DEVICES = ("cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
+# The most images the trainer puts through the tower at once (engine.train.image_window): a step's
+# images go through together, in groups of this many, so their activations are held that long.
+IMAGES_AT_ONCE = 16
 
 
 def vision_params(cfg: ModelConfig) -> dict[str, int]:
@@ -36,9 +39,9 @@ def vision_activation_bytes(cfg: ModelConfig, images: int, precision: str) -> in
     """Bytes the tower and projector keep for the backward pass for `images` images (approximate):
     per patch and layer both norms' inputs, the q/k/v input, q, k, v, the attention output, the MLP's
     two inputs and its GELU's input; the [heads, P, P] attention probabilities are not kept (fused).
-    The tower never recomputes (activation checkpointing is the decoder's): at one image a
-    micro-batch its activations are small (fc450: about 0.1 GB), and recomputing them would add a
-    third to its kernel launches, which are what it costs at that size."""
+    The tower never recomputes (activation checkpointing is the decoder's): fc450 keeps about 64 MiB
+    an image, 1 GiB for the IMAGES_AT_ONCE a step puts through it together, and recomputing would add
+    a third to the tower's FLOPs to save memory the decoder's blocks dwarf."""
     if not cfg.has_vision or images <= 0:
         return 0
     a = 2 if precision == "bf16" else 4
@@ -78,6 +81,24 @@ def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
         "vision": vision["total"],
         "total": decoder + vision["total"],
     }
+
+
+def train_flops(cfg: ModelConfig, seq_len: int) -> tuple[int, int]:
+    """Training FLOPs (forward and backward, no recompute) of one decoder token and of one image, for
+    MFU: 6 a matmul weight (the embedding lookup is free, a tied head is a matmul) plus attention's
+    scores and mixing (12 L d T a token, unmasked, as PaLM counts); an image's are the tower's over
+    its patches and the projector's over its image tokens, paid once an image, not once a token."""
+    counts = param_breakdown(cfg)
+    head = counts["embedding"] if cfg.tie_embeddings else counts["lm_head"]
+    per_token = 6 * (counts["attention"] + counts["mlp"] + head) + 12 * cfg.n_layers * cfg.dim * seq_len
+    if not cfg.has_vision:
+        return per_token, 0
+    w, m, patches = cfg.vision_width, cfg.vision_mlp_dim, (cfg.image_size // cfg.patch_size) ** 2
+    tower = 3 * cfg.patch_size ** 2 * w + cfg.vision_layers * (4 * w * w + 2 * w * m)
+    projector = w * cfg.pixel_shuffle ** 2 * cfg.dim + cfg.dim * cfg.dim
+    per_image = (6 * tower * patches + 12 * cfg.vision_layers * w * patches * patches
+                 + 6 * projector * cfg.image_tokens)
+    return per_token, per_image
 
 
 def guess_device() -> str:
@@ -129,20 +150,22 @@ def memory_estimate(
     include_vision: bool = False,
     devices: int = 1,
     strategy: str = "ddp",
+    grad_accum: int = 1,
 ) -> dict:
     """Training memory in bytes on each device: fp32 weights, grads, AdamW moments (fp32),
     activations and logits.
 
     An upper-bound style estimate for one micro-batch (every term counted at its peak). With
     activation checkpointing only each block's input is kept, plus one block's activations
-    while it is recomputed. The vision tower and projector (their weights, and one image's
-    activations) count only with `include_vision`. On `devices` (all of them, every node's) with DDP each device holds everything; with FSDP the weights,
+    while it is recomputed. The vision tower and projector (their weights, and the activations of
+    the images held at once: one a micro-batch, a step's `grad_accum` of them together up to
+    IMAGES_AT_ONCE on one device, engine.train.image_window) count only with `include_vision`. On `devices` (all of them, every node's) with DDP each device holds everything; with FSDP the weights,
     gradients and moments are split `devices` ways, and `gathered` counts the whole parameters
     in use: the root's (embedding, lm head) and two blocks' (one computing, one prefetched) in
     the compute dtype, plus one block's unsharded gradients in fp32 before they are reduced.
     """
     _need_vocab(cfg)
-    for name, value in (("seq_len", seq_len), ("micro_batch", micro_batch)):
+    for name, value in (("seq_len", seq_len), ("micro_batch", micro_batch), ("grad_accum", grad_accum)):
         if not isinstance(value, int) or value <= 0:
             raise ModelError(f"{name}: expected a positive integer, got {value!r}")
     if seq_len > cfg.max_seq_len:
@@ -165,8 +188,9 @@ def memory_estimate(
     else:
         blocks = tokens * cfg.n_layers * per_layer
     final_norm = tokens * cfg.dim * (4 + a)
-    # One image per micro-batch (the Mac's terms): its tower and projector activations.
-    vision_acts = vision_activation_bytes(cfg, 1, precision) if include_vision else 0
+    # One image per micro-batch (the Mac's terms); one device puts a step's through the tower together.
+    held = min(IMAGES_AT_ONCE, grad_accum) if devices == 1 else 1
+    vision_acts = vision_activation_bytes(cfg, held, precision) if include_vision else 0
     activations = blocks + final_norm + vision_acts
     # The logits in the compute dtype (kept for the loss's backward), plus two float32 tensors of
     # their size at the peak: the upcast and log-softmax in the forward, the softmax-gradient and
@@ -197,6 +221,7 @@ def memory_estimate(
         "gathered": gathered,
         "activations": activations,
         "logits": logits,
+        "images": held if include_vision else 0,  # images whose tower activations count
     }
     # The peak: the gradients (set to None after each step) appear as the backward frees the
     # activations and the logits, so the larger of the two sets counts, not both (measured on an

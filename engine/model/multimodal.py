@@ -69,13 +69,16 @@ class VisionLanguageModel(Transformer):
         return self.projector(pixel_shuffle(self.vision.features(pixels), self.cfg.pixel_shuffle))
 
     def forward(self, tokens: torch.Tensor, images: torch.Tensor | None = None, cache: KVCache | None = None,
-                start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
+                start_pos: int = 0, last_only: bool = False, image_embeds: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Logits [B, T, vocab]; `images` [N, 3, H, W] pixel values fill the `<image>` positions of tokens
-        [B, T] in reading order (N x image_tokens of them). Without images the text alone."""
+        [B, T] in reading order (N x image_tokens of them), or `image_embeds` [N, image_tokens, dim], their
+        image_embeddings computed beforehand (the trainer's ImageWindow). Without either the text alone."""
         h = self.embed(tokens)
-        if images is not None and images.shape[0]:
+        feats = image_embeds if image_embeds is not None else \
+            self.image_embeddings(images) if images is not None and images.shape[0] else None
+        if feats is not None and feats.shape[0]:
             mask = tokens == self.image_token_id
-            feats = self.image_embeddings(images)
             # Counting waits on the device: training rows come from the image sampler, which places
             # image_tokens positions per image, so only prompts (generation, eval) are counted.
             if not self.training:

@@ -37,12 +37,14 @@ from engine.data.tokenizer import Tokenizer
 from engine.train import checkpoint as ckpt
 from engine.train import distributed
 from engine.train import images as vision
+from engine.train.image_window import ImageWindow
 from engine.train.data import heldout_windows, open_training_shards, window_bytes
 from engine.train.device import DeviceInfo, eager, pick_device
 from engine.train.evaluate import evaluate
 from engine.train.lr_schedule import lr_at, schedule_info
 from engine.train.suggest import AutoMix, Bounds, PolicyState, suggest
 from engine.train.watch import ControlWatcher, Rejected, StopSignals
+from engine.model.info import train_flops
 from engine.model.lora import trainable_counts
 
 log = logging.getLogger("fcwork.trainer")
@@ -159,9 +161,10 @@ class Trainer:
             log.info("fp8 (%s): %d linears in float8", st.fp8_recipe, convert_to_fp8(self.model, st.fp8_recipe))
         self.net = self.par.wrap(self.model, self.dev.precision, compile_on)
         self.optimizer = build_optimizer(self.model, st, self.dev)
-        # 6 N (forward + backward of the matmuls; the embedding lookup is free) + attention scores.
-        matmul_params = self.model.num_params() - (0 if cfg.tie_embeddings else self.model.embed.weight.numel())
-        self.flops_per_token = 6 * matmul_params + 12 * cfg.n_layers * cfg.dim * st.seq_len
+        # The decoder's per token, the tower's per image: counting the tower's weights every token
+        # overstated fc450 joint's MFU by a fifth.
+        self.flops_per_token, self.flops_per_image = train_flops(cfg, st.seq_len)
+        self.images_seen = 0  # images trained on by every rank, for MFU
 
     def restore(self, done: list[tuple[int, Path]]) -> tuple[str, int]:
         """Resume from the newest loadable checkpoint, else start from init_from or scratch; then put
@@ -289,7 +292,7 @@ class Trainer:
     def run_until(self, last_step: int) -> bool:
         """The loop: steps up to `last_step` with their events, evals and checkpoints; False if asked to stop."""
         st = self.spec.stage
-        self.mark = (time.perf_counter(), self.step)
+        self.reset_speed()
         while self.step < last_step:
             if self.check_control(self.step + 1):
                 return False
@@ -328,15 +331,22 @@ class Trainer:
         dom_sum = torch.zeros(n_dom, device=dev.device)  # per-sequence mean losses, summed by domain
         dom_count = np.zeros(n_dom, dtype=np.int64)
         kept = torch.zeros((), device=dev.device)  # SFT: target tokens that carried loss
-        for micro in range(st.grad_accum):
-            first = distributed.sequence_index(step, micro, st.grad_accum, st.micro_batch, par.rank, par.world)
-            mb = self.sampler.batch(step, first, st.micro_batch)
+        batches = [self.sampler.batch(step, distributed.sequence_index(step, micro, st.grad_accum, st.micro_batch,
+                                                                       par.rank, par.world), st.micro_batch)
+                   for micro in range(st.grad_accum)]
+        # One process puts the step's images through the tower together (engine.train.image_window).
+        window = ImageWindow(model, [mb.image for mb in batches], dev.device) \
+            if self.spec.image_domains and par.world == 1 else None
+        for micro, mb in enumerate(batches):
             domain_ids = mb.domain_ids
             dom_count += np.bincount(domain_ids, minlength=n_dom)
             x = torch.as_tensor(mb.tokens).to(dev.device, non_blocking=True)
             with par.accumulating(self.net, micro == st.grad_accum - 1):
                 with dev.autocast():
-                    per_token = token_losses(self.net, x, vision.pixels(mb.image, dev.device), mb.loss_mask)
+                    if window is None:
+                        per_token = token_losses(self.net, x, vision.pixels(mb.image, dev.device), mb.loss_mask)
+                    else:
+                        per_token = token_losses(self.net, x, None, mb.loss_mask, window.embeddings(micro))
                 if mb.loss_mask is None:
                     loss = per_token.mean()
                 else:  # image placeholders, padding and SFT's prompts are not predicted: the mean over the rest
@@ -344,6 +354,8 @@ class Trainer:
                     loss = per_token.sum() / max(n, 1)
                     kept += n
                 (loss / st.grad_accum).backward()  # DDP and FSDP average the ranks' gradients
+                if window is not None:
+                    window.backward(micro)
             loss_sum += loss.detach()
             if logging_step:
                 dom_sum.index_add_(0, torch.as_tensor(domain_ids).to(dev.device), row_losses(per_token, mb.domain_mask))
@@ -357,6 +369,8 @@ class Trainer:
             dom_count = par.sum(torch.as_tensor(dom_count, device=dev.device)).cpu().numpy()
         for i, d in enumerate(self.domain_names):
             self.tokens_drawn[d] = self.tokens_drawn.get(d, 0) + int(dom_count[i]) * (st.seq_len + 1)
+            if d in self.spec.image_domains:  # one image a row of an image domain
+                self.images_seen += int(dom_count[i])
         grads = [p for p in model.parameters() if p.grad is not None]
         grad_norm = par.clip_grads(grads, st.grad_clip)
         self.optimizer.step()
@@ -371,10 +385,14 @@ class Trainer:
             fields["loss_share"] = round(kept_all / (st.grad_accum * par.world * st.micro_batch * st.seq_len), 4)
         return fields
 
+    def reset_speed(self) -> None:
+        """Measure tokens/s and MFU from now and this step on."""
+        self.mark = (time.perf_counter(), self.step, self.images_seen)
+
     def step_event(self, step: int, loss: float, domain_loss: dict[str, float], lr: float, grad_norm: float) -> dict:
         """The step event's fields, with speed averaged over the steps since the last one."""
         now = time.perf_counter()
-        (t0, s0), self.mark = self.mark, (now, step)
+        (t0, s0, images0), self.mark = self.mark, (now, step, self.images_seen)
         steps = max(step - s0, 1)
         elapsed = max(now - t0, 1e-9)
         tokens_per_s = self.tokens_per_step * steps / elapsed
@@ -387,7 +405,9 @@ class Trainer:
         }
         if self.dev.peak_flops:
             peak = self.dev.peak_flops * self.par.world  # tokens/s counts every device's tokens
-            fields["mfu"] = float(f"{self.flops_per_token * tokens_per_s / peak:.4g}")
+            images_per_s = (self.images_seen - images0) / elapsed
+            flops = self.flops_per_token * tokens_per_s + self.flops_per_image * images_per_s
+            fields["mfu"] = float(f"{flops / peak:.4g}")
         return fields
 
     def check_control(self, next_step: int) -> bool:
@@ -480,7 +500,7 @@ class Trainer:
         self.events.write(Event.EVAL, **fields)
         if self.spec.stage.mix_policy != MixPolicy.FIXED:
             self.consider_mix(res.domain_bpb or res.domain_loss, "bpb" if res.domain_bpb else "loss")
-        self.mark = (time.perf_counter(), self.step)  # keep eval time out of the next tokens/s
+        self.reset_speed()  # keep eval time out of the next tokens/s
 
     def consider_mix(self, held_out: dict[str, float], unit: str) -> None:
         """Rank 0, after an eval: remember its per-domain held-out figures and, every suggest_every steps,
@@ -549,7 +569,7 @@ class Trainer:
         try:
             est = memory_estimate(self.spec.model, st.seq_len, st.micro_batch, st.activation_checkpointing,
                                   precision, device, include_vision=bool(self.spec.image_domains),
-                                  devices=st.world_size, strategy=st.strategy)
+                                  devices=st.world_size, strategy=st.strategy, grad_accum=st.grad_accum)
         except FcError:
             return message
         return (f"{message} (`fcwork model info` estimates {est['total'] / 2**30:,.2f} GiB for this stage "
@@ -591,18 +611,22 @@ class Trainer:
         where = ckpt.write_checkpoint(self.run.ckpt_dir, self.step, weights, moments, state, st.keep_checkpoints)
         self.events.write(Event.CHECKPOINT, step=self.step, path=str(where))
         log.info("checkpoint %s", where.name)
-        self.mark = (time.perf_counter(), self.step)  # keep checkpoint time out of the next tokens/s
+        self.reset_speed()  # keep checkpoint time out of the next tokens/s
 
 
 def token_losses(net: torch.nn.Module, tokens: torch.Tensor, images: torch.Tensor | None = None,
-                 loss_mask: np.ndarray | None = None) -> torch.Tensor:
+                 loss_mask: np.ndarray | None = None, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token next-token loss [B, T] of rows of T + 1 tokens, through `net`'s own call (DDP's
     gradient hooks are armed there); the same numbers as Transformer.loss(..., reduction="none").
-    With `images`, they fill the rows' `<image>` positions; targets outside `loss_mask` give 0."""
+    With `images` (or their `image_embeds`), they fill the rows' `<image>` positions; targets outside
+    `loss_mask` give 0."""
     from engine.model.decoder import cross_entropy
 
     targets = vision.masked_targets(tokens, loss_mask)
-    logits = net(tokens[:, :-1]) if images is None else net(tokens[:, :-1], images)
+    if image_embeds is not None:
+        logits = net(tokens[:, :-1], image_embeds=image_embeds)
+    else:
+        logits = net(tokens[:, :-1]) if images is None else net(tokens[:, :-1], images)
     return cross_entropy(logits.flatten(0, 1), targets.flatten()).view(targets.shape)
 
 

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's max_seq_len)")
     i.add_argument("--micro-batch", type=int, default=1, help="sequences per micro-batch (default 1)")
     i.add_argument("--checkpointing", action="store_true", help="with activation checkpointing")
+    i.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches a step (default 1): one device puts a step's images, up to "
+                        "16, through the tower together")
     i.add_argument("--device", choices=("auto", *DEVICES), default="auto", help="device to estimate for")
     i.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     i.add_argument("--text-only", action="store_true",
@@ -54,7 +57,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     mem = memory_estimate(
         cfg, seq_len, args.micro_batch, args.checkpointing, args.precision, args.device,
         cfg.has_vision and not args.text_only,
-        args.devices, args.strategy,
+        args.devices, args.strategy, args.grad_accum,
     )
     console = Console()
 
@@ -114,7 +117,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         if mem["cast_weights"] else
         "none: FSDP gathers them in bf16" if mem["gathered"] and mem["precision"] == "bf16" else "none in fp32",
         "activations": ("each block's input only, one block recomputed" if args.checkpointing else "every block's")
-        + (", and the tower's for one image" if mem["params"] > counts["decoder"] else ""),
+        + (f", and the tower's for {mem['images']} image{'s' if mem['images'] > 1 else ''}"
+           if mem["images"] else ""),
         "logits": f"{args.micro_batch * seq_len:,} tokens x vocab x (compute dtype + 2 x fp32)",
         "total": "peak: weights + optimizer + the larger of grads and (casts + activations + logits)",
     }

@@ -82,7 +82,7 @@ def entry_info(ws: Any, entry: Any, device: str, profiles: dict) -> EntryInfo:
     try:
         est = memory_estimate(st.model_config(vocab), st.seq_len, st.micro_batch, st.activation_checkpointing,
                               st.precision, dev, include_vision=bool(stage_image_domains(prof, st)),
-                              devices=st.world_size, strategy=st.strategy)
+                              devices=st.world_size, strategy=st.strategy, grad_accum=st.grad_accum)
         memory = fmt_gib(est["total"])
     except FcError:
         memory = "-"
