@@ -336,7 +336,9 @@ def memory(args, root: Path, out: list) -> None:
             if key in seen:
                 continue
             seen.add(key)
-            stage = {"model": st.model, "seq_len": st.seq_len, "micro_batch": st.micro_batch, "grad_accum": 1,
+            # Two micro-batches a step: from the second on the gradients are there during the forward, the
+            # peak of every stage that accumulates (each fc450 stage does).
+            stage = {"model": st.model, "seq_len": st.seq_len, "micro_batch": st.micro_batch, "grad_accum": 2,
                      "max_steps": 1000, "warmup_steps": 10, "eval_every": 0, "checkpoint_every": 100_000,
                      "device": "cuda", "precision": "bf16", "compile": "on", "activation_checkpointing": ckpt}
             run = make_run(root, f"mem-{st.name}-{ckpt}-{int(time.time() * 1000)}", args.vocab[0], stage)
@@ -346,7 +348,7 @@ def memory(args, root: Path, out: list) -> None:
             trainer.close()
             del trainer
             cfg = StageConfig(name="x", **stage).model_config(args.vocab[0])
-            est = memory_estimate(cfg, st.seq_len, st.micro_batch, ckpt, "bf16", "cuda")["total"] / 2**30
+            est = memory_estimate(cfg, st.seq_len, st.micro_batch, ckpt, "bf16", "cuda", grad_accum=2)["total"] / 2**30
             out.append({"stage": st.name, "checkpointing": ckpt, "peak_gib": timed["peak_gib"], "estimate_gib": est})
             print(f"memory {st.name:7s} ({st.model}, {st.micro_batch}x{st.seq_len}, checkpointing {ckpt!s:5s}): "
                   f"peak {timed['peak_gib']:6.2f} GiB, estimate {est:6.2f} GiB, ratio {timed['peak_gib'] / est:.2f}",

@@ -14,16 +14,17 @@ micro-batch through the tower; `eager-window` uncompiled with the step's images 
 together (the Mac's path: compile is off on MPS); `compiled` the decoder's blocks and image_embeddings
 compiled (engine.train.distributed.compile_blocks), one image a micro-batch (the trainer before the
 window); `window` the same with the window (the trainer on CUDA now). At one image a micro-batch an H100
-is host-bound (--profile prints the kernels' busy time a step beside it); --micro-batch 8 (one image in
+is host-bound (--profile prints the kernels' busy time a step, after every mode's timing); --micro-batch 8 (one image in
 eight rows) makes the decoder's share GPU-bound.
 
-    python bench/vision_stage.py [--steps 4] [--window 16] [--micro-batch 1] [--modes a,b] [--profile]
+    python bench/vision_stage.py [--steps 8] [--window 16] [--micro-batch 1] [--modes a,b] [--profile]
     python bench/vision_stage.py --preset tiny --device cpu --steps 1 --window 2              # a dry run
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,8 +35,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.model.config import PRESETS  # noqa: E402
-from engine.model.info import IMAGES_AT_ONCE, memory_estimate, param_breakdown  # noqa: E402
+from engine.model.info import (  # noqa: E402
+    IMAGES_AT_ONCE,
+    memory_estimate,
+    param_breakdown,
+    vision_activation_bytes,
+)
 from engine.model.multimodal import VisionLanguageModel  # noqa: E402
+from engine.model.transfer import to_device  # noqa: E402
 from engine.train.distributed import compile_blocks  # noqa: E402
 from engine.train.image_window import ImageWindow  # noqa: E402
 from engine.train.images import pixels  # noqa: E402
@@ -56,11 +63,12 @@ def set_mode(model, mode: str) -> None:
         compile_blocks(model)
 
 
-def step(model, opt, x, images: list, dev: str, windowed: bool) -> None:
-    """One optimizer step over len(images) micro-batches of rows `x` (images[i]: micro-batch i's uint8
-    image, None for text), as engine.train.trainer's train_step runs them."""
+def step(model, opt, rows, images: list, dev: str, windowed: bool) -> None:
+    """One optimizer step over len(images) micro-batches of host token rows (images[i]: micro-batch i's
+    uint8 image, None for text), as engine.train.trainer's train_step runs them."""
     window = ImageWindow(model, images, torch.device(dev)) if windowed else None
     for micro, image in enumerate(images):
+        x = to_device(rows, dev)
         with torch.autocast(dev, dtype=torch.bfloat16):
             if window is None:
                 per_token = token_losses(model, x, pixels(image, dev))
@@ -146,7 +154,7 @@ def tower_shares(cfg, seq: int, rows: int) -> tuple[float, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=4, help="optimizer steps timed, twice, of each kind")
+    ap.add_argument("--steps", type=int, default=8, help="pairs of optimizer steps timed (text, image)")
     ap.add_argument("--window", type=int, default=IMAGES_AT_ONCE, help="micro-batches an optimizer step")
     ap.add_argument("--micro-batch", type=int, default=1, help="rows a micro-batch (an image in the first)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
@@ -171,10 +179,10 @@ def main() -> int:
     model = VisionLanguageModel(cfg, IMAGE_ID).to(dev)
     model.set_activation_checkpointing(True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=dev == "cuda")
-    text = torch.randint(10, VOCAB, (rows, seq + 1), device=dev)
-    image = text.clone()
-    image[0, 1:1 + cfg.image_tokens] = IMAGE_ID
     g = np.random.default_rng(0)
+    text = g.integers(10, VOCAB, (rows, seq + 1))
+    image = text.copy()
+    image[0, 1:1 + cfg.image_tokens] = IMAGE_ID
     kinds = {"text-only": (text, [None] * k),
              "image-text": (image, [g.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
                                     for _ in range(k)])}
@@ -185,10 +193,12 @@ def main() -> int:
           f"the tower's share of an image micro-batch's FLOPs {share:.1%} (FLOPs ratio image-text / text "
           f"{1 / (1 - share):.3f}); all-in {all_in:.1%} (ratio {1 / (1 - all_in):.3f})", flush=True)
     tokens = k * rows * seq
-    for mode in modes:
+    for mode in modes:  # all the timings first: a profiler run slows the host of what follows it
         windowed = mode.endswith("window")
-        est = memory_estimate(cfg, seq, rows, True, "bf16", dev, include_vision=True,
-                              grad_accum=k if windowed else 1)
+        est = memory_estimate(cfg, seq, rows, True, "bf16", dev, include_vision=True, grad_accum=k)
+        if not windowed:  # one image a micro-batch holds one image's activations at a time
+            est["total"] -= (est["images"] - 1) * vision_activation_bytes(cfg, 1, "bf16")
+            est["images"] = 1
         began = time.perf_counter()
         set_mode(model, mode)
         for label in ("image-text", "text-only", "image-text"):  # warm-up (and compile) both kinds
@@ -201,19 +211,25 @@ def main() -> int:
             step(model, opt, *kinds["image-text"], dev, windowed)
             sync(dev)
             peak = torch.cuda.max_memory_allocated()
-        # Alternate the two so drift (clocks, other work) falls on both.
-        text_s = image_s = 0.0
-        for _ in range(2):
-            text_s += timed(model, opt, *kinds["text-only"], args.steps, dev, windowed) / 2
-            image_s += timed(model, opt, *kinds["image-text"], args.steps, dev, windowed) / 2
+        # Steps of the two kinds in pairs, each pair's ratio: the host's speed drifts by a fifth from
+        # minute to minute on a shared machine, and a pair sees the same drift.
+        pairs = [(timed(model, opt, *kinds["text-only"], 1, dev, windowed),
+                  timed(model, opt, *kinds["image-text"], 1, dev, windowed)) for _ in range(args.steps)]
+        text_s, image_s = statistics.median(t for t, _ in pairs), statistics.median(i for _, i in pairs)
+        ratios = sorted(i / t for t, i in pairs)
+        low, high = ratios[len(ratios) // 4], ratios[-1 - len(ratios) // 4]
         print(f"{mode}: peak {peak / GIB:.2f} GiB (estimate {est['total'] / GIB:.2f} with {est['images']} "
-              f"image(s) held, measured/estimate {peak / est['total']:.2f}); a step of {k} micro-batches: "
-              f"text-only {text_s * 1e3:.1f} ms = {tokens / text_s:,.0f} tok/s, image-text {image_s * 1e3:.1f} ms "
-              f"= {tokens / image_s:,.0f} tok/s (+{(image_s - text_s) * 1e3 / k:.2f} ms an image): time ratio "
-              f"{image_s / text_s:.3f} vs FLOPs {1 / (1 - share):.3f} (all-in {1 / (1 - all_in):.3f}); "
-              f"warm-up {warm:.0f} s", flush=True)
-        if args.profile:
-            profiled(model, opt, kinds, dev, mode, windowed, table=mode == modes[-1])
+              f"image(s) held, measured/estimate {peak / est['total']:.2f}); a step of {k} micro-batches "
+              f"(medians of {len(pairs)}): text-only {text_s * 1e3:.1f} ms = {tokens / text_s:,.0f} tok/s, "
+              f"image-text {image_s * 1e3:.1f} ms = {tokens / image_s:,.0f} tok/s: time ratio "
+              f"{statistics.median(ratios):.3f} (quartiles {low:.3f}-{high:.3f}) vs FLOPs {1 / (1 - share):.3f} "
+              f"(all-in {1 / (1 - all_in):.3f}); warm-up {warm:.0f} s", flush=True)
+    for mode in modes if args.profile else ():
+        windowed = mode.endswith("window")
+        set_mode(model, mode)
+        for label in ("image-text", "text-only"):
+            step(model, opt, *kinds[label], dev, windowed)
+        profiled(model, opt, kinds, dev, mode, windowed, table=mode == modes[-1])
     return 0
 
 

@@ -122,7 +122,8 @@ def test_the_estimate_holds_a_steps_images_up_to_the_group():
 
 
 def test_train_flops_count_the_decoder_per_token_and_the_tower_per_image():
-    for cfg in (SMALL, PRESETS["fc450"].with_vocab(50000), ModelConfig(**{**SMALL.__dict__, "pixel_shuffle": 2, "image_size": 16})):
+    shuffled = ModelConfig(**{**SMALL.__dict__, "pixel_shuffle": 2, "image_size": 16})
+    for cfg in (SMALL, PRESETS["fc450"].with_vocab(50000), shuffled):
         with torch.device("meta"):
             model = VisionLanguageModel(cfg, IMAGE_ID)
         matmuls = [m.weight.numel() for m in model.layers.modules() if isinstance(m, torch.nn.Linear)]

@@ -239,6 +239,9 @@ def test_memory_estimate_parts_and_checkpointing():
     assert plain["weights"] == plain["grads"] == 4 * p and plain["optimizer"] == 8 * p
     forward = sum(plain[k] for k in ("cast_weights", "activations", "logits"))
     assert plain["total"] == plain["weights"] + plain["optimizer"] + max(plain["grads"], forward)
+    # Accumulating, the gradients of the step's first micro-batches are there during the next forward.
+    accumulating = memory_estimate(cfg, 2048, 1, False, "bf16", "cuda", grad_accum=48)
+    assert accumulating["total"] == plain["weights"] + plain["optimizer"] + plain["grads"] + forward
     assert ckpt["activations"] * 5 < plain["activations"]
     assert memory_estimate(cfg, 2048, 2, False, "bf16", "cuda")["activations"] > 1.9 * plain["activations"]
     assert memory_estimate(cfg, 2048, 1, False, "fp32", "cuda")["activations"] > plain["activations"]
@@ -249,6 +252,7 @@ def test_memory_estimate_parts_and_checkpointing():
     for kwargs, message in (
         ({"seq_len": 4096}, r"seq_len: expected at most the model's max_seq_len \(2048\), got 4096"),
         ({"micro_batch": 0}, "micro_batch: expected a positive integer, got 0"),
+        ({"grad_accum": 0}, "grad_accum: expected a positive integer, got 0"),
         ({"device": "tpu"}, "device: expected 'auto', 'cpu', 'cuda' or 'mps', got 'tpu'"),
         ({"precision": "fp16"}, "precision: expected 'auto', 'fp32', 'bf16' or 'fp8', got 'fp16'"),
     ):

@@ -224,10 +224,13 @@ def memory_estimate(
         "images": held if include_vision else 0,  # images whose tower activations count
     }
     # The peak: the gradients (set to None after each step) appear as the backward frees the
-    # activations and the logits, so the larger of the two sets counts, not both (measured on an
-    # H200 within 10% for every fc450 stage: bench/train_mfu.py --memory).
+    # activations and the logits, so at one micro-batch a step the larger of the two sets counts, not
+    # both (measured on an H200 within 10% for every fc450 stage: bench/train_mfu.py --memory); from a
+    # step's second micro-batch on the gradients are there while the forward runs, and both count
+    # (fc450 joint, 16 micro-batches: bench/vision_stage.py).
     forward = out["cast_weights"] + activations + logits
-    out["total"] = out["weights"] + out["optimizer"] + gathered + max(out["grads"], forward)
+    live = out["grads"] + forward if grad_accum > 1 else max(out["grads"], forward)
+    out["total"] = out["weights"] + out["optimizer"] + gathered + live
     return out
 
 

@@ -303,10 +303,10 @@ def compile_blocks(model: torch.nn.Module) -> None:
     """torch.compile each decoder block, as torchtitan does: the blocks share one compiled graph, so a
     24-layer model compiles in seconds instead of a minute, and runs as fast as compiled whole
     (bench/train_mfu.py); FSDP2 wants its units compiled this way too. A vision model's image_embeddings
-    (patches, tower, projector) is compiled as one function: at one image a micro-batch its kernels are
-    small and what it costs is host time, launches and the compiled wrappers' per call, so the fewer
-    calls the better (bench/vision_stage.py, H100: an image step 11% faster than with the encoder
-    alone compiled)."""
+    (patches, tower, projector) is compiled as one function: its kernels are small, and what it costs
+    beyond them is host time, launches and the compiled wrappers' per call, so the fewer calls the
+    better (bench/vision_stage.py, H100: one image a micro-batch 11% faster than with the encoder alone
+    compiled; one process puts a step's images through it together, engine.train.image_window)."""
     for block in model.layers:
         block.compile()
     if getattr(model, "vision", None) is not None:

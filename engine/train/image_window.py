@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from engine.model.info import IMAGES_AT_ONCE
+from engine.model.transfer import to_device
 from engine.model.vision import to_pixels
 
 
@@ -43,8 +44,7 @@ class ImageWindow:
             return None
         if micro not in self.leaves:
             members = self.groups[group]
-            uint8 = torch.from_numpy(np.stack([self.images[m] for m in members]))
-            batch = to_pixels(uint8.to(self.device, non_blocking=True))
+            batch = to_pixels(to_device(np.stack([self.images[m] for m in members]), self.device))
             self.feats = self.model.image_embeddings(batch)
             rows = self.feats.detach().split(1)
             self.leaves = {m: row.requires_grad_(self.feats.requires_grad) for m, row in zip(members, rows)}

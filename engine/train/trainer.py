@@ -45,6 +45,7 @@ from engine.train.lr_schedule import lr_at, schedule_info
 from engine.train.suggest import AutoMix, Bounds, PolicyState, suggest
 from engine.train.watch import ControlWatcher, Rejected, StopSignals
 from engine.model.info import train_flops
+from engine.model.transfer import to_device
 from engine.model.lora import trainable_counts
 
 log = logging.getLogger("fcwork.trainer")
@@ -340,7 +341,7 @@ class Trainer:
         for micro, mb in enumerate(batches):
             domain_ids = mb.domain_ids
             dom_count += np.bincount(domain_ids, minlength=n_dom)
-            x = torch.as_tensor(mb.tokens).to(dev.device, non_blocking=True)
+            x = to_device(mb.tokens, dev.device)
             with par.accumulating(self.net, micro == st.grad_accum - 1):
                 with dev.autocast():
                     if window is None:

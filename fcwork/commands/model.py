@@ -120,7 +120,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         + (f", and the tower's for {mem['images']} image{'s' if mem['images'] > 1 else ''}"
            if mem["images"] else ""),
         "logits": f"{args.micro_batch * seq_len:,} tokens x vocab x (compute dtype + 2 x fp32)",
-        "total": "peak: weights + optimizer + the larger of grads and (casts + activations + logits)",
+        "total": "peak: weights + optimizer + " + ("grads + casts + activations + logits (grads are kept "
+                                                   "over a step's micro-batches)" if args.grad_accum > 1 else
+                                                   "the larger of grads and (casts + activations + logits)"),
     }
     notes["weights"] += split
     for key in ("weights", "grads", "optimizer", "cast_weights", "gathered", "activations", "logits", "total"):

@@ -151,14 +151,14 @@ def open_image_pairs(spec, heldout: bool) -> dict:
 
 
 def pixels(image, device):
-    """A uint8 image [H, W, 3] as the tower's pixel values [1, 3, H, W] on `device` (None: no image)."""
+    """A uint8 image [H, W, 3] as the tower's pixel values [1, 3, H, W] on `device` (None: no image);
+    the uint8 bytes travel, a quarter of the floats."""
     if image is None:
         return None
-    import torch
-
     from engine.model.vision import to_pixels
+    from engine.model.transfer import to_device
 
-    return to_pixels(torch.from_numpy(np.array(image))[None]).to(device)
+    return to_pixels(to_device(np.array(image)[None], device))
 
 
 def masked_targets(tokens, loss_mask: np.ndarray | None):
