@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.errors import ModelError
 from engine.model.config import PRESETS, ModelConfig
 from engine.model.info import IMAGES_AT_ONCE, memory_estimate, train_flops, vision_activation_bytes
 from engine.model.multimodal import VisionLanguageModel, expand_image_tokens
+from engine.model.transfer import to_device
 from engine.train.image_window import ImageWindow
 from engine.train.images import pixels
 from engine.train.trainer import token_losses
@@ -93,6 +96,23 @@ def test_a_window_gives_one_image_a_micro_batchs_gradients(has_image, at_once, s
     assert len(sizes) == math.ceil(n / at_once) and sum(sizes) == n and all(s <= at_once for s in sizes)
 
 
+def test_images_or_their_embeddings_but_not_both():
+    model = VisionLanguageModel(SMALL, IMAGE_ID)
+    tokens, images = micro_batches([True], 2)
+    embeds = model.image_embeddings(pixels(images[0], "cpu"))
+    torch.testing.assert_close(model(tokens[0], image_embeds=embeds), model(tokens[0], pixels(images[0], "cpu")))
+    with pytest.raises(ModelError, match=r"^images and image_embeds: expected one of them, got both$"):
+        model(tokens[0], pixels(images[0], "cpu"), image_embeds=embeds)
+
+
+def test_host_arrays_reach_the_device_whole():
+    rows = np.arange(12, dtype=np.int64).reshape(3, 4)
+    moved = to_device(rows, "cpu")
+    assert moved.dtype == torch.int64 and moved.tolist() == rows.tolist()
+    image = np.full((2, 2, 3), 200, dtype=np.uint8)
+    assert to_device(image, torch.device("cpu")).dtype == torch.uint8
+
+
 def test_a_frozen_tower_and_projector_take_no_backward():
     torch.manual_seed(0)
     model = VisionLanguageModel(SMALL, IMAGE_ID)
@@ -136,4 +156,9 @@ def test_train_flops_count_the_decoder_per_token_and_the_tower_per_image():
         projector = sum(m.weight.numel() for m in model.projector.modules() if isinstance(m, torch.nn.Linear))
         attention = 12 * cfg.vision_layers * cfg.vision_width * patches * patches
         assert per_image == 6 * tower * patches + attention + 6 * projector * cfg.image_tokens
+        # Frozen, the tower runs forward only; a frozen projector still passes a trained tower its gradients.
+        forward = 2 * tower * patches + attention // 3, 2 * projector * cfg.image_tokens
+        assert train_flops(cfg, 128, tower_trained=False, projector_trained=False)[1] == sum(forward)
+        assert train_flops(cfg, 128, tower_trained=False)[1] == forward[0] + 3 * forward[1]
+        assert train_flops(cfg, 128, projector_trained=False)[1] == 3 * forward[0] + 2 * forward[1]
     assert train_flops(PRESETS["stage0"].with_vocab(50000), 2048)[1] == 0  # no tower

@@ -250,6 +250,8 @@ def test_fp8_needs_a_recent_gpu_and_leaves_the_lm_head_in_bf16():
         check_fp8((8, 0), "stage")
     assert _wanted(nn.Linear(1024, 2752), "layers.0.mlp.up_proj")
     assert not _wanted(nn.Linear(1024, 50000 + 8), "lm_head")
+    assert not _wanted(nn.Linear(768, 768), "vision.encoder.layers.0.self_attn.q_proj")
+    assert not _wanted(nn.Linear(768, 1024), "projector.linear_1")
     assert not _wanted(nn.Linear(1000, 1024), "layers.0.attn.q_proj")  # float8 GEMMs need multiples of 16
 
 

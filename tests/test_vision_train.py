@@ -153,6 +153,7 @@ def _generate_with_an_image(tw, run):
 def test_joint_mixes_text_and_images_and_resumes_exactly_after_sigkill(vision_workspace):
     reference = make_run(vision_workspace, "joint")
     assert train_here(reference) == 0, log_tail(reference)
+    assert "images through the tower together, up to 16 at a time" in reference.joinpath("trainer.log").read_text()
     ref = step_losses(reference)
     domains = set().union(*(e["domain_loss"] for e in events_of(reference, "step")))
     assert {"caption", "code"} <= domains

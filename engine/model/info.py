@@ -83,11 +83,14 @@ def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
     }
 
 
-def train_flops(cfg: ModelConfig, seq_len: int) -> tuple[int, int]:
+def train_flops(cfg: ModelConfig, seq_len: int, tower_trained: bool = True,
+                projector_trained: bool = True) -> tuple[int, int]:
     """Training FLOPs (forward and backward, no recompute) of one decoder token and of one image, for
     MFU: 6 a matmul weight (the embedding lookup is free, a tied head is a matmul) plus attention's
     scores and mixing (12 L d T a token, unmasked, as PaLM counts); an image's are the tower's over
-    its patches and the projector's over its image tokens, paid once an image, not once a token."""
+    its patches and the projector's over its image tokens, paid once an image, not once a token. A
+    frozen tower runs forward only (its input is pixels: nothing to pass a gradient to); a frozen
+    projector still passes gradients to a trained tower."""
     counts = param_breakdown(cfg)
     head = counts["embedding"] if cfg.tie_embeddings else counts["lm_head"]
     per_token = 6 * (counts["attention"] + counts["mlp"] + head) + 12 * cfg.n_layers * cfg.dim * seq_len
@@ -96,8 +99,10 @@ def train_flops(cfg: ModelConfig, seq_len: int) -> tuple[int, int]:
     w, m, patches = cfg.vision_width, cfg.vision_mlp_dim, (cfg.image_size // cfg.patch_size) ** 2
     tower = 3 * cfg.patch_size ** 2 * w + cfg.vision_layers * (4 * w * w + 2 * w * m)
     projector = w * cfg.pixel_shuffle ** 2 * cfg.dim + cfg.dim * cfg.dim
-    per_image = (6 * tower * patches + 12 * cfg.vision_layers * w * patches * patches
-                 + 6 * projector * cfg.image_tokens)
+    tower_passes = 3 if tower_trained else 1  # forward, and the backward's two matmuls a weight
+    projector_passes = 3 if projector_trained else 2 if tower_trained else 1
+    per_image = (tower_passes * (2 * tower * patches + 4 * cfg.vision_layers * w * patches * patches)
+                 + projector_passes * 2 * projector * cfg.image_tokens)
     return per_token, per_image
 
 

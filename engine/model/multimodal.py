@@ -74,6 +74,8 @@ class VisionLanguageModel(Transformer):
         """Logits [B, T, vocab]; `images` [N, 3, H, W] pixel values fill the `<image>` positions of tokens
         [B, T] in reading order (N x image_tokens of them), or `image_embeds` [N, image_tokens, dim], their
         image_embeddings computed beforehand (the trainer's ImageWindow). Without either the text alone."""
+        if images is not None and image_embeds is not None:
+            raise ModelError("images and image_embeds: expected one of them, got both")
         h = self.embed(tokens)
         feats = image_embeds if image_embeds is not None else \
             self.image_embeddings(images) if images is not None and images.shape[0] else None

@@ -29,8 +29,10 @@ def check_fp8(capability: tuple[int, int] | None, origin: str) -> None:
 
 
 def _wanted(module: nn.Module, name: str) -> bool:
-    """Float8 matmuls need both dimensions divisible by 16; the lm head stays in bf16."""
-    if name.endswith("lm_head") or not isinstance(module, nn.Linear):
+    """Float8 matmuls need both dimensions divisible by 16; the lm head stays in bf16, and so do the
+    tower and projector (their matmuls are small, and one tensorwise scale over a step's images would
+    let one image's outliers cost the others precision)."""
+    if name.endswith("lm_head") or name.startswith(("vision.", "projector.")) or not isinstance(module, nn.Linear):
         return False
     return module.in_features % 16 == 0 and module.out_features % 16 == 0
 

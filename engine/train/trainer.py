@@ -44,7 +44,7 @@ from engine.train.evaluate import evaluate
 from engine.train.lr_schedule import lr_at, schedule_info
 from engine.train.suggest import AutoMix, Bounds, PolicyState, suggest
 from engine.train.watch import ControlWatcher, Rejected, StopSignals
-from engine.model.info import train_flops
+from engine.model.info import IMAGES_AT_ONCE, train_flops
 from engine.model.transfer import to_device
 from engine.model.lora import trainable_counts
 
@@ -111,6 +111,13 @@ class Trainer:
         self.domain_names = list(self.sampler.domains)  # domain ids index this list
         # Rank 0 reads the requests and hands them to the others (check_control).
         self.watcher = ControlWatcher(self.run.requests_dir, spec.domains, last_request) if self.par.main else None
+        # One process puts a step's images through the tower together (engine.train.image_window); under
+        # DDP and FSDP the ranks' gradients are reduced inside the last micro-batch's backward, so each
+        # micro-batch takes its own image there.
+        self.windowed = bool(spec.image_domains) and self.par.world == 1
+        if spec.image_domains:
+            log.info("images through the tower %s", f"together, up to {IMAGES_AT_ONCE} at a time" if self.windowed
+                     else "one a micro-batch (several processes)")
         trainable, total = trainable_counts(self.model)
         log.info("run %s: stage %s, %s params (%s trainable), %s on %s (%s), compile %s", spec.run_id, st.name,
                  f"{total:,}", f"{trainable:,}", origin, self.par.describe(self.dev.name), self.dev.precision,
@@ -164,7 +171,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, st, self.dev)
         # The decoder's per token, the tower's per image: counting the tower's weights every token
         # overstated fc450 joint's MFU by a fifth.
-        self.flops_per_token, self.flops_per_image = train_flops(cfg, st.seq_len)
+        trained = {part: any(p.requires_grad for p in params)
+                   for part, params in vision.part_params(self.model).items()}
+        self.flops_per_token, self.flops_per_image = train_flops(cfg, st.seq_len, trained["vision"],
+                                                                 trained["projector"])
         self.images_seen = 0  # images trained on by every rank, for MFU
 
     def restore(self, done: list[tuple[int, Path]]) -> tuple[str, int]:
@@ -335,9 +345,7 @@ class Trainer:
         batches = [self.sampler.batch(step, distributed.sequence_index(step, micro, st.grad_accum, st.micro_batch,
                                                                        par.rank, par.world), st.micro_batch)
                    for micro in range(st.grad_accum)]
-        # One process puts the step's images through the tower together (engine.train.image_window).
-        window = ImageWindow(model, [mb.image for mb in batches], dev.device) \
-            if self.spec.image_domains and par.world == 1 else None
+        window = ImageWindow(model, [mb.image for mb in batches], dev.device) if self.windowed else None
         for micro, mb in enumerate(batches):
             domain_ids = mb.domain_ids
             dom_count += np.bincount(domain_ids, minlength=n_dom)
