@@ -40,8 +40,8 @@ def vision_activation_bytes(cfg: ModelConfig, images: int, precision: str) -> in
     per patch and layer both norms' inputs, the q/k/v input, q, k, v, the attention output, the MLP's
     two inputs and its GELU's input; the [heads, P, P] attention probabilities are not kept (fused).
     The tower never recomputes (activation checkpointing is the decoder's): fc450 keeps about 64 MiB
-    an image, 1 GiB for the IMAGES_AT_ONCE a step puts through it together, and recomputing would add
-    a third to the tower's FLOPs to save memory the decoder's blocks dwarf."""
+    an image, 1 GiB for the IMAGES_AT_ONCE a step puts through it together, a ninth of the `joint`
+    stage's peak; recomputing would add a third to the tower's FLOPs to save it."""
     if not cfg.has_vision or images <= 0:
         return 0
     a = 2 if precision == "bf16" else 4

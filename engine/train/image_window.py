@@ -17,9 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from engine.eval.probes.vision import pixels
 from engine.model.info import IMAGES_AT_ONCE
-from engine.model.transfer import to_device
-from engine.model.vision import to_pixels
 
 
 class ImageWindow:
@@ -44,8 +43,7 @@ class ImageWindow:
             return None
         if micro not in self.leaves:
             members = self.groups[group]
-            batch = to_pixels(to_device(np.stack([self.images[m] for m in members]), self.device))
-            self.feats = self.model.image_embeddings(batch)
+            self.feats = self.model.image_embeddings(pixels(np.stack([self.images[m] for m in members]), self.device))
             rows = self.feats.detach().split(1)
             self.leaves = {m: row.requires_grad_(self.feats.requires_grad) for m, row in zip(members, rows)}
         return self.leaves[micro]

@@ -151,14 +151,15 @@ def open_image_pairs(spec, heldout: bool) -> dict:
 
 
 def pixels(image, device):
-    """A uint8 image [H, W, 3] as the tower's pixel values [1, 3, H, W] on `device` (None: no image);
-    the uint8 bytes travel, a quarter of the floats."""
+    """A uint8 image [H, W, 3], or N of them [N, H, W, 3], as the tower's pixel values [N, 3, H, W] on
+    `device` (None: no image); the uint8 bytes travel, a quarter of the floats."""
     if image is None:
         return None
     from engine.model.vision import to_pixels
     from engine.model.transfer import to_device
 
-    return to_pixels(to_device(np.array(image)[None], device))
+    batch = np.array(image)  # a copy: shard images are read-only memory maps, which torch will not wrap
+    return to_pixels(to_device(batch[None] if batch.ndim == 3 else batch, device))
 
 
 def masked_targets(tokens, loss_mask: np.ndarray | None):
